@@ -38,7 +38,7 @@ class AdapterEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Desired adapters by name; `active` is the adapter that the alias model name routes to (None: base)."""
+    """Desired adapters by name, oldest deployment first; `active` is what the alias routes to (None: base)."""
 
     adapters: dict[str, AdapterEntry] = field(default_factory=dict)
     active: str | None = None
@@ -53,7 +53,7 @@ class Manifest:
         return self.adapters[self.active].version if self.active else None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(asdict(self), indent=2)  # key order kept: adapters oldest first
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:

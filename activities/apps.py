@@ -1,0 +1,93 @@
+"""Inference apps on a platform, as the orchestrator's activities see them (one implementation per platform).
+
+`LocalApps` runs the server as a local process (the embedded default); `AcaApps` provisions and updates the
+Container App through `activities.provisioning` (storage, logs, environment, then the app). Both answer the
+same five calls with JSON-ready values, so the activities do not care where apps run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Protocol
+
+from activities.config import InferenceConfig, ProvisionParameters, Settings
+from activities.platform.base import AppSpec, AppState, Platform
+
+
+class Apps(Protocol):
+    def ensure(self, app: str) -> dict[str, Any]: ...
+    def describe(self, app: str) -> AppState: ...
+    def restart(self, app: str) -> AppState: ...
+    def steps(self, app: str) -> list[str]: ...
+    def run_step(self, app: str, step: str) -> dict[str, Any]: ...
+
+
+class LocalApps:
+    """Apps as local processes; provisioning is one step (start or update the process)."""
+
+    STEP = "inference_process"
+
+    def __init__(self, platform: Platform, spec_for: Any) -> None:
+        self.platform = platform
+        self.spec_for = spec_for  # app -> AppSpec
+
+    def ensure(self, app: str) -> dict[str, Any]:
+        result = self.platform.ensure_app(self.spec_for(app))
+        return {"ok": True, "changed": result.changed, "endpoint": result.state.endpoint}
+
+    def describe(self, app: str) -> AppState:
+        return self.platform.describe_app(app)
+
+    def restart(self, app: str) -> AppState:
+        return self.platform.restart_app(app)
+
+    def steps(self, app: str) -> list[str]:
+        return [self.STEP]
+
+    def run_step(self, app: str, step: str) -> dict[str, Any]:
+        done = self.ensure(app)
+        config = {"ACA_APP_NAME": app, "ACA_APP_ENDPOINT": done["endpoint"] or ""}
+        return {"ok": True, "step": step, "action": "updated" if done["changed"] else "unchanged", "outcome": config}
+
+
+class AcaApps:
+    """Apps on Azure Container Apps, provisioned from the template's files (names per app from the path)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from activities.provisioning import Provisioner
+
+        self.settings = settings
+        self.config = InferenceConfig.load(settings.inference_config_path)
+        self.params = ProvisionParameters.load(settings.parameters_path)
+        self.provisioner = Provisioner.from_settings(settings, self.config)
+
+    def _plan(self, app: str) -> Any:
+        params = replace(self.params, aca_app_name=app)
+        return self.provisioner.plan(self.config, params, self.settings)
+
+    def _platform(self, app: str) -> Platform:
+        return self.provisioner.platform(self._plan(app).container_app)
+
+    def ensure(self, app: str) -> dict[str, Any]:
+        result = self.provisioner.ensure_container_app(self._plan(app).container_app)
+        return {"ok": True, "changed": result.action != "unchanged", "endpoint": result.endpoint}
+
+    def describe(self, app: str) -> AppState:
+        return self._platform(app).describe_app(app)
+
+    def restart(self, app: str) -> AppState:
+        return self._platform(app).restart_app(app)
+
+    def steps(self, app: str) -> list[str]:
+        from activities.provisioning import STEPS
+
+        return list(STEPS)
+
+    def run_step(self, app: str, step: str) -> dict[str, Any]:
+        return {"ok": True, **self.provisioner.run_step(step, self._plan(app)).to_dict()}
+
+
+def local_spec(settings: Settings, app: str, env: dict[str, str], secret_name: str) -> AppSpec:
+    """The local process's spec: the API key travels as a platform secret, never in orchestration history."""
+    secrets = {secret_name: settings.inference_api_key} if settings.inference_api_key else {}
+    return AppSpec(app=app, image="local", base_model=settings.base_model_name, env=dict(env), secrets=secrets)

@@ -1,0 +1,135 @@
+"""Endpoint probe: is the deployed app ready, which adapter version does it serve, does a chat answer?
+
+`probe_endpoint` asks `GET /ready` (the served version comes from the JSON field `served_version`, else the
+`X-Adapter-Version` header), then, when `smoke_model` is set, sends one non-streaming
+`POST /v1/chat/completions`. HTTP and network failures never raise: they come back as `ready=False` with the
+reason in `error`, so the orchestrator's health gate decides whether to retry or roll back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import requests
+
+VERSION_HEADER = "X-Adapter-Version"
+_MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class ProbeInput:
+    """What to probe. `expect_version` None: any version is fine; `smoke_model` None: no smoke chat."""
+
+    endpoint: str
+    api_key: str = field(default="", repr=False)
+    expect_version: str | None = None
+    smoke_model: str | None = None
+    smoke_prompt: str = "Say hello in one word."
+    timeout: float = 10.0
+    max_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"ProbeInput.endpoint must be an http(s) URL, got {self.endpoint!r}")
+        if self.timeout <= 0:
+            raise ValueError(f"ProbeInput.timeout must be > 0, got {self.timeout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeInput:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """`ready` only when /ready said so, the version matched and the smoke chat (if asked) answered."""
+
+    ready: bool
+    served_version: str | None = None
+    reply: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeResult:
+        return cls(**data)
+
+
+def probe_endpoint(request: ProbeInput, session: requests.Session | None = None) -> ProbeResult:
+    """Probe one endpoint; pass a `session` to reuse connections across probes."""
+    own = session is None
+    http = session or requests.Session()
+    try:
+        return _probe(http, request)
+    finally:
+        if own:
+            http.close()
+
+
+def _probe(http: requests.Session, request: ProbeInput) -> ProbeResult:
+    base = request.endpoint.rstrip("/")
+    headers = {"Authorization": f"Bearer {request.api_key}"} if request.api_key else {}
+    try:
+        resp = http.get(f"{base}/ready", headers=headers, timeout=request.timeout)
+    except requests.RequestException as exc:
+        return ProbeResult(False, error=f"GET /ready failed: {type(exc).__name__}: {exc}")
+    body = _json_object(resp)
+    version = body.get("served_version") if isinstance(body.get("served_version"), str) else None
+    version = version or resp.headers.get(VERSION_HEADER) or None
+    if resp.status_code != 200:
+        return ProbeResult(False, version, error=f"GET /ready answered {resp.status_code}: {_excerpt(resp)}")
+    if request.expect_version is not None and version != request.expect_version:
+        return ProbeResult(
+            False, version, error=f"serving version {version!r}, expected {request.expect_version!r}"
+        )
+    if request.smoke_model is None:
+        return ProbeResult(True, version)
+    payload = {
+        "model": request.smoke_model,
+        "messages": [{"role": "user", "content": request.smoke_prompt}],
+        "max_tokens": request.max_tokens,
+        "temperature": 0,
+        "stream": False,
+    }
+    try:
+        chat = http.post(
+            f"{base}/v1/chat/completions", json=payload, headers=headers, timeout=request.timeout
+        )
+    except requests.RequestException as exc:
+        return ProbeResult(False, version, error=f"smoke chat failed: {type(exc).__name__}: {exc}")
+    if chat.status_code != 200:
+        return ProbeResult(False, version, error=f"smoke chat answered {chat.status_code}: {_excerpt(chat)}")
+    reply = _reply_text(_json_object(chat))
+    if reply is None:
+        return ProbeResult(False, version, error=f"smoke chat reply has no message content: {_excerpt(chat)}")
+    return ProbeResult(True, version, reply=reply)
+
+
+def _json_object(resp: requests.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _reply_text(body: dict[str, Any]) -> str | None:
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
+
+
+def _excerpt(resp: requests.Response) -> str:
+    body = _json_object(resp)
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"][:_MAX_ERROR_CHARS]
+    return resp.text[:_MAX_ERROR_CHARS]

@@ -1,0 +1,142 @@
+"""Durable activity functions: thin wrappers from JSON inputs to the modules that talk to each system.
+
+Covers every name in `activities.catalog.Activity`. Permanent failures (a bad adapter, a missing upload, ARM
+refusing a request) are returned as `{"ok": false, "code", "reason"}` so the orchestrator stops at once; a
+transient fault is raised for `call_activity_with_retry`, after sleeping for the server's Retry-After.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import azure.durable_functions as df
+
+from activities.catalog import Activity
+from activities.services import services
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+#: The longest Retry-After we honour inside one activity attempt (longer waits: the next attempt's interval).
+MAX_RETRY_AFTER_S = 30.0
+SMOKE_PROMPT = "Say hello."
+
+
+def _failure(code: str, reason: str) -> dict[str, Any]:
+    return {"ok": False, "code": code, "reason": reason}
+
+
+def permanent_failures(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """Turn permanent errors into `ok: false` results; let transient ones raise (after Retry-After)."""
+
+    @functools.wraps(fn)
+    def wrapper(payload: dict) -> Any:
+        from activities.adapter_store import AdapterStoreError
+        from activities.platform.base import PlatformError, TransientPlatformError
+        from activities.validation import AdapterValidationError
+
+        try:
+            return fn(payload)
+        except AdapterValidationError as exc:
+            return _failure(exc.code, f"{exc.code}: {exc.reason}")
+        except TransientPlatformError as exc:
+            if exc.retry_after:
+                time.sleep(min(float(exc.retry_after), MAX_RETRY_AFTER_S))
+            raise
+        except (AdapterStoreError, PlatformError) as exc:
+            return _failure(getattr(exc, "code", type(exc).__name__), str(exc))
+
+    return wrapper
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.RESOLVE_DESIRED)
+def resolve_desired(payload: dict) -> dict | None:
+    return services().desired.resolve(payload["app"])
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.VALIDATE_ADAPTER)
+@permanent_failures
+def validate_adapter(payload: dict) -> dict:
+    from activities.adapter_store import ValidateInput
+
+    svc = services()
+    report = svc.store.validate(ValidateInput(payload["app"], payload["adapter"], svc.rules()))
+    return {"ok": True, **report.to_dict()}
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.STAGE_ADAPTER)
+@permanent_failures
+def stage_adapter(payload: dict) -> dict:
+    from activities.adapter_store import StageInput
+    from activities.adapter_store import stage_adapter as stage
+
+    svc = services()
+    result = stage(svc.store, svc.target, StageInput(payload["app"], payload["adapter"], payload["sha256"]))
+    return {"ok": True, **result.to_dict()}
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.READ_MANIFEST)
+def read_manifest(payload: dict) -> dict | None:
+    return services().read_manifest(payload["app"])
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.WRITE_MANIFEST)
+def write_manifest(payload: dict) -> dict:
+    from inference_image.inference_server.manifest import Manifest
+
+    services().target.write_manifest(payload["app"], Manifest.from_dict(payload["manifest"]))
+    return {"ok": True}
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.ENSURE_APP)
+@permanent_failures
+def ensure_app(payload: dict) -> dict:
+    return services().apps.ensure(payload["app"])
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.RESTART_APP)
+@permanent_failures
+def restart_app(payload: dict) -> dict:
+    state = services().apps.restart(payload["app"])
+    return {"ok": True, "revision": state.revision}
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.PROBE_ENDPOINT)
+def probe_endpoint(payload: dict) -> dict:
+    """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app."""
+    from activities.endpoint import ProbeInput
+    from activities.endpoint import probe_endpoint as probe
+    from activities.platform.base import PlatformError
+
+    svc = services()
+    try:
+        state = svc.apps.describe(payload["app"])
+    except PlatformError as exc:
+        return {"ready": False, "served_version": None, "reply": None, "error": str(exc)}
+    if not state.endpoint:
+        return {"ready": False, "served_version": None, "reply": None, "error": "the app has no endpoint yet"}
+    request = ProbeInput(
+        endpoint=state.endpoint,
+        api_key=svc.settings.inference_api_key,
+        expect_version=payload.get("expect_version"),
+        smoke_model=svc.alias if payload.get("smoke") else None,
+        smoke_prompt=SMOKE_PROMPT,
+    )
+    return asdict(probe(request))
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.PLAN_PROVISIONING)
+@permanent_failures
+def plan_provisioning(payload: dict) -> dict:
+    return {"ok": True, "steps": services().apps.steps(payload["app"])}
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.PROVISION_STEP)
+@permanent_failures
+def provision_step(payload: dict) -> dict:
+    return services().apps.run_step(payload["app"], payload["step"])

@@ -1,0 +1,427 @@
+"""The "aca" platform: the inference server as an Azure Container App on a GPU workload profile.
+
+`AcaPlatform` drives `ContainerAppsAPIClient` (azure-mgmt-appcontainers) and owns only part of the app: image,
+command, env, secrets (compared by name: ARM never returns their values), scale min/max, the Azure Files volume at
+/mnt/adapters, probes, ingress and the workload profile. `ensure_app` GETs the app, creates it when missing (PUT),
+patches our fields when they differ (JSON merge PATCH, so fields set by others survive) and writes nothing otherwise.
+A changed template makes ACA cut a new revision by itself; `restart_app` restarts the latest revision's replicas
+(`restart_revision`) without a new revision, e.g. to reload the base model from the share.
+
+Retries: the clients are built with `retry_total=0`, so the SDK never retries by itself; the orchestrator's
+`call_activity_with_retry` owns retries. Errors are translated once, in `arm_errors`: HTTP 429 →
+`TransientPlatformError` with `retry_after` from `Retry-After`; 408 / 5xx, connection errors and timeouts →
+`TransientPlatformError`; other 4xx → `ArmRequestError`; a long-running operation that ends Failed →
+`ArmOperationFailedError`, both carrying ARM's code and message. Long-running operations are polled to the end.
+
+`ArmConnection` (subscription, resource group, credential, endpoint) is shared with `activities.provisioning`.
+azure.* imports happen inside functions: the Functions host imports activities at start.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from activities.config import CONSUMPTION_GPU_PROFILES, InferenceConfig, Settings, WorkloadProfile
+from activities.platform.base import (
+    AppSpec,
+    AppState,
+    EnsureResult,
+    PlatformError,
+    TransientPlatformError,
+)
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.mgmt.appcontainers import ContainerAppsAPIClient
+
+log = logging.getLogger(__name__)
+
+CONTAINER_NAME = "inference"
+VOLUME_NAME = "adapters"
+BASE_MODEL_ENV = "INFERENCE_BASE_MODEL_NAME"  # the inference server's setting for AppSpec.base_model
+_TRANSIENT_CONFLICT_CODES = frozenset(
+    {"AnotherOperationInProgress", "ContainerAppOperationInProgress", "Conflict"}
+)
+
+
+class ArmRequestError(PlatformError):
+    """ARM refused a request (4xx); `status` and ARM's `code` say why."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ArmOperationFailedError(ArmRequestError):
+    """A long-running ARM operation ended Failed or Canceled; the message is ARM's."""
+
+
+class AppNotFoundError(PlatformError, LookupError):
+    """The container app does not exist."""
+
+
+@dataclass(frozen=True)
+class ArmConnection:
+    """How to reach Resource Manager. In production only the subscription and resource group are set.
+
+    Tests point `base_url` at a fake ARM, pass its CA bundle as `connection_verify` and a static `credential`;
+    `None` means `DefaultAzureCredential`.
+    """
+
+    subscription_id: str
+    resource_group: str
+    base_url: str = ""  # "" = the public cloud's Resource Manager
+    connection_verify: str | bool = True  # CA bundle path for a private endpoint (tests)
+    polling_interval: float = 10.0  # seconds between LRO polls when ARM sends no Retry-After
+    read_timeout: float = 120.0  # seconds; a timeout surfaces as TransientPlatformError
+    credential: TokenCredential | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: InferenceConfig) -> ArmConnection:
+        """Subscription and resource group from inference.config.json; endpoint overrides from app settings."""
+        return cls(
+            subscription_id=config.subscription_id,
+            resource_group=config.resource_group_name,
+            base_url=settings.arm_endpoint,
+            connection_verify=settings.arm_ca_bundle or True,
+        )
+
+    def resolve_credential(self) -> TokenCredential:
+        """The given credential, else a new `DefaultAzureCredential` (managed identity in Azure)."""
+        if self.credential is not None:
+            return self.credential
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    def client(self, client_type: type, credential: TokenCredential) -> Any:
+        """Build a management client of `client_type` with our transport and retry choices."""
+        kwargs: dict[str, Any] = {
+            "retry_total": 0,  # the orchestrator retries activities; the SDK must not retry behind its back
+            "connection_verify": self.connection_verify,
+            "read_timeout": self.read_timeout,
+            "polling_interval": self.polling_interval,
+        }
+        if self.base_url:
+            kwargs["base_url"] = self.base_url
+        return client_type(credential, self.subscription_id, **kwargs)
+
+
+def _arm_error_parts(exc: Any) -> tuple[str, str]:
+    """(code, message) from an HttpResponseError: the parsed ARM error body, else the raw response."""
+    error = getattr(exc, "error", None)
+    code, message = getattr(error, "code", None), getattr(error, "message", None)
+    if not message and exc.response is not None:
+        try:
+            body = exc.response.json()
+        except Exception:  # noqa: BLE001 - not JSON: fall back to the exception's text
+            body = None
+        if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+            code, message = body["error"].get("code"), body["error"].get("message")
+    return str(code or ""), str(message or exc.message or exc)
+
+
+@contextmanager
+def arm_errors(action: str) -> Iterator[None]:
+    """Translate azure-core errors raised in the block into `PlatformError` types (see the module docstring)."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+    from azure.core.polling.base_polling import BadResponse, BadStatus, OperationFailed
+
+    try:
+        yield
+    except HttpResponseError as exc:
+        code, message = _arm_error_parts(exc)
+        status = exc.status_code
+        text = f"{action}: ({code or status}) {message}"
+        if isinstance(exc.__cause__, OperationFailed):
+            raise ArmOperationFailedError(
+                f"{action}: operation failed: ({code}) {message}", status=status, code=code
+            ) from exc
+        if isinstance(exc.__cause__, (BadStatus, BadResponse)) and (status or 0) < 500 and status != 429:
+            raise ArmOperationFailedError(text, status=status, code=code) from exc
+        if status == 429:
+            raise TransientPlatformError(text, retry_after=_retry_after(exc)) from exc
+        if (
+            status is None
+            or status == 408
+            or status >= 500
+            or (status == 409 and code in _TRANSIENT_CONFLICT_CODES)
+        ):
+            raise TransientPlatformError(text, retry_after=_retry_after(exc)) from exc
+        raise ArmRequestError(text, status=status, code=code) from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:  # connection refused/reset, timeouts
+        raise TransientPlatformError(f"{action}: {type(exc).__name__}: {exc.message}") from exc
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds from the response's `Retry-After` (delta-seconds or an HTTP date), or None."""
+    header = exc.response.headers.get("Retry-After") if exc.response is not None else None
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def covers(desired: Any, current: Any) -> bool:
+    """True when `current` has everything `desired` has (ARM adds defaults and read-only fields; those are ignored)."""
+    if isinstance(desired, Mapping):
+        return isinstance(current, Mapping) and all(covers(v, current.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(current, list)
+            and len(desired) == len(current)
+            and all(covers(d, c) for d, c in zip(desired, current, strict=True))
+        )
+    if isinstance(desired, str) and isinstance(current, str) and desired.startswith("/subscriptions/"):
+        return desired.lower() == current.lower()  # resource ids are case-insensitive
+    return desired == current
+
+
+def owned_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a container app (ARM's JSON) that we own, normalised for comparison."""
+    props = body.get("properties") or {}
+    config = props.get("configuration") or {}
+    template = props.get("template") or {}
+    containers = template.get("containers") or []
+    container = containers[0] if containers else {}
+    return {
+        "managedEnvironmentId": props.get("managedEnvironmentId") or props.get("environmentId"),
+        "workloadProfileName": props.get("workloadProfileName"),
+        "containerNames": [c.get("name") for c in containers],
+        "image": container.get("image"),
+        "command": container.get("command") or [],
+        "env": sorted(container.get("env") or [], key=lambda e: e.get("name", "")),
+        "resources": container.get("resources") or {},
+        "volumeMounts": container.get("volumeMounts") or [],
+        "probes": sorted(container.get("probes") or [], key=lambda p: p.get("type", "")),
+        "secretNames": sorted(s.get("name", "") for s in config.get("secrets") or []),
+        "ingress": config.get("ingress") or {},
+        "scale": {
+            k: v for k, v in (template.get("scale") or {}).items() if k in ("minReplicas", "maxReplicas")
+        },
+        "volumes": template.get("volumes") or [],
+    }
+
+
+def secret_env_name(secret_name: str) -> str:
+    """The env var a secret is exposed as: `inference-api-keys` → `INFERENCE_API_KEYS`."""
+    return secret_name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class AcaSettings:
+    """Where and how inference apps run in Azure Container Apps. Validates itself on construction."""
+
+    arm: ArmConnection
+    environment_name: str  # acaEnvironmentName
+    location: str
+    storage_name: str  # acaEnvironmentStorageName: the environment's Azure Files storage
+    workload_profile: WorkloadProfile
+    mount_path: str = "/mnt/adapters"
+    target_port: int = 8000
+    cpu: float | None = None  # None: the profile's size (Consumption-GPU-* types)
+    memory: str | None = None
+    startup_period_s: int = 30  # startup probe: up to 10 failures x 30 s after 60 s for the model to load
+
+    def __post_init__(self) -> None:
+        for name in ("environment_name", "location", "storage_name"):
+            if not getattr(self, name):
+                raise ValueError(f"AcaSettings.{name} is required")
+        if not self.mount_path.startswith("/"):
+            raise ValueError(f"AcaSettings.mount_path must be absolute, got {self.mount_path!r}")
+        if not 1 <= self.target_port <= 65535:
+            raise ValueError(f"AcaSettings.target_port out of range: {self.target_port}")
+        self.resources()  # raises ValueError when a dedicated profile has no size
+
+    def resources(self) -> dict[str, Any]:
+        """The container's cpu/memory: explicit, else the GPU profile's whole size."""
+        if self.cpu is not None and self.memory:
+            return {"cpu": self.cpu, "memory": self.memory}
+        profile = self.workload_profile.type
+        size = CONSUMPTION_GPU_PROFILES.get(profile) or CONSUMPTION_GPU_PROFILES.get(
+            f"Consumption-GPU-{profile}"
+        )
+        if size is None:
+            raise ValueError(f"AcaSettings.cpu/memory are required for workload profile type {profile!r}")
+        return {"cpu": size[0], "memory": size[1]}
+
+    @property
+    def environment_id(self) -> str:
+        return (
+            f"/subscriptions/{self.arm.subscription_id}/resourceGroups/{self.arm.resource_group}"
+            f"/providers/Microsoft.App/managedEnvironments/{self.environment_name}"
+        )
+
+
+def app_body(settings: AcaSettings, spec: AppSpec) -> dict[str, Any]:
+    """The container app ARM body for `spec` (secret values included: send it, never log it)."""
+    env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    if spec.base_model and BASE_MODEL_ENV not in spec.env:
+        env.append({"name": BASE_MODEL_ENV, "value": spec.base_model})
+    env += [{"name": secret_env_name(n), "secretRef": n} for n in sorted(spec.secrets)]
+    port = settings.target_port
+
+    def probe(kind: str, path: str, period: int, failures: int, delay: int = 0) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "httpGet": {"path": path, "port": port},
+            "initialDelaySeconds": delay,
+            "periodSeconds": period,
+            "failureThreshold": failures,
+        }
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "env": sorted(env, key=lambda e: e["name"]),
+        "resources": settings.resources(),
+        "volumeMounts": [{"volumeName": VOLUME_NAME, "mountPath": settings.mount_path}],
+        "probes": [
+            probe("Liveness", "/health", 30, 3),
+            probe("Readiness", "/ready", 10, 3),
+            probe("Startup", "/health", settings.startup_period_s, 10, delay=60),
+        ],
+    }
+    if spec.command:
+        container["command"] = list(spec.command)
+    return {
+        "location": settings.location,
+        "tags": {"managed-by": "adapter-deploy"},
+        "properties": {
+            "managedEnvironmentId": settings.environment_id,
+            "workloadProfileName": settings.workload_profile.name,
+            "configuration": {
+                "activeRevisionsMode": "Single",
+                "ingress": {
+                    "external": True,
+                    "targetPort": port,
+                    "transport": "auto",
+                    "allowInsecure": False,
+                },
+                "secrets": [{"name": n, "value": v} for n, v in sorted(spec.secrets.items())],
+            },
+            "template": {
+                "containers": [container],
+                "scale": {"minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas},
+                "volumes": [
+                    {"name": VOLUME_NAME, "storageType": "AzureFile", "storageName": settings.storage_name}
+                ],
+            },
+        },
+    }
+
+
+class AcaPlatform:
+    """`Platform` on Azure Container Apps (see the module docstring for what it owns and how it fails)."""
+
+    def __init__(self, settings: AcaSettings, client: ContainerAppsAPIClient | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> ContainerAppsAPIClient:
+        if self._client is None:
+            from azure.mgmt.appcontainers import ContainerAppsAPIClient
+
+            arm = self.settings.arm
+            self._client = arm.client(ContainerAppsAPIClient, arm.resolve_credential())
+        return self._client
+
+    @property
+    def _rg(self) -> str:
+        return self.settings.arm.resource_group
+
+    def _get(self, app: str) -> dict[str, Any] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with arm_errors(f"get container app {app!r}"):
+            try:
+                return self.client.container_apps.get(self._rg, app).as_dict()
+            except ResourceNotFoundError:
+                return None
+
+    def ensure_app(self, spec: AppSpec) -> EnsureResult:
+        """Create the app when missing, patch the fields we own when they differ, else write nothing."""
+        desired = app_body(self.settings, spec)
+        current = self._get(spec.app)
+        if current is None:
+            log.info("creating container app %s (image %s)", spec.app, spec.image)
+            with arm_errors(f"create container app {spec.app!r}"):
+                self.client.container_apps.begin_create_or_update(self._rg, spec.app, desired).result()
+        elif self._differs(desired, current):
+            log.info("updating container app %s (image %s)", spec.app, spec.image)
+            patch = {"tags": desired["tags"], "properties": desired["properties"]}
+            with arm_errors(f"update container app {spec.app!r}"):
+                self.client.container_apps.begin_update(self._rg, spec.app, patch).result()
+        else:
+            log.info("container app %s is up to date", spec.app)
+            return EnsureResult(state=self._state(spec.app, current), changed=False)
+        return EnsureResult(state=self.describe_app(spec.app), changed=True)
+
+    @staticmethod
+    def _differs(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+        if (current.get("properties") or {}).get("provisioningState") in ("Failed", "Canceled"):
+            return True  # a failed write left the app half-done: write again
+        return not covers(owned_fields(desired), owned_fields(current))
+
+    def describe_app(self, app: str) -> AppState:
+        """Endpoint (`https://{ingress fqdn}`), latest revision and its replica count; `exists=False` when missing."""
+        current = self._get(app)
+        return AppState(app=app, exists=False) if current is None else self._state(app, current)
+
+    def _state(self, app: str, current: Mapping[str, Any]) -> AppState:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        props = current.get("properties") or {}
+        fqdn = ((props.get("configuration") or {}).get("ingress") or {}).get("fqdn")
+        revision_name = props.get("latestReadyRevisionName") or props.get("latestRevisionName")
+        replicas, running = 0, False
+        if revision_name:
+            with arm_errors(f"get revision {revision_name!r}"):
+                try:
+                    revision = self.client.container_apps_revisions.get_revision(self._rg, app, revision_name)
+                    rev_props = revision.as_dict().get("properties") or {}
+                    replicas = int(rev_props.get("replicas") or 0)
+                    running = rev_props.get("runningState") == "Running" and bool(
+                        rev_props.get("active", True)
+                    )
+                except ResourceNotFoundError:
+                    pass  # replaced between the two GETs: report no replicas
+        containers = (props.get("template") or {}).get("containers") or [{}]
+        return AppState(
+            app=app,
+            exists=True,
+            endpoint=f"https://{fqdn}" if fqdn else None,
+            revision=revision_name,
+            replicas=replicas,
+            running=running,
+            image=containers[0].get("image"),
+            command=list(containers[0].get("command") or []),
+        )
+
+    def restart_app(self, app: str) -> AppState:
+        """Restart the latest revision's replicas (same revision; spec changes get a new one via `ensure_app`)."""
+        current = self._get(app)
+        if current is None:
+            raise AppNotFoundError(f"container app {app!r} not found")
+        revision = (current.get("properties") or {}).get("latestRevisionName")
+        if not revision:
+            raise PlatformError(f"container app {app!r} has no revision to restart")
+        log.info("restarting revision %s of %s", revision, app)
+        with arm_errors(f"restart revision {revision!r}"):
+            self.client.container_apps_revisions.restart_revision(self._rg, app, revision)
+        return self._state(app, current)

@@ -1,0 +1,371 @@
+"""The "local" platform: the inference server as a process on this machine (the embedded default).
+
+Each app is one process, `python -m inference_server --engine E --model-path M --base-model-name B
+--adapter-store <store_root>/<app> --host H --port P`, run from `inference_image/` in its own session (so a
+stop reaches its children too), with its output in `<state_dir>/<app>.log`. The app's secrets become
+environment variables as on ACA (`inference-api-keys` → `INFERENCE_API_KEYS`), next to `spec.env`.
+
+State lives in `<state_dir>/<app>.json` (pid, the process's start time to tell a reused pid apart, port, spec
+hash, revision, the spec itself, secrets included, so the file is created 0600), so an orchestrator host that
+restarts finds the running process again. `ensure_app` starts the app when it is missing or dead, restarts it when
+the spec hash changed, and does nothing otherwise; every start is a new revision `<app>--<n>`. A port once chosen
+is kept across restarts (endpoints stay stable). Calls for one app are serialized with a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from activities.platform.aca import AppNotFoundError, secret_env_name
+from activities.platform.base import AppSpec, AppState, EnsureResult, PlatformError, TransientPlatformError
+from activities.validation import check_name
+
+INFERENCE_IMAGE_DIR = Path(__file__).resolve().parents[2] / "inference_image"
+_LOG_TAIL_BYTES = 2000
+
+
+@dataclass(frozen=True)
+class LocalPlatformSettings:
+    """How local apps run. `port` 0: a free port per app (a fixed port suits a single app).
+    `server_command` empty: `<this python> -m inference_server`; tests pass a stand-in script."""
+
+    state_dir: Path
+    store_root: Path
+    model_path: Path | None = None
+    engine: str = "transformers"
+    host: str = "127.0.0.1"
+    port: int = 0
+    server_command: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    cwd: Path = INFERENCE_IMAGE_DIR
+    start_timeout: float = 120.0
+    stop_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"LocalPlatformSettings.port {self.port} is out of range")
+        if self.start_timeout <= 0 or self.stop_timeout <= 0:
+            raise ValueError("LocalPlatformSettings.start_timeout and stop_timeout must be > 0")
+
+
+@dataclass
+class _ProcessState:
+    """What `<state_dir>/<app>.json` holds."""
+
+    app: str
+    pid: int
+    proc_start: str | None
+    port: int
+    spec_hash: str
+    revision: int
+    started_at: str
+    command: list[str]
+    spec: dict[str, Any] = field(repr=False)
+
+
+class LocalPlatform:
+    """`Platform` running each app as a local process."""
+
+    def __init__(self, settings: LocalPlatformSettings) -> None:
+        self.settings = settings
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # started here: reaped here
+
+    # -- Platform ------------------------------------------------------------------------------------------
+    def ensure_app(self, spec: AppSpec) -> EnsureResult:
+        """Start when missing or dead, restart when the spec changed; no action when it runs as asked."""
+        app = check_name("app", spec.app)
+        with self._locked(app):
+            state = self._load(app)
+            digest = self._spec_hash(spec)
+            if state and self._alive(state) and state.spec_hash == digest:
+                return EnsureResult(self._describe(state), changed=False)
+            if state:
+                self._stop_process(state)
+            state = self._start(spec, digest, revision=(state.revision if state else 0) + 1, previous=state)
+            return EnsureResult(self._describe(state), changed=True)
+
+    def describe_app(self, app: str) -> AppState:
+        state = self._load(check_name("app", app))
+        return self._describe(state) if state else AppState(app=app, exists=False)
+
+    def restart_app(self, app: str) -> AppState:
+        """Stop and start the app with its recorded spec: a new revision."""
+        app = check_name("app", app)
+        with self._locked(app):
+            state = self._load(app)
+            if state is None:
+                raise AppNotFoundError(f"local app {app!r} was never started")
+            self._stop_process(state)
+            spec = _spec_from_dict(state.spec)
+            state = self._start(spec, state.spec_hash, revision=state.revision + 1, previous=state)
+            return self._describe(state)
+
+    def stop_app(self, app: str) -> None:
+        """Stop the app's process and forget its state (idempotent)."""
+        app = check_name("app", app)
+        with self._locked(app):
+            state = self._load(app)
+            if state:
+                self._stop_process(state)
+                self._state_path(app).unlink(missing_ok=True)
+
+    def stop_all(self) -> list[str]:
+        """Stop every app this state dir knows; returns their names."""
+        apps = sorted(p.stem for p in Path(self.settings.state_dir).glob("*.json"))
+        for app in apps:
+            self.stop_app(app)
+        return apps
+
+    # -- processes -----------------------------------------------------------------------------------------
+    def command_for(self, spec: AppSpec, port: int) -> list[str]:
+        """The server's command line for `spec` on `port`."""
+        s = self.settings
+        cmd = list(s.server_command or (sys.executable, "-m", "inference_server"))
+        cmd += ["--engine", s.engine]
+        if s.model_path is not None:
+            cmd += ["--model-path", str(s.model_path)]
+        if spec.base_model:
+            cmd += ["--base-model-name", spec.base_model]
+        cmd += ["--adapter-store", str(Path(s.store_root) / spec.app), "--host", s.host, "--port", str(port)]
+        return cmd + list(s.extra_args)
+
+    def _environment(self, spec: AppSpec) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INFERENCE_IMAGE_DIR), env.get("PYTHONPATH")) if p)
+        env.update(spec.env)
+        env.update({secret_env_name(name): value for name, value in spec.secrets.items()})
+        return env
+
+    def _start(
+        self, spec: AppSpec, digest: str, revision: int, previous: _ProcessState | None
+    ) -> _ProcessState:
+        port = (
+            previous.port
+            if previous and _port_free(self.settings.host, previous.port)
+            else self.settings.port
+        )
+        if port == 0:
+            port = _free_port(self.settings.host)
+        elif not _port_free(self.settings.host, port):
+            raise PlatformError(f"port {port} on {self.settings.host} is in use; cannot start {spec.app!r}")
+        command = self.command_for(spec, port)
+        Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
+        log_path = self._log_path(spec.app)
+        with open(log_path, "ab") as log:
+            log.write(f"\n--- revision {revision} at {_now()}: {command[:3]} ... port {port}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    cwd=self.settings.cwd,
+                    env=self._environment(spec),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise PlatformError(f"cannot start {command[0]!r} for {spec.app!r}: {exc}") from exc
+        self._children[proc.pid] = proc
+        state = _ProcessState(
+            app=spec.app,
+            pid=proc.pid,
+            proc_start=_proc_start(proc.pid),
+            port=port,
+            spec_hash=digest,
+            revision=revision,
+            started_at=_now(),
+            command=command,
+            spec=asdict(spec),
+        )
+        self._save(state)
+        self._wait_healthy(state)
+        return state
+
+    def _wait_healthy(self, state: _ProcessState) -> None:
+        url = f"http://{_connect_host(self.settings.host)}:{state.port}/health"
+        deadline = time.monotonic() + self.settings.start_timeout
+        while time.monotonic() < deadline:
+            if not self._alive(state):
+                tail = self._log_tail(state.app)
+                if "address already in use" in tail.lower():
+                    raise TransientPlatformError(
+                        f"{state.app!r}: port {state.port} was taken at start:\n{tail}"
+                    )
+                raise PlatformError(f"{state.app!r} exited during start:\n{tail}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TransientPlatformError(
+            f"{state.app!r} did not answer /health within {self.settings.start_timeout}s:\n{self._log_tail(state.app)}"
+        )
+
+    def _stop_process(self, state: _ProcessState) -> None:
+        """SIGTERM the process group (the server drains), SIGKILL after `stop_timeout`."""
+        if not self._alive(state):
+            self._reap(state.pid)
+            return
+        for sig, wait in ((signal.SIGTERM, self.settings.stop_timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(state.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while self._alive(state) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self._alive(state):
+                break
+        self._reap(state.pid)
+        if self._alive(state):
+            raise PlatformError(f"{state.app!r} (pid {state.pid}) did not stop")
+
+    def _reap(self, pid: int) -> None:
+        proc = self._children.pop(pid, None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._children[pid] = proc
+
+    def _alive(self, state: _ProcessState) -> bool:
+        proc = self._children.get(state.pid)
+        if proc is not None:
+            return proc.poll() is None
+        if state.proc_start is not None:  # Linux: tell a reused pid apart, and a zombie from a live process
+            stat = _proc_stat(state.pid)
+            return stat is not None and stat[0] != "Z" and stat[1] == state.proc_start
+        try:
+            os.kill(state.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _describe(self, state: _ProcessState) -> AppState:
+        alive = self._alive(state)
+        return AppState(
+            app=state.app,
+            exists=True,
+            endpoint=f"http://{_connect_host(self.settings.host)}:{state.port}",
+            revision=f"{state.app}--{state.revision}",
+            replicas=1 if alive else 0,
+            running=alive,
+            image=state.spec.get("image"),
+            command=list(state.spec.get("command") or []),
+        )
+
+    def _spec_hash(self, spec: AppSpec) -> str:
+        """Everything that shapes the process except the port we pick: spec (secrets too) and server command."""
+        material = {"spec": asdict(spec), "command": self.command_for(spec, 0)}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+    # -- state files -----------------------------------------------------------------------------------------
+    def _state_path(self, app: str) -> Path:
+        return Path(self.settings.state_dir) / f"{app}.json"
+
+    def _log_path(self, app: str) -> Path:
+        return Path(self.settings.state_dir) / f"{app}.log"
+
+    def _load(self, app: str) -> _ProcessState | None:
+        try:
+            data = json.loads(self._state_path(app).read_text(encoding="utf-8"))
+            return _ProcessState(**data)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise PlatformError(f"state file {self._state_path(app)} is unreadable: {exc}") from exc
+
+    def _save(self, state: _ProcessState) -> None:
+        path = self._state_path(state.app)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(asdict(state), fh, indent=1)
+        os.replace(tmp, path)
+
+    def _log_tail(self, app: str) -> str:
+        try:
+            with open(self._log_path(app), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - _LOG_TAIL_BYTES))
+                return fh.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    @contextmanager
+    def _locked(self, app: str) -> Iterator[None]:
+        Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(self.settings.state_dir) / f".{app}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _spec_from_dict(data: dict[str, Any]) -> AppSpec:
+    return AppSpec(**{**data, "command": list(data.get("command") or [])})
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) from /proc, or None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return fields[0], fields[19]
+
+
+def _proc_start(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    if port == 0:
+        return True
+    with socket.socket() as s:
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as the server binds: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

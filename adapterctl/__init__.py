@@ -1,0 +1,1 @@
+"""`adapterctl`: the command line for deploying and watching LoRA adapter rollouts (devhost or Azure)."""

@@ -1,0 +1,48 @@
+"""Small helpers shared by the HTTP functions: JSON responses, errors in one shape, name checks."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import azure.functions as func
+
+#: Container Apps' own rule for app names (lowercase letters, digits, '-'; 2-32 chars; starts with a letter).
+APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+
+
+class BadRequest(ValueError):
+    """The caller sent something we cannot act on (HTTP 400, or `status` when given)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, default=str), status_code=status, mimetype="application/json", headers=headers or {}
+    )
+
+
+def error_response(message: str, status: int) -> func.HttpResponse:
+    return json_response({"error": {"message": message, "status": status}}, status)
+
+
+def app_name(req: func.HttpRequest) -> str:
+    app = req.route_params.get("app", "")
+    if not APP_NAME.match(app):
+        raise BadRequest(f"invalid app name {app!r}: use 2-32 lowercase letters, digits and '-', starting with a letter")
+    return app
+
+
+def json_body(req: func.HttpRequest) -> dict[str, Any]:
+    raw = req.get_body() or b"{}"
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body

@@ -1,0 +1,73 @@
+"""Rollout stages and the status record every rollout publishes as its Durable custom status.
+
+`received → validating → staging → provisioning → activating → verifying → live | rolled_back | failed`;
+each stage entered is recorded with its time, and a terminal failure carries the reason. The status API and
+`adapterctl` read this record as JSON; this module is its only definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Stage(StrEnum):
+    RECEIVED = "received"
+    VALIDATING = "validating"
+    STAGING = "staging"
+    PROVISIONING = "provisioning"
+    ACTIVATING = "activating"
+    VERIFYING = "verifying"
+    LIVE = "live"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STAGES
+
+
+TERMINAL_STAGES = frozenset({Stage.LIVE, Stage.ROLLED_BACK, Stage.FAILED})
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    stage: Stage
+    at: str
+
+
+@dataclass
+class RolloutStatus:
+    """What a rollout reports: where it is, how it got there, and why it stopped if it failed."""
+
+    deployment_id: str
+    app: str
+    adapter: str
+    sha256: str | None = None
+    version: str | None = None
+    stage: Stage = Stage.RECEIVED
+    history: list[StageEntry] = field(default_factory=list)
+    reason: str | None = None
+    activation: str | None = None  # "hot_swap" | "restart"
+
+    def enter(self, stage: Stage, at: datetime, reason: str | None = None) -> None:
+        """Move to `stage` at `at` (the orchestration's deterministic clock)."""
+        self.stage = stage
+        self.history.append(StageEntry(stage, at.isoformat()))
+        if reason is not None:
+            self.reason = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stage"] = str(self.stage)
+        data["history"] = [{"stage": str(e.stage), "at": e.at} for e in self.history]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutStatus:
+        fields = dict(data)
+        fields["stage"] = Stage(fields.get("stage", Stage.RECEIVED))
+        fields["history"] = [StageEntry(Stage(e["stage"]), e["at"]) for e in fields.get("history", [])]
+        return cls(**fields)

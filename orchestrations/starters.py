@@ -1,0 +1,123 @@
+"""Triggers that start work: the adapter-upload blob trigger and the HTTP starters.
+
+Covers:
+- blob trigger on `adapters/{app}/{adapter}/_COMPLETE` (the completion marker our uploader writes last, see
+  activities/adapter_store.py; Event Grid source in Azure, a container poller in devhost) → wake the reconciler;
+- `POST /api/apps/{app}/deployments` (deploy a stored adapter; `force_restart` optional) → a deploy request,
+  then wake the reconciler; 202 with the deployment's status URL;
+- `POST /api/apps/{app}/provision` and `POST /api/apps/{app}/restart` → their orchestrations; 202 with the status URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from activities.services import services
+
+from .http_util import BadRequest, app_name, error_response, json_body, json_response
+from .policies import RolloutTiming
+from .provision import PROVISION_ORCHESTRATOR, RESTART_ORCHESTRATOR
+from .reconcile import (
+    RECONCILE_ORCHESTRATOR,
+    WAKE_EVENT,
+    ReconcileState,
+    deployment_id,
+    reconcile_instance_id,
+)
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+ADAPTERS_CONNECTION = "AdaptersStorage"
+MARKER_PATH = "adapters/{app}/{adapter}/_COMPLETE"
+LIVE_STATES = {
+    df.OrchestrationRuntimeStatus.Running,
+    df.OrchestrationRuntimeStatus.Pending,
+    df.OrchestrationRuntimeStatus.ContinuedAsNew,
+}
+
+
+async def wake_reconciler(client: df.DurableOrchestrationClient, app: str, reason: str) -> str:
+    """Start the app's reconciler, or wake it if it runs; returns its instance id."""
+    instance_id = reconcile_instance_id(app)
+    status = await client.get_status(instance_id)
+    if status and status.runtime_status in LIVE_STATES:
+        await client.raise_event(instance_id, WAKE_EVENT, {"reason": reason})
+    else:
+        state = ReconcileState(app=app, timing=RolloutTiming.from_env().to_dict())
+        await client.start_new(RECONCILE_ORCHESTRATOR, instance_id, state.__dict__)
+    return instance_id
+
+
+def _status_url(req: func.HttpRequest, instance_id: str) -> str:
+    base = req.url.split("/api/", 1)[0]
+    return f"{base}/api/deployments/{instance_id}"
+
+
+@bp.blob_trigger(arg_name="marker", path=MARKER_PATH, connection=ADAPTERS_CONNECTION, source=func.BlobSource.EVENT_GRID)
+@bp.durable_client_input(client_name="client")
+async def on_adapter_uploaded(marker: func.InputStream, client: df.DurableOrchestrationClient) -> None:
+    """An adapter upload completed: let the app's reconciler pick the newest accepted adapter."""
+    parts = (marker.name or "").split("/")
+    if len(parts) < 4 or parts[-1] != "_COMPLETE":
+        log.warning("ignoring blob %r: not an adapter completion marker", marker.name)
+        return
+    app = parts[-3]
+    instance_id = await wake_reconciler(client, app, f"upload {parts[-2]}")
+    log.info("adapter %s/%s uploaded; reconciler %s woken", app, parts[-2], instance_id)
+
+
+@bp.route(route="apps/{app}/deployments", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def start_deployment(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Deploy an adapter already in the store: body {"adapter": name, "force_restart": bool}."""
+    try:
+        app = app_name(req)
+        body = json_body(req)
+        adapter = body.get("adapter")
+        if not isinstance(adapter, str) or not adapter:
+            raise BadRequest("'adapter' (the stored adapter's name) is required")
+        force = body.get("force_restart", False)
+        if not isinstance(force, bool):
+            raise BadRequest("'force_restart' must be true or false")
+        request_id = deployment_id(app, datetime.now(UTC))
+        await asyncio.to_thread(services().desired.request_deployment, app, adapter, request_id, force)
+    except BadRequest as exc:
+        return error_response(str(exc), exc.status)
+    except LookupError as exc:
+        return error_response(str(exc), 404)
+    await wake_reconciler(client, app, f"deploy request {request_id}")
+    url = _status_url(req, request_id)
+    return json_response({"id": request_id, "app": app, "adapter": adapter, "status_url": url}, 202,
+                         {"Location": url})
+
+
+async def _start(req: func.HttpRequest, client: df.DurableOrchestrationClient, orchestrator: str) -> func.HttpResponse:
+    try:
+        app = app_name(req)
+    except BadRequest as exc:
+        return error_response(str(exc), exc.status)
+    instance_id = f"{orchestrator}-{deployment_id(app, datetime.now(UTC))}"
+    payload = {"app": app, "timing": RolloutTiming.from_env().to_dict()}
+    await client.start_new(orchestrator, instance_id, payload)
+    url = _status_url(req, instance_id)
+    return json_response({"id": instance_id, "app": app, "status_url": url}, 202, {"Location": url})
+
+
+@bp.route(route="apps/{app}/provision", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def start_provisioning(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Create or update the app's platform resources (idempotent)."""
+    return await _start(req, client, PROVISION_ORCHESTRATOR)
+
+
+@bp.route(route="apps/{app}/restart", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def start_restart(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """New revision / replica restart of the app, then wait until it serves the manifest's version."""
+    return await _start(req, client, RESTART_ORCHESTRATOR)

@@ -1,0 +1,240 @@
+"""AcaPlatform against the fake ARM over TLS, through the real ContainerAppsAPIClient."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from activities.config import WorkloadProfile
+from activities.platform.aca import (
+    AcaPlatform,
+    AcaSettings,
+    AppNotFoundError,
+    ArmConnection,
+    ArmOperationFailedError,
+    ArmRequestError,
+)
+from activities.platform.base import AppSpec, PlatformError, TransientPlatformError
+from tests.fakes.fake_arm import FakeArm
+
+SUB = "00000000-0000-0000-0000-000000000001"
+RG = "rg-test"
+APP_PATH = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/containerApps/chat"
+
+
+@pytest.fixture
+def fake_arm(tmp_path: Path) -> Iterator[FakeArm]:
+    with FakeArm.start(tmp_path, resource_groups=(RG,)) as fake:
+        yield fake
+
+
+@pytest.fixture
+def platform(fake_arm: FakeArm) -> AcaPlatform:
+    arm = ArmConnection(
+        subscription_id=SUB,
+        resource_group=RG,
+        base_url=fake_arm.base_url,
+        connection_verify=fake_arm.ca_bundle,
+        polling_interval=0,
+        credential=fake_arm.credential,
+    )
+    settings = AcaSettings(
+        arm=arm,
+        environment_name="env-ft",
+        location="westus3",
+        storage_name="adapters-share",
+        workload_profile=WorkloadProfile("NC8as-T4", "Consumption-GPU-NC8as-T4"),
+    )
+    return AcaPlatform(settings)
+
+
+SPEC = AppSpec(
+    app="chat",
+    image="example.azurecr.io/inference:1",
+    command=["python", "-m", "inference_server"],
+    base_model="tiny-llama",
+    min_replicas=0,
+    max_replicas=2,
+    env={"INFERENCE_MODEL_PATH": "/mnt/adapters/models/base"},
+    secrets={"inference-api-keys": "s3cret-value"},
+)
+
+
+def test_creates_app_when_missing(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A missing app is created with one PUT carrying image, volume, probes, ingress, scale and secret refs."""
+    result = platform.ensure_app(SPEC)
+    assert result.changed
+    assert (
+        result.state.exists and result.state.endpoint == "https://chat.fake-env.westus3.azurecontainerapps.io"
+    )
+    assert result.state.revision == "chat--r001" and result.state.replicas == 1 and result.state.running
+    puts = [r for r in fake_arm.writes() if r.method == "PUT"]
+    assert len(puts) == 1
+    props = puts[0].body["properties"]
+    container = props["template"]["containers"][0]
+    assert container["image"] == SPEC.image and container["command"] == SPEC.command
+    assert {"name": "INFERENCE_API_KEYS", "secretRef": "inference-api-keys"} in container["env"]
+    assert {"name": "INFERENCE_BASE_MODEL_NAME", "value": "tiny-llama"} in container["env"]
+    assert container["volumeMounts"] == [{"volumeName": "adapters", "mountPath": "/mnt/adapters"}]
+    assert {p["type"]: p["httpGet"]["path"] for p in container["probes"]} == {
+        "Liveness": "/health",
+        "Readiness": "/ready",
+        "Startup": "/health",
+    }
+    assert container["resources"] == {"cpu": 8.0, "memory": "56Gi"}
+    assert props["template"]["volumes"] == [
+        {"name": "adapters", "storageType": "AzureFile", "storageName": "adapters-share"}
+    ]
+    assert props["template"]["scale"] == {"minReplicas": 0, "maxReplicas": 2}
+    assert props["configuration"]["ingress"]["external"] is True
+    assert props["configuration"]["ingress"]["targetPort"] == 8000
+    assert props["workloadProfileName"] == "NC8as-T4"
+    assert fake_arm.secret_values(APP_PATH) == {"inference-api-keys": "s3cret-value"}
+    (version,) = fake_arm.api_versions["microsoft.app"]  # one api-version, the SDK's own, on every call
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", version)
+
+
+def test_no_write_when_nothing_changed(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A second ensure with the same spec only reads: no PUT or PATCH reaches ARM."""
+    platform.ensure_app(SPEC)
+    fake_arm.clear_log()
+    result = platform.ensure_app(SPEC)
+    assert not result.changed
+    assert fake_arm.writes() == []
+    assert result.state.revision == "chat--r001"
+
+
+def test_updates_changed_fields_with_a_patch(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A new image is one PATCH; ACA cuts a new revision, and fields we do not own survive."""
+    platform.ensure_app(SPEC)
+    stored = fake_arm.resource(APP_PATH)
+    assert stored is not None
+    fake_arm.clear_log()
+    result = platform.ensure_app(replace(SPEC, image="example.azurecr.io/inference:2"))
+    assert result.changed and result.state.image == "example.azurecr.io/inference:2"
+    assert [r.method for r in fake_arm.writes()] == ["PATCH"]
+    assert result.state.revision == "chat--r002"
+    assert fake_arm.secret_values(APP_PATH) == {"inference-api-keys": "s3cret-value"}
+
+
+def test_scale_change_is_an_update(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """Changing max replicas (maximumInstanceCount) is detected and written."""
+    platform.ensure_app(SPEC)
+    result = platform.ensure_app(replace(SPEC, max_replicas=3))
+    assert result.changed
+    assert fake_arm.resource(APP_PATH)["properties"]["template"]["scale"]["maxReplicas"] == 3
+
+
+def test_removed_secret_is_an_update(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """Secrets are compared by name: dropping one rewrites the app."""
+    platform.ensure_app(SPEC)
+    result = platform.ensure_app(replace(SPEC, secrets={}))
+    assert result.changed
+    assert fake_arm.resource(APP_PATH)["properties"]["configuration"]["secrets"] == []
+
+
+def test_describe_missing_app(platform: AcaPlatform) -> None:
+    """A missing app is reported as not existing, not as an error."""
+    state = platform.describe_app("nope")
+    assert not state.exists and state.endpoint is None
+
+
+def test_restart_restarts_latest_revision(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """restart_app restarts the latest revision's replicas without writing the app."""
+    platform.ensure_app(SPEC)
+    fake_arm.clear_log()
+    state = platform.restart_app("chat")
+    assert fake_arm.restarts == ["chat--r001"]
+    assert state.revision == "chat--r001"
+    assert fake_arm.writes() == []
+
+
+def test_restart_missing_app_raises_not_found(platform: AcaPlatform) -> None:
+    """Restarting an app that does not exist raises AppNotFoundError, also a LookupError."""
+    with pytest.raises(LookupError):
+        platform.restart_app("nope")
+    with pytest.raises(AppNotFoundError):
+        platform.restart_app("nope")
+
+
+def test_throttled_then_succeeds(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """ARM 429 surfaces at once as TransientPlatformError with retry_after; the next call succeeds."""
+    fake_arm.fail_next("GET", "/containerapps/chat", 429, retry_after="7")
+    with pytest.raises(TransientPlatformError) as caught:
+        platform.ensure_app(SPEC)
+    assert caught.value.retry_after == 7
+    assert "TooManyRequests" in str(caught.value)
+    assert len(fake_arm.log) == 1  # the SDK did not retry by itself
+    assert platform.ensure_app(SPEC).changed
+
+
+def test_server_error_then_succeeds(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """ARM 500 on the PUT is transient; retrying the activity creates the app once."""
+    fake_arm.fail_next("PUT", "/containerapps/chat", 500, message="backend hiccup")
+    with pytest.raises(TransientPlatformError, match="backend hiccup"):
+        platform.ensure_app(SPEC)
+    result = platform.ensure_app(SPEC)
+    assert result.changed and result.state.exists
+    assert len([r for r in fake_arm.log if r.method == "PUT" and r.status == 201]) == 1
+
+
+def test_failed_operation_raises_with_arm_message(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A long-running operation ending Failed raises PlatformError (not transient) with ARM's code and message."""
+    fake_arm.fail_operation("/containerapps/chat", "ContainerAppImagePullFailed", "Failed to pull image 'x'.")
+    with pytest.raises(ArmOperationFailedError) as caught:
+        platform.ensure_app(SPEC)
+    assert not isinstance(caught.value, TransientPlatformError)
+    assert "ContainerAppImagePullFailed" in str(caught.value) and "Failed to pull image 'x'." in str(
+        caught.value
+    )
+    # the app is left Failed: the next ensure writes again even though the spec matches
+    assert platform.ensure_app(SPEC).changed
+
+
+def test_bad_request_is_permanent(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A 4xx other than 429 raises ArmRequestError with ARM's code, a PlatformError that is not transient."""
+    fake_arm.fail_next("PUT", "/containerapps/chat", 400, code="InvalidParameterValue", message="bad cpu")
+    with pytest.raises(ArmRequestError) as caught:
+        platform.ensure_app(SPEC)
+    assert isinstance(caught.value, PlatformError) and not isinstance(caught.value, TransientPlatformError)
+    assert caught.value.code == "InvalidParameterValue" and caught.value.status == 400
+
+
+def test_secret_values_stay_out_of_logs(
+    platform: AcaPlatform, fake_arm: FakeArm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Creating and updating an app never logs a secret value, even with azure-core logging at DEBUG."""
+    caplog.set_level("DEBUG")
+    platform.ensure_app(SPEC)
+    platform.ensure_app(replace(SPEC, image="example.azurecr.io/inference:3"))
+    assert "s3cret-value" not in caplog.text
+
+
+def test_settings_validate_themselves(platform: AcaPlatform) -> None:
+    """A dedicated profile without cpu/memory is refused when the settings are built."""
+    with pytest.raises(ValueError, match="cpu/memory"):
+        replace(platform.settings, workload_profile=WorkloadProfile("gpu", "NC96-A100", 0, 1))
+
+
+def test_read_timeout_is_transient(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A request ARM does not answer in time surfaces as TransientPlatformError; the retry succeeds."""
+    slow = AcaPlatform(replace(platform.settings, arm=replace(platform.settings.arm, read_timeout=0.2)))
+    fake_arm.stall_next("GET", "/containerapps/chat", 1.0)
+    with pytest.raises(TransientPlatformError, match="Timeout|timed out"):
+        slow.describe_app("chat")
+    assert not slow.describe_app("chat").exists
+
+
+def test_connection_refused_is_transient(platform: AcaPlatform) -> None:
+    """Nothing listening at the ARM endpoint is a TransientPlatformError, not a crash."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    arm = replace(platform.settings.arm, base_url=f"https://127.0.0.1:{port}")
+    with pytest.raises(TransientPlatformError):
+        AcaPlatform(replace(platform.settings, arm=arm)).describe_app("chat")

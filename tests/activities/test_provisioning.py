@@ -1,0 +1,287 @@
+"""Provisioning against the fake ARM over TLS, through the real storage, Log Analytics and Container Apps clients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from activities.config import InferenceConfig, ProvisionParameters, Settings, WorkloadProfile
+from activities.platform.aca import ArmConnection, ArmOperationFailedError
+from activities.platform.base import TransientPlatformError
+from activities.provisioning import (
+    STEPS,
+    FileShareRequest,
+    MissingDependencyError,
+    MissingSecretError,
+    Provisioner,
+    ProvisionPlan,
+    StepResult,
+)
+from tests.fakes.fake_arm import FakeArm
+
+SUB = "00000000-0000-0000-0000-000000000002"
+RG = "rg-ft"
+BASE = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers"
+API_KEY = "prov-api-key-value"
+
+CONFIG = InferenceConfig(
+    subscription_id=SUB,
+    resource_group_name=RG,
+    storage_account_name="stfinetune001",
+    file_share_name="finetune-share",
+    aca_app_name="inference-app",
+)
+SETTINGS = Settings(
+    base_model_name="tiny-llama",
+    platform="aca",
+    inference_image="example.azurecr.io/inference:1",
+    inference_api_key=API_KEY,
+)
+PARAMS = ProvisionParameters(default_commands=("python", "-m", "inference_server"), maximum_instance_count=2)
+
+
+@pytest.fixture
+def fake_arm(tmp_path: Path) -> Iterator[FakeArm]:
+    with FakeArm.start(tmp_path, location="swedencentral", resource_groups=(RG,)) as fake:
+        yield fake
+
+
+@pytest.fixture
+def provisioner(fake_arm: FakeArm) -> Provisioner:
+    arm = ArmConnection(
+        SUB,
+        RG,
+        base_url=fake_arm.base_url,
+        connection_verify=fake_arm.ca_bundle,
+        polling_interval=0,
+        credential=fake_arm.credential,
+    )
+    return Provisioner(arm, secrets={"inference-api-keys": API_KEY})
+
+
+@pytest.fixture
+def plan(provisioner: Provisioner) -> ProvisionPlan:
+    return provisioner.plan(CONFIG, PARAMS, SETTINGS)
+
+
+def test_plan_resolves_null_parameters(plan: ProvisionPlan) -> None:
+    """Null names fall back to inference.config.json's resources, location to the resource group's."""
+    assert plan.storage_account.account_name == "stfinetune001"
+    assert plan.file_share.share_name == "finetune-share"
+    assert plan.environment.environment_name == "inference-app-env"
+    assert plan.environment_storage.storage_name == "finetune-share"
+    assert plan.log_analytics.workspace_name == "inference-app-env-logs"
+    assert plan.container_app.location == "swedencentral"
+    assert plan.container_app.max_replicas == 2 and plan.container_app.command == (
+        "python",
+        "-m",
+        "inference_server",
+    )
+    assert plan.container_app.secret_names == ("inference-api-keys",)
+
+
+def test_plan_round_trips_through_json(plan: ProvisionPlan) -> None:
+    """The plan survives Durable's JSON (tuples, nested dataclasses) and holds no secret value."""
+    text = json.dumps(plan.to_dict())
+    assert API_KEY not in text
+    assert ProvisionPlan.from_dict(json.loads(text)) == plan
+
+
+def test_full_chain_creates_everything_once_then_writes_nothing(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """The first run creates each resource with one write; a second run only reads."""
+    results = provisioner.provision_all(plan)
+    assert [(r.step, r.action) for r in results] == [(s, "created") for s in STEPS]
+    writes = [(r.method, r.path.split("/providers/")[1]) for r in fake_arm.writes()]
+    assert writes == [
+        ("PUT", "Microsoft.Storage/storageAccounts/stfinetune001"),
+        ("PUT", "Microsoft.Storage/storageAccounts/stfinetune001/fileServices/default/shares/finetune-share"),
+        ("PUT", "Microsoft.OperationalInsights/workspaces/inference-app-env-logs"),
+        ("PUT", "Microsoft.App/managedEnvironments/inference-app-env"),
+        ("PUT", "Microsoft.App/managedEnvironments/inference-app-env/storages/finetune-share"),
+        ("PUT", "Microsoft.App/containerApps/inference-app"),
+    ]
+    outcome = results[-1].outcome
+    assert outcome is not None and list(outcome) == list(InferenceConfig.KEYS.values())
+    assert outcome["ACA_APP_ENDPOINT"] == "https://inference-app.fake-env.swedencentral.azurecontainerapps.io"
+    assert set(fake_arm.api_versions) == {
+        "microsoft.storage",
+        "microsoft.operationalinsights",
+        "microsoft.app",
+        "fake.operations",
+        "resources",
+    }
+
+    fake_arm.clear_log()
+    again = provisioner.provision_all(plan)
+    assert [r.action for r in again] == ["unchanged"] * len(STEPS)
+    assert fake_arm.writes() == []
+    assert again[-1].outcome == outcome
+    posts = [r.path for r in fake_arm.log if r.method == "POST"]
+    assert posts == []  # no keys are fetched when nothing has to be written
+
+
+def test_environment_is_wired_to_the_workspace(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """The environment gets the workspace's customer id and shared key, and the GPU profile beside Consumption."""
+    provisioner.provision_all(plan)
+    env_put = next(r for r in fake_arm.writes() if r.path.endswith("managedEnvironments/inference-app-env"))
+    logs = env_put.body["properties"]["appLogsConfiguration"]
+    workspace = fake_arm.resource(f"{BASE}/Microsoft.OperationalInsights/workspaces/inference-app-env-logs")
+    assert logs["destination"] == "log-analytics"
+    assert logs["logAnalyticsConfiguration"]["customerId"] == workspace["properties"]["customerId"]
+    assert logs["logAnalyticsConfiguration"]["sharedKey"]
+    assert env_put.body["properties"]["workloadProfiles"] == [
+        {"name": "Consumption", "workloadProfileType": "Consumption"},
+        {"name": "NC8as-T4", "workloadProfileType": "Consumption-GPU-NC8as-T4"},
+    ]
+    storage_put = next(r for r in fake_arm.writes() if "/storages/" in r.path)
+    assert storage_put.body["properties"]["azureFile"]["accountKey"]
+    assert storage_put.body["properties"]["azureFile"]["shareName"] == "finetune-share"
+
+
+def test_changed_profile_updates_environment_and_keeps_others(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """Switching to the A100 profile patches the environment once and keeps the T4 profile others may use."""
+    provisioner.provision_all(plan)
+    a100 = WorkloadProfile("NC24-A100", "Consumption-GPU-NC24-A100")
+    fake_arm.clear_log()
+    result = provisioner.ensure_environment(replace(plan.environment, workload_profile=a100))
+    assert result.action == "updated"
+    assert [r.method for r in fake_arm.writes()] == ["PATCH"]
+    env = fake_arm.resource(f"{BASE}/Microsoft.App/managedEnvironments/inference-app-env")
+    assert [p["name"] for p in env["properties"]["workloadProfiles"]] == [
+        "Consumption",
+        "NC8as-T4",
+        "NC24-A100",
+    ]
+    assert (
+        provisioner.ensure_environment(replace(plan.environment, workload_profile=a100)).action == "unchanged"
+    )
+
+
+def test_existing_resources_are_reused_by_name(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """A larger existing share is left alone; a smaller one is grown with a PATCH."""
+    provisioner.ensure_storage_account(plan.storage_account)
+    assert provisioner.ensure_file_share(replace(plan.file_share, quota_gib=100)).action == "created"
+    fake_arm.clear_log()
+    assert provisioner.ensure_file_share(replace(plan.file_share, quota_gib=50)).action == "unchanged"
+    assert (
+        provisioner.ensure_file_share(FileShareRequest("stfinetune001", "finetune-share", 200)).action
+        == "updated"
+    )
+    assert [r.method for r in fake_arm.writes()] == ["PATCH"]
+
+
+def test_changed_image_updates_only_the_app(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """A new image in the plan rewrites the container app and nothing else."""
+    provisioner.provision_all(plan)
+    fake_arm.clear_log()
+    new_plan = replace(
+        plan, container_app=replace(plan.container_app, image="example.azurecr.io/inference:2")
+    )
+    results = provisioner.provision_all(new_plan)
+    assert [r.action for r in results] == ["unchanged"] * 5 + ["updated"]
+    assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in fake_arm.writes()] == [("PATCH", "inference-app")]
+
+
+def test_throttled_step_then_succeeds(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """A 429 on the storage account PUT is transient with retry_after; rerunning the step creates it once."""
+    fake_arm.fail_next("PUT", "storageaccounts/stfinetune001", 429, retry_after="0")
+    with pytest.raises(TransientPlatformError) as caught:
+        provisioner.run_step("storage_account", plan)
+    assert caught.value.retry_after == 0
+    assert provisioner.run_step("storage_account", plan).action == "created"
+
+
+def test_failed_environment_operation_carries_arm_message(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """A failed environment creation raises PlatformError with ARM's message; the next run writes again."""
+    for step in STEPS[:3]:
+        provisioner.run_step(step, plan)
+    fake_arm.fail_operation(
+        "managedenvironments/inference-app-env", "WorkloadProfileQuotaExceeded", "No GPU quota."
+    )
+    with pytest.raises(ArmOperationFailedError, match="No GPU quota"):
+        provisioner.run_step("environment", plan)
+    assert provisioner.run_step("environment", plan).action == "updated"
+
+
+def test_missing_secret_value_is_refused(fake_arm: FakeArm, plan: ProvisionPlan) -> None:
+    """A plan naming a secret the provisioner cannot resolve fails before any write."""
+    arm = ArmConnection(
+        SUB,
+        RG,
+        base_url=fake_arm.base_url,
+        connection_verify=fake_arm.ca_bundle,
+        polling_interval=0,
+        credential=fake_arm.credential,
+    )
+    with pytest.raises(KeyError):
+        Provisioner(arm).ensure_container_app(plan.container_app)
+    with pytest.raises(MissingSecretError):
+        Provisioner(arm).ensure_container_app(plan.container_app)
+    assert fake_arm.writes() == []
+
+
+def test_step_result_round_trips() -> None:
+    """StepResult survives JSON as Durable passes it."""
+    result = StepResult(step="file_share", name="s", action="created")
+    assert StepResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_unknown_step_is_refused(provisioner: Provisioner, plan: ProvisionPlan) -> None:
+    """run_step names the valid steps when given an unknown one."""
+    with pytest.raises(ValueError, match="storage_account"):
+        provisioner.run_step("dns", plan)
+
+
+def test_keys_never_reach_the_logs(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The workspace shared key, the storage account key and the API key are sent to ARM but never logged."""
+    caplog.set_level("DEBUG")
+    results = provisioner.provision_all(plan)
+    bodies = {r.path.rsplit("/", 1)[-1]: r.body for r in fake_arm.writes()}
+    shared_key = bodies["inference-app-env"]["properties"]["appLogsConfiguration"][
+        "logAnalyticsConfiguration"
+    ]["sharedKey"]
+    account_key = bodies["finetune-share"]["properties"]["azureFile"]["accountKey"]
+    for secret in (shared_key, account_key, API_KEY):
+        assert secret not in caplog.text
+        assert all(secret not in json.dumps(r.to_dict()) for r in results)
+    assert "provisioning container_app inference-app: created" in caplog.text
+
+
+def test_container_app_step_reports_endpoint(provisioner: Provisioner, plan: ProvisionPlan) -> None:
+    """ensure_container_app alone reports the endpoint; run_step adds the inference.config.json outcome."""
+    for step in STEPS[:-1]:
+        provisioner.run_step(step, plan)
+    result = provisioner.ensure_container_app(plan.container_app)
+    assert result.endpoint == "https://inference-app.fake-env.swedencentral.azurecontainerapps.io"
+    assert result.outcome is None
+    state = provisioner.platform(plan.container_app).describe_app("inference-app")
+    assert state.endpoint == result.endpoint and state.running
+
+
+def test_environment_before_workspace_is_refused(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """Running the environment step before its workspace exists raises MissingDependencyError and writes nothing."""
+    with pytest.raises(MissingDependencyError, match="run log_analytics first"):
+        provisioner.run_step("environment", plan)
+    assert fake_arm.writes() == []
