@@ -1,0 +1,132 @@
+"""Server settings: one dataclass, built from command-line arguments with environment fallbacks.
+
+The environment is read only inside `ServerConfig.from_args` (never at import), so tests build configs directly.
+Every option has an `INFERENCE_*` variable (the container sets paths and keys that way); API keys are a
+comma-separated list. Keys are kept out of `repr` so a logged config never leaks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+EngineKind = Literal["transformers", "sglang"]
+ENGINE_KINDS: tuple[EngineKind, ...] = ("transformers", "sglang")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or out of range."""
+
+
+@dataclass(frozen=True)
+class SGLangSettings:
+    """How the SGLang engine launches (or attaches to) its backend."""
+
+    command: tuple[str, ...] = ()  # empty: `<python> -m sglang.launch_server`
+    upstream_url: str | None = None  # attach to a running SGLang server instead of launching one
+    max_loras_per_batch: int = 8
+    max_lora_rank: int | None = None
+    lora_target_modules: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs; `api_keys` empty means no auth on the chat API (local use only)."""
+
+    engine: EngineKind = "transformers"
+    model_path: Path | None = None
+    base_model_name: str = "base"
+    adapter_store: Path | None = None
+    alias: str = "live"
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_body_bytes: int = 1 << 20
+    max_tokens_cap: int = 4096
+    sync_interval_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    max_queue: int = 64
+    sglang: SGLangSettings = field(default_factory=SGLangSettings)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINE_KINDS:
+            raise ConfigError(f"engine must be one of {ENGINE_KINDS}, not {self.engine!r}")
+        for name in ("max_body_bytes", "max_tokens_cap", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.sync_interval_s <= 0 or self.drain_timeout_s < 0:
+            raise ConfigError("sync_interval_s must be > 0 and drain_timeout_s >= 0")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range")
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+        """Parse `argv`; each option falls back to its `INFERENCE_*` environment variable, then the default."""
+        env = os.environ if env is None else env
+        args = _parser(env).parse_args(argv)
+        if args.model_path is None and not (args.engine == "sglang" and args.sglang_upstream):
+            raise ConfigError("--model-path (or INFERENCE_MODEL_PATH) is required")
+        sglang = SGLangSettings(
+            command=tuple(args.sglang_command.split()) if args.sglang_command else (),
+            upstream_url=args.sglang_upstream or None,
+            max_loras_per_batch=args.max_loras_per_batch,
+            max_lora_rank=args.max_lora_rank,
+            lora_target_modules=tuple(_split(args.lora_target_modules)),
+            extra_args=tuple(args.sglang_extra_args.split()) if args.sglang_extra_args else (),
+        )
+        return cls(
+            engine=args.engine,
+            model_path=Path(args.model_path) if args.model_path else None,
+            base_model_name=args.base_model_name or (Path(args.model_path).name if args.model_path else "base"),
+            adapter_store=Path(args.adapter_store) if args.adapter_store else None,
+            alias=args.alias,
+            api_keys=tuple(_split(args.api_keys)),
+            admin_key=args.admin_key or None,
+            host=args.host,
+            port=args.port,
+            max_body_bytes=args.max_body_bytes,
+            max_tokens_cap=args.max_tokens_cap,
+            sync_interval_s=args.sync_interval,
+            drain_timeout_s=args.drain_timeout,
+            max_queue=args.max_queue,
+            sglang=sglang,
+        )
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    def opt(name: str, default: object = None) -> object:
+        return env.get("INFERENCE_" + name, default)
+
+    p = argparse.ArgumentParser(prog="python -m inference_server", description="OpenAI-compatible LoRA server")
+    p.add_argument("--engine", choices=ENGINE_KINDS, default=opt("ENGINE", "transformers"))
+    p.add_argument("--model-path", default=opt("MODEL_PATH"))
+    p.add_argument("--base-model-name", default=opt("BASE_MODEL_NAME"))
+    p.add_argument("--adapter-store", default=opt("ADAPTER_STORE"))
+    p.add_argument("--alias", default=opt("ALIAS", "live"))
+    p.add_argument("--api-keys", default=opt("API_KEYS"), help="comma-separated bearer keys")
+    p.add_argument("--admin-key", default=opt("ADMIN_KEY"))
+    p.add_argument("--host", default=opt("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(opt("PORT", 8000)))
+    p.add_argument("--max-body-bytes", type=int, default=int(opt("MAX_BODY_BYTES", 1 << 20)))
+    p.add_argument("--max-tokens-cap", type=int, default=int(opt("MAX_TOKENS_CAP", 4096)))
+    p.add_argument("--sync-interval", type=float, default=float(opt("SYNC_INTERVAL_S", 10.0)))
+    p.add_argument("--drain-timeout", type=float, default=float(opt("DRAIN_TIMEOUT_S", 30.0)))
+    p.add_argument("--max-queue", type=int, default=int(opt("MAX_QUEUE", 64)))
+    p.add_argument("--sglang-command", default=opt("SGLANG_COMMAND"), help="replaces `python -m sglang.launch_server`")
+    p.add_argument("--sglang-upstream", default=opt("SGLANG_UPSTREAM"), help="URL of a running SGLang server")
+    p.add_argument("--max-loras-per-batch", type=int, default=int(opt("MAX_LORAS_PER_BATCH", 8)))
+    p.add_argument("--max-lora-rank", type=int, default=int(opt("MAX_LORA_RANK")) if opt("MAX_LORA_RANK") else None)
+    p.add_argument("--lora-target-modules", default=opt("LORA_TARGET_MODULES"), help="comma-separated")
+    p.add_argument("--sglang-extra-args", default=opt("SGLANG_EXTRA_ARGS"))
+    return p

@@ -1,0 +1,352 @@
+"""GPU engine: a supervised SGLang server on loopback, spoken to over its HTTP API.
+
+`start()` launches `python -m sglang.launch_server` (the command prefix is configurable, so tests substitute a
+fake) with LoRA enabled and the adapters loaded so far as `--lora-paths NAME=PATH`, then waits for `/health`. A
+supervisor task relaunches the child if it dies, reporting not-ready meanwhile. With `upstream_url` the engine
+attaches to an already running server instead (no child; used by the benchmark).
+
+Chat goes to SGLang's `/v1/chat/completions` with `"model": "<base>:<adapter>"` (the base name alone for the base
+model). `stream_sse()` passes SGLang's SSE bytes through unparsed; `chat()` parses them into `ChatDelta`s. Adapters
+load and unload at run time with `POST /load_lora_adapter {"lora_name", "lora_path"}` and
+`POST /unload_lora_adapter {"lora_name"}`, both answering `{"success", "error_message", "loaded_adapters"}`.
+One `aiohttp.ClientSession` serves every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from .base import (
+    AdapterLoadError,
+    ChatDelta,
+    ChatRequest,
+    Engine,
+    EngineError,
+    EngineHealth,
+    EngineNotReady,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from ..config import SGLangSettings
+
+log = logging.getLogger(__name__)
+
+BUSY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class SGLangOptions:
+    """Launch and connection settings; `port=0` picks a free loopback port at each launch."""
+
+    command: tuple[str, ...] = ()  # empty: (sys.executable, "-m", "sglang.launch_server")
+    upstream_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_loras_per_batch: int = 8
+    max_lora_rank: int | None = None
+    lora_target_modules: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 900.0
+    health_interval_s: float = 0.25
+    restart_backoff_s: float = 1.0
+    stop_timeout_s: float = 15.0
+
+    @classmethod
+    def from_settings(cls, settings: SGLangSettings) -> SGLangOptions:
+        return cls(
+            command=settings.command,
+            upstream_url=settings.upstream_url,
+            max_loras_per_batch=settings.max_loras_per_batch,
+            max_lora_rank=settings.max_lora_rank,
+            lora_target_modules=settings.lora_target_modules,
+            extra_args=settings.extra_args,
+            startup_timeout_s=settings.startup_timeout_s,
+        )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class SGLangEngine(Engine):
+    """LoRA serving through SGLang (see the module docstring)."""
+
+    name = "sglang"
+
+    def __init__(
+        self,
+        model_path: Path | None,
+        base_model_name: str,
+        *,
+        options: SGLangOptions | None = None,
+        initial_adapters: dict[str, Path] | None = None,
+    ) -> None:
+        self.options = options or SGLangOptions()
+        if model_path is None and not self.options.upstream_url:
+            raise ValueError("SGLangEngine needs model_path unless it attaches to upstream_url")
+        self.model_path = model_path
+        self.base_model_name = base_model_name
+        self._adapters: dict[str, Path] = dict(initial_adapters or {})  # what a (re)launch must load
+        self._session: aiohttp.ClientSession | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._url = self.options.upstream_url.rstrip("/") if self.options.upstream_url else ""
+        self._ready = False
+        self._detail = "not started"
+        self._stopping = False
+        self.restarts = 0
+
+    # -- process supervision --------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Base URL of the SGLang server in use (empty before the first launch)."""
+        return self._url
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def launch_args(self, port: int) -> list[str]:
+        """The child's command line for `port` (public so tests and logs can show it)."""
+        o = self.options
+        args = list(o.command or (sys.executable, "-m", "sglang.launch_server"))
+        args += ["--model-path", str(self.model_path), "--served-model-name", self.base_model_name]
+        args += ["--host", o.host, "--port", str(port), "--enable-lora", "--enable-metrics"]
+        args += ["--max-loras-per-batch", str(o.max_loras_per_batch)]
+        if o.max_lora_rank is not None:
+            args += ["--max-lora-rank", str(o.max_lora_rank)]
+        if o.lora_target_modules:
+            args += ["--lora-target-modules", *o.lora_target_modules]
+        if self._adapters:
+            args += ["--lora-paths", *(f"{name}={path}" for name, path in self._adapters.items())]
+        return args + list(o.extra_args)
+
+    async def start(self) -> None:
+        self._stopping = False
+        # No limit on pooled connections: each streaming request holds one for its whole duration.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
+        if self.options.upstream_url:
+            await self._wait_healthy(time.monotonic() + self.options.startup_timeout_s)
+        else:
+            await self._launch()
+            self._supervisor = asyncio.create_task(self._supervise())
+        self._ready, self._detail = True, ""
+
+    async def _launch(self) -> None:
+        port = self.options.port or free_port(self.options.host)
+        self._url = f"http://{self.options.host}:{port}"
+        args = self.launch_args(port)
+        log.info("launching SGLang: %s", " ".join(args))
+        self._process = await asyncio.create_subprocess_exec(*args, start_new_session=True)
+        try:
+            await self._wait_healthy(time.monotonic() + self.options.startup_timeout_s)
+        except EngineError:
+            await self._kill()
+            raise
+
+    async def _wait_healthy(self, deadline: float) -> None:
+        assert self._session is not None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.returncode is not None:
+                raise EngineError(f"SGLang exited with status {self._process.returncode} while starting")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self._session.get(self._url + "/health", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(self.options.health_interval_s)
+        raise EngineError("SGLang did not become healthy in time")
+
+    async def _supervise(self) -> None:
+        """Relaunch the child whenever it exits unexpectedly; not ready until it is healthy again."""
+        while not self._stopping:
+            assert self._process is not None
+            code = await self._process.wait()
+            if self._stopping:
+                return
+            self._ready, self._detail = False, f"SGLang exited with status {code}; restarting"
+            log.error("%s", self._detail)
+            await asyncio.sleep(self.options.restart_backoff_s)
+            try:
+                await self._launch()
+            except EngineError as exc:
+                self._detail = f"restart failed: {exc}; retrying"
+                log.error("%s", self._detail)
+                continue
+            self.restarts += 1
+            self._ready, self._detail = True, ""
+
+    async def _kill(self) -> None:
+        proc = self._process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # SGLang runs scheduler/detokenizer children in its group
+        try:
+            await asyncio.wait_for(proc.wait(), self.options.stop_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._ready, self._detail = False, "stopped"
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._kill()
+        if self._session is not None:
+            await self._session.close()
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(self._ready, self._detail)
+
+    # -- adapters -------------------------------------------------------------------------------------------
+    async def _admin_post(self, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self._session is None:
+            raise EngineNotReady("engine not started")
+        async with self._session.post(self._url + path, json=payload) as resp:
+            try:
+                data = await resp.json(content_type=None)
+            except json.JSONDecodeError:
+                data = {}
+            return resp.status, data if isinstance(data, dict) else {}
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        try:
+            status, data = await self._admin_post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        except (aiohttp.ClientError, EngineNotReady) as exc:
+            raise AdapterLoadError(f"SGLang unreachable while loading {name}") from exc
+        if status != 200 or not data.get("success"):
+            raise AdapterLoadError(str(data.get("error_message") or f"SGLang answered {status}"))
+        self._adapters[name] = path
+
+    async def unload_adapter(self, name: str) -> None:
+        self._adapters.pop(name, None)  # a relaunch must not bring it back, whatever happens below
+        try:
+            status, data = await self._admin_post("/unload_lora_adapter", {"lora_name": name})
+        except aiohttp.ClientError as exc:
+            raise EngineError(f"SGLang unreachable while unloading {name}") from exc
+        if status != 200 or not data.get("success"):
+            raise EngineError(str(data.get("error_message") or f"SGLang answered {status}"))
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    # -- chat -----------------------------------------------------------------------------------------------
+    def payload(self, request: ChatRequest, *, stream: bool, include_usage: bool = False) -> dict[str, Any]:
+        """SGLang's chat body: `<base>:<adapter>` selects the LoRA adapter."""
+        body: dict[str, Any] = {
+            "model": f"{self.base_model_name}:{request.adapter}" if request.adapter else self.base_model_name,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stream": stream,
+        }
+        if request.stop:
+            body["stop"] = request.stop
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if stream and include_usage:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def _post_chat(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        if not self._ready or self._session is None:
+            raise EngineNotReady(self._detail or "SGLang is not ready")
+        try:
+            resp = await self._session.post(self._url + "/v1/chat/completions", json=body)
+        except aiohttp.ClientConnectionError as exc:
+            raise EngineNotReady("SGLang is unreachable") from exc
+        if resp.status == 200:
+            return resp
+        text = await resp.text()
+        resp.release()
+        if resp.status in BUSY_STATUSES:
+            raise EngineNotReady(f"SGLang is busy ({resp.status})")
+        raise EngineError(f"SGLang answered {resp.status}: {text[:300]}")
+
+    async def stream_sse(self, request: ChatRequest, *, include_usage: bool = False) -> AsyncIterator[bytes]:
+        """SGLang's SSE bytes as they arrive (OpenAI `chat.completion.chunk` events, then `[DONE]`)."""
+        resp = await self._post_chat(self.payload(request, stream=True, include_usage=include_usage))
+        try:
+            async for chunk in resp.content.iter_any():
+                yield chunk
+        except aiohttp.ClientError as exc:
+            raise EngineError("SGLang stream broke") from exc
+        finally:
+            resp.release()
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        if not request.stream:
+            resp = await self._post_chat(self.payload(request, stream=False))
+            try:
+                data = await resp.json()
+                choice = data["choices"][0]
+                text = choice["message"].get("content") or ""
+            except (aiohttp.ClientError, json.JSONDecodeError, LookupError, TypeError, AttributeError) as exc:
+                raise EngineError("SGLang sent an unreadable completion") from exc
+            finally:
+                resp.release()
+            yield ChatDelta(text, choice.get("finish_reason") or "stop", _usage(data))
+            return
+        finish: str | None = None
+        usage: Usage | None = None
+        buffer = b""
+        async for chunk in self.stream_sse(request, include_usage=True):
+            buffer += chunk
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                data = _event_json(event)
+                if data is None:
+                    continue
+                usage = _usage(data) or usage
+                for choice in data.get("choices") or ():
+                    finish = choice.get("finish_reason") or finish
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield ChatDelta(text)
+        yield ChatDelta(finish_reason=finish or "stop", usage=usage)
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    line = event.strip()
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return None
+    try:
+        parsed = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise EngineError("SGLang sent a malformed SSE event") from exc
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _usage(data: dict[str, Any]) -> Usage | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))

@@ -1,0 +1,48 @@
+"""Prometheus metrics, each app with its own `CollectorRegistry` (no process-global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class ServerMetrics:
+    """The server's counters, histograms and gauges; gauges read live values through callbacks."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, loaded_adapters: Callable[[], float], in_flight: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter("inference_requests", "Chat requests by model and status", ["model", "status"], registry=reg)
+        self.errors = Counter("inference_errors", "Failed chat requests by error type", ["type"], registry=reg)
+        self.tokens = Counter("inference_generated_tokens", "Generated tokens by model", ["model"], registry=reg)
+        self.latency = Histogram(
+            "inference_request_latency_seconds", "Chat request latency", buckets=LATENCY_BUCKETS, registry=reg
+        )
+        self.ttft = Histogram(
+            "inference_time_to_first_token_seconds", "Time to first token", buckets=TTFT_BUCKETS, registry=reg
+        )
+        Gauge("inference_loaded_adapters", "Adapters loaded and routable", registry=reg).set_function(loaded_adapters)
+        Gauge("inference_in_flight_requests", "Chat requests being served", registry=reg).set_function(in_flight)
+
+    def observe(self, model: str, status: int, latency_s: float, ttft_s: float | None, tokens: int) -> None:
+        """Record one finished chat request."""
+        self.requests.labels(model, str(status)).inc()
+        self.latency.observe(latency_s)
+        if ttft_s is not None:
+            self.ttft.observe(ttft_s)
+        if tokens:
+            self.tokens.labels(model).inc(tokens)
+
+    def error(self, model: str, status: int, error_type: str) -> None:
+        self.requests.labels(model, str(status)).inc()
+        self.errors.labels(error_type).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

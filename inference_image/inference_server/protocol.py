@@ -1,0 +1,234 @@
+"""OpenAI chat protocol: request validation into `engines.base.ChatRequest`, error bodies, response shapes.
+
+Validation helpers raise `ApiError`, which carries the HTTP status and OpenAI's error JSON
+(`{"error": {"message", "type", "param", "code"}}`); the router turns it into a response. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .engines.base import ChatRequest, Usage
+
+ROLES = frozenset({"system", "user", "assistant"})
+MAX_STOP = 4
+RETRY_AFTER_S = "2"
+
+
+class ApiError(Exception):
+    """A request failure with its HTTP status and a client-safe message in OpenAI's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def unknown_model(model: str) -> ApiError:
+    return ApiError(400, f"The model '{model}' does not exist", param="model", code="model_not_found")
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "Incorrect or missing API key", type="authentication_error", code="invalid_api_key")
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body exceeds {limit} bytes", code="request_too_large")
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, message, type="server_error", code="unavailable", headers={"Retry-After": RETRY_AFTER_S})
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "The engine failed to generate a response", type="server_error", code="engine_error")
+
+
+@dataclass(frozen=True)
+class ParsedChat:
+    """A validated request: the `model` the client asked for, its stream options, and the engine request."""
+
+    model: str
+    request: ChatRequest
+    include_usage: bool = False
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"Invalid JSON body: {exc.msg if isinstance(exc, json.JSONDecodeError) else 'not UTF-8'}") from exc
+    if not isinstance(data, dict):
+        raise invalid("The request body must be a JSON object")
+    return data
+
+
+def parse_chat_request(data: dict[str, Any], *, max_tokens_cap: int) -> ParsedChat:
+    """Validate an OpenAI chat completion body; `adapter` is left None for the router to resolve."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("'model' must be a non-empty string", "model")
+    stream = _bool(data, "stream", False)
+    n = data.get("n", 1)
+    if n != 1 or isinstance(n, bool):
+        raise invalid("Only n=1 is supported", "n")
+    request = ChatRequest(
+        messages=_messages(data.get("messages")),
+        max_tokens=_max_tokens(data, max_tokens_cap),
+        temperature=_number(data, "temperature", 1.0, 0.0, 2.0, low_open=False),
+        top_p=_number(data, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        stop=_stop(data.get("stop")),
+        seed=_seed(data.get("seed")),
+        stream=stream,
+    )
+    return ParsedChat(model=model, request=request, include_usage=stream and _include_usage(data))
+
+
+def _bool(data: dict[str, Any], name: str, default: bool) -> bool:
+    value = data.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(f"'{name}' must be a boolean", name)
+    return value
+
+
+def _messages(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not raw:
+        raise invalid("'messages' must be a non-empty array", "messages")
+    out: list[dict[str, Any]] = []
+    for i, msg in enumerate(raw):
+        param = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise invalid("Each message must be an object", param)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise invalid(f"Message role must be one of {sorted(ROLES)}", f"{param}.role")
+        out.append({"role": role, "content": _content(msg.get("content"), f"{param}.content")})
+    return out
+
+
+def _content(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise invalid("Content parts must be {'type': 'text', 'text': str}", param)
+            parts.append(part["text"])
+        return "".join(parts)
+    raise invalid("Message content must be a string or a non-empty list of text parts", param)
+
+
+def _max_tokens(data: dict[str, Any], cap: int) -> int:
+    name = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    value = data.get(name)
+    if value is None:
+        return min(256, cap)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= cap:
+        raise invalid(f"'{name}' must be an integer between 1 and {cap}", name)
+    return value
+
+
+def _number(data: dict[str, Any], name: str, default: float, low: float, high: float, *, low_open: bool) -> float:
+    value = data.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value > high or value < low or (low_open and value == low):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise invalid(f"'{name}' must be a number in {bounds}", name)
+    return float(value)
+
+
+def _stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and len(value) <= MAX_STOP and all(isinstance(s, str) for s in value):
+        return list(value)
+    raise invalid(f"'stop' must be a string or a list of at most {MAX_STOP} strings", "stop")
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid("'seed' must be an integer", "seed")
+    return value
+
+
+def _include_usage(data: dict[str, Any]) -> bool:
+    options = data.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise invalid("'stream_options' must be an object", "stream_options")
+    return _bool(options, "include_usage", False)
+
+
+def usage_json(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def completion_json(
+    completion_id: str, created: int, model: str, text: str, finish_reason: str | None, usage: Usage | None
+) -> dict[str, Any]:
+    """A non-streaming `chat.completion` object."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason or "stop"}
+        ],
+        "usage": usage_json(usage),
+    }
+
+
+def chunk_json(
+    completion_id: str,
+    created: int,
+    model: str,
+    delta: dict[str, str] | None,
+    finish_reason: str | None = None,
+    usage: Usage | None = None,
+) -> dict[str, Any]:
+    """A streaming `chat.completion.chunk`; `delta=None` makes the usage-only chunk (empty choices)."""
+    chunk: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    chunk["choices"] = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+    if usage is not None:
+        chunk["usage"] = usage_json(usage)
+    return chunk

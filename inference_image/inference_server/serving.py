@@ -1,0 +1,207 @@
+"""Chat completions: admission, validation, routing to an adapter, then the streaming or plain path.
+
+Engines that speak OpenAI SSE themselves (`stream_sse(request, include_usage=...)`, SGLang) are passed through
+byte for byte; other engines' `ChatDelta`s are encoded here. The hot path does one JSON parse of the body, one
+registry lookup and a few counter updates; nothing else per token on the pass-through path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from .engines.base import ChatDelta, ChatRequest, EngineError, EngineNotReady, Usage
+from .protocol import (
+    ApiError,
+    ParsedChat,
+    chunk_json,
+    completion_json,
+    internal_error,
+    parse_chat_request,
+    parse_json,
+    too_large,
+    unavailable,
+    unknown_model,
+)
+from .registry import Lease, UnknownModelError
+from .state import ServerState
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class ChatService:
+    """Serves `POST /v1/chat/completions` for one app."""
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._passthrough = getattr(state.engine, "stream_sse", None)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        state = self._state
+        started = time.perf_counter()
+        try:
+            parsed = parse_chat_request(parse_json(await self._read_body(request)), max_tokens_cap=state.config.max_tokens_cap)
+            state.check_admission()
+            lease = state.registry.acquire(parsed.model)
+        except UnknownModelError as exc:
+            state.metrics.error("", 400, "model_not_found")  # labels never carry client-chosen strings
+            raise unknown_model(exc.args[0]) from exc
+        except ApiError as exc:
+            state.metrics.error("", exc.status, exc.code or exc.type)
+            raise
+        state.begin()  # synchronous with acquire: drain sees every routed request
+        try:
+            return await self._serve(request, parsed, lease, started)
+        except ApiError as exc:
+            state.metrics.error(lease.route.served_model, exc.status, exc.code or exc.type)
+            raise
+        finally:
+            lease.release()
+            state.done()
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._state.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large(limit)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise too_large(limit) from exc
+
+    async def _serve(self, request: web.Request, parsed: ParsedChat, lease: Lease, started: float) -> web.StreamResponse:
+        route = lease.route
+        engine_request = replace(parsed.request, adapter=route.ref.engine_name if route.ref else None)
+        headers = {"X-Served-Model": route.served_model}
+        if route.version is not None:
+            headers["X-Adapter-Version"] = route.version
+        try:
+            if not engine_request.stream:
+                return await self._complete(parsed.model, engine_request, headers, started)
+            if self._passthrough is not None:
+                stream = self._passthrough(engine_request, include_usage=parsed.include_usage)
+                return await self._relay(request, route.served_model, stream, headers, started)
+            return await self._stream(request, parsed, engine_request, headers, started)
+        except EngineNotReady as exc:
+            log.warning("engine not ready: %s", exc)
+            raise unavailable("The engine is busy or restarting") from exc
+        except EngineError as exc:
+            log.exception("engine failed")
+            raise internal_error() from exc
+
+    async def _complete(
+        self, model: str, engine_request: ChatRequest, headers: dict[str, str], started: float
+    ) -> web.Response:
+        parts: list[str] = []
+        final = ChatDelta()
+        ttft: float | None = None
+        async for delta in self._state.engine.chat(engine_request):
+            if ttft is None:
+                ttft = time.perf_counter() - started
+            parts.append(delta.text)
+            if delta.finish_reason is not None:
+                final = delta
+        body = completion_json(_completion_id(), int(time.time()), model, "".join(parts), final.finish_reason, final.usage)
+        self._observe(headers["X-Served-Model"], 200, started, ttft, final.usage)
+        return web.json_response(body, headers=headers)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        served: str,
+        stream: AsyncIterator[bytes],
+        headers: dict[str, str],
+        started: float,
+    ) -> web.StreamResponse:
+        """Pass the engine's SSE bytes through; errors before the first byte still get a status code."""
+        first = await anext(stream)  # EngineError here becomes a proper 5xx response
+        ttft = time.perf_counter() - started
+        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        await response.prepare(request)
+        tokens = _content_deltas(first)
+        try:
+            await response.write(first)
+            async for chunk in stream:
+                tokens += _content_deltas(chunk)
+                await response.write(chunk)
+        except ConnectionResetError:
+            log.info("client went away mid-stream")
+        except EngineError:
+            log.exception("engine failed mid-stream")
+            await response.write(_sse(internal_error().body()))
+        finally:
+            await _aclose(stream)
+        self._state.metrics.observe(served, 200, time.perf_counter() - started, ttft, tokens)
+        return response
+
+    async def _stream(
+        self,
+        request: web.Request,
+        parsed: ParsedChat,
+        engine_request: ChatRequest,
+        headers: dict[str, str],
+        started: float,
+    ) -> web.StreamResponse:
+        completion_id, created, model = _completion_id(), int(time.time()), parsed.model
+        deltas = aiter(self._state.engine.chat(engine_request))
+        first = await anext(deltas)
+        ttft = time.perf_counter() - started
+        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        await response.prepare(request)
+        usage: Usage | None = None
+        try:
+            await response.write(_sse(chunk_json(completion_id, created, model, {"role": "assistant", "content": ""})))
+            delta: ChatDelta | None = first
+            while delta is not None:
+                if delta.text:
+                    await response.write(_sse(chunk_json(completion_id, created, model, {"content": delta.text})))
+                if delta.finish_reason is not None:
+                    usage = delta.usage
+                    await response.write(_sse(chunk_json(completion_id, created, model, {}, delta.finish_reason)))
+                delta = await anext(deltas, None)
+            if parsed.include_usage and usage is not None:
+                await response.write(_sse(chunk_json(completion_id, created, model, None, usage=usage)))
+            await response.write(DONE)
+        except ConnectionResetError:
+            log.info("client went away mid-stream")
+        except EngineError:
+            log.exception("engine failed mid-stream")
+            await response.write(_sse(internal_error().body()))
+        finally:
+            await _aclose(deltas)
+        self._observe(headers["X-Served-Model"], 200, started, ttft, usage)
+        return response
+
+    def _observe(self, served: str, status: int, started: float, ttft: float | None, usage: Usage | None) -> None:
+        tokens = usage.completion_tokens if usage else 0
+        self._state.metrics.observe(served, status, time.perf_counter() - started, ttft, tokens)
+
+
+def _content_deltas(chunk: bytes) -> int:
+    """Non-empty content deltas in raw SSE bytes: the token count, without parsing (SGLang streams one token
+    per chunk and serializes JSON without spaces)."""
+    return chunk.count(b'"content":"') - chunk.count(b'"content":""')
+
+
+async def _aclose(iterator: AsyncIterator[object]) -> None:
+    """Close an engine's async generator now (releasing its upstream connection or generation slot)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"

@@ -1,0 +1,117 @@
+"""The running server's state: engine, adapter registry, manifest syncer, metrics, and drain bookkeeping.
+
+`ServerState.start()` brings the engine up and converges once, then keeps syncing in the background; the HTTP
+layer stays alive meanwhile (`/health` answers, `/ready` and chat answer 503). `drain()` stops admitting chat
+requests and waits for the running ones, for graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from .config import ServerConfig
+from .engines.base import Engine, EngineError
+from .metrics import ServerMetrics
+from .protocol import unavailable
+from .registry import AdapterRegistry
+from .sync import ManifestSyncer
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(config: ServerConfig) -> Engine:
+    """The engine named by the config (imported lazily: torch and sglang are heavy and optional)."""
+    if config.engine == "sglang":
+        from .engines.sglang_engine import SGLangEngine, SGLangOptions
+
+        return SGLangEngine(config.model_path, config.base_model_name, options=SGLangOptions.from_settings(config.sglang))
+    from .engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(config.model_path, config.base_model_name, max_queue=config.max_queue)
+
+
+class ServerState:
+    """Shared by every handler of one app (stored under an `AppKey`)."""
+
+    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.registry = AdapterRegistry(engine, config.base_model_name, config.alias)
+        self.syncer = ManifestSyncer(self.registry, config.adapter_store)
+        self.metrics = ServerMetrics(lambda: len(self.registry.refs()), lambda: self.in_flight)
+        self.in_flight = 0
+        self.draining = False
+        self.started = False
+        self.start_error: str | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sync_task: asyncio.Task[None] | None = None
+
+    # -- request admission ----------------------------------------------------------------------------------
+    def check_admission(self) -> None:
+        """Raise a 503 while draining or while the engine is not ready."""
+        if self.draining:
+            raise unavailable("The server is shutting down")
+        if not self.started or not self.engine.health().ready:
+            raise unavailable("The engine is not ready")
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new chat requests, wait up to `timeout_s` for running ones; True when all finished."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("drain timed out with %d requests still running", self.in_flight)
+            return False
+        return True
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self.engine.start()
+        except EngineError as exc:
+            self.start_error = f"engine failed to start: {exc}"
+            log.error("%s", self.start_error)
+            return
+        self.started = True
+        await self.syncer.sync_once()
+        if self.config.adapter_store is not None:
+            self._sync_task = asyncio.create_task(self.syncer.run(self.config.sync_interval_s))
+
+    async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.registry.wait_freed(), 5)
+        await self.engine.stop()
+
+    # -- reporting ------------------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = engine up, desired adapter served, not draining; with the details either way."""
+        health = self.engine.health()
+        active = self.registry.active_ref
+        ready = self.started and health.ready and self.syncer.converged and not self.draining
+        detail: dict[str, Any] = {
+            "ready": ready,
+            "engine": {"name": self.engine.name, "ready": health.ready, "detail": health.detail or self.start_error},
+            "draining": self.draining,
+            "alias": self.registry.alias,
+            "served_model": active.name if active else self.config.base_model_name,
+            "served_version": active.version if active else None,
+            **self.syncer.status(),
+        }
+        return ready, detail

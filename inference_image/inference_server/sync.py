@@ -1,0 +1,144 @@
+"""Manifest converger: makes the served adapters match the adapter store's manifest.
+
+One `sync_once()` at a time (a lock): read the manifest, verify and load new or changed adapters (identity =
+sha256 over the folder, checked against the manifest before loading), point the alias at the active adapter,
+then retire adapters the manifest dropped. A bad adapter is skipped: the previous version keeps serving and the
+error is reported by `/ready` until a later sync succeeds. `run()` repeats this on an interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engines.base import AdapterLoadError, EngineError
+from .manifest import Manifest, ManifestError, adapter_digest, read_manifest
+from .registry import AdapterRegistry
+
+log = logging.getLogger(__name__)
+
+
+class AdapterVerifyError(AdapterLoadError):
+    """The adapter folder is missing or its content digest differs from the manifest."""
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """Outcome of one sync: what changed and what failed (adapter name → reason)."""
+
+    loaded: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    active: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "loaded": self.loaded, "retired": self.retired, "errors": self.errors,
+                "active": self.active}
+
+
+class ManifestSyncer:
+    """Converges an `AdapterRegistry` on the manifest in `store` (no store: nothing to converge)."""
+
+    def __init__(self, registry: AdapterRegistry, store: Path | None) -> None:
+        self._registry = registry
+        self._store = store
+        self._lock = asyncio.Lock()
+        self.desired: Manifest | None = None
+        self.last_report: SyncReport | None = None
+        self.last_error: str | None = None
+        self.last_sync_at: float | None = None
+
+    @property
+    def converged(self) -> bool:
+        """True when the alias serves the manifest's active adapter at the manifest's digest."""
+        if self.desired is None:
+            return self.last_error is None
+        want = self.desired.active
+        active = self._registry.active_ref
+        if want is None:
+            return active is None
+        return active is not None and active.name == want and active.sha256 == self.desired.adapters[want].sha256
+
+    async def sync_once(self) -> SyncReport:
+        async with self._lock:
+            try:
+                manifest = read_manifest(self._store) if self._store else None
+            except (ManifestError, OSError) as exc:
+                self.last_error = f"manifest: {exc}"
+                log.warning("manifest unreadable, keeping the served adapters: %s", exc)
+                return self._finish(SyncReport(errors={"manifest": str(exc)}, active=self._registry.active))
+            if manifest is None:
+                self.desired = None
+                return self._finish(SyncReport(active=self._registry.active))
+            self.desired = manifest
+            report = await self._converge(manifest)
+            return self._finish(report)
+
+    def _finish(self, report: SyncReport) -> SyncReport:
+        self.last_report = report
+        self.last_sync_at = time.time()
+        self.last_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items()) or None
+        return report
+
+    async def _converge(self, manifest: Manifest) -> SyncReport:
+        registry, store = self._registry, self._store
+        assert store is not None
+        loaded: list[str] = []
+        errors: dict[str, str] = {}
+        for name, entry in manifest.adapters.items():
+            current = registry.get(name)
+            if current is not None and current.sha256 == entry.sha256 and current.version == entry.version:
+                continue
+            path = store / entry.path
+            try:
+                await self._verify(path, entry.sha256)
+                await registry.load(name, path, entry.sha256, entry.version)
+            except AdapterLoadError as exc:
+                errors[name] = str(exc)
+                log.warning("adapter %s (version %s) not loaded: %s", name, entry.version, exc)
+                continue
+            loaded.append(name)
+        want = manifest.active
+        if want is None or (want not in errors and registry.get(want) is not None):
+            registry.set_active(want, manifest.alias)
+        # else: the new active adapter failed; the alias keeps serving the previous one.
+        retired: list[str] = []
+        for ref in registry.refs():
+            if ref.name not in manifest.adapters and ref.name != registry.active:
+                await registry.unload(ref.name)
+                retired.append(ref.name)
+        return SyncReport(loaded=loaded, retired=retired, errors=errors, active=registry.active)
+
+    @staticmethod
+    async def _verify(path: Path, sha256: str) -> None:
+        if not path.is_dir():
+            raise AdapterVerifyError(f"adapter folder {path.name!r} not found in the store")
+        digest = await asyncio.to_thread(adapter_digest, path)
+        if digest != sha256:
+            raise AdapterVerifyError(f"content digest {digest[:12]} does not match the manifest's {sha256[:12]}")
+
+    async def run(self, interval_s: float) -> None:
+        """Sync forever, every `interval_s` seconds (cancel to stop)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync_once()
+            except EngineError:
+                log.exception("sync failed; retrying in %.0f s", interval_s)
+
+    def status(self) -> dict[str, Any]:
+        desired = self.desired
+        return {
+            "desired_active": desired.active if desired else None,
+            "desired_version": desired.active_version if desired else None,
+            "last_sync_at": self.last_sync_at,
+            "last_sync_error": self.last_error,
+        }
