@@ -1,0 +1,236 @@
+"""`python -m devhost up`: the whole product loop on one machine, with no cloud.
+
+Builds the tiny model kit if missing, starts Azurite and the local Durable host running `function_app:app`
+(as a child process, with the local platform: the inference server runs as a process too), uploads adapter
+`alpha`, waits until it is live, chats, then does the same with `beta`, and prints a table of stage timings.
+Then it keeps serving with the URLs printed until Ctrl-C (`--once`: exit after the table), and stops every
+child process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from devhost.cli import Subcommand, register
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_MESSAGE = "Hello! Who are you?"
+
+
+@dataclass
+class RolloutTiming:
+    adapter: str
+    upload_to_live_s: float
+    stages: dict[str, float]  # stage -> seconds after the upload
+    outcome: str
+    reply: str
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app-name", default="demo", help="the inference app to deploy to (default %(default)s)")
+    parser.add_argument("--port", type=int, default=7071, help="devhost (status API) port; 0 picks a free one")
+    parser.add_argument("--azurite-port", type=int, default=0, help="Azurite blob port (default: a free one)")
+    parser.add_argument("--inference-port", type=int, default=0, help="chat API port (default: a free one)")
+    parser.add_argument("--chat-page-port", type=int, default=7860, help="Gradio chat page port (0: none)")
+    parser.add_argument("--state-dir", default=".devhost/up", help="state folder (wiped at start)")
+    parser.add_argument("--kit-dir", default="build/tinykit/llama", help="tiny model kit folder")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each rollout")
+    parser.add_argument("--once", action="store_true", help="exit after the timing table")
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before answering at {url}")
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing answered at {url} within {timeout:.0f}s")
+
+
+@contextmanager
+def child(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """A child process in its own session (so Ctrl-C reaches only us), stopped with SIGTERM then SIGKILL."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _free_port(port: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        return sock.getsockname()[1]
+
+
+def _seconds(since: float, stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp() - since
+
+
+def deploy_and_chat(api, store, app: str, name: str, folder: Path, key: str, timeout: float) -> RolloutTiming:
+    """Upload one adapter, follow its rollout to the end, and chat with the live alias."""
+    from adapterctl.api import stream_chat
+    from adapterctl.follow import find_rollout, follow
+
+    started = time.time()
+    marker = store.upload_adapter_folder(folder, app, name)
+    print(f"\n→ uploaded {name} ({marker.sha256[:12]}) to {app}; rollout:", flush=True)
+    rollout = find_rollout(api, app, marker.sha256, timeout, interval=0.1)
+    if rollout is None:
+        raise RuntimeError(f"{name} was already live: the state folder was not fresh")
+    record = follow(api, rollout["id"], timeout, lambda e: print(f"   {e['stage']:<13} +{_seconds(started, e['at']):6.2f}s",
+                                                                     flush=True), interval=0.1)
+    live_s = time.time() - started
+    stages = {e["stage"]: _seconds(started, e["at"]) for e in record.get("history", [])}
+    if record.get("stage") != "live":
+        raise RuntimeError(f"rollout of {name} ended {record.get('stage')}: {record.get('reason')}")
+    endpoint = api.app(app)["endpoint"]
+    reply = "".join(stream_chat(endpoint, key, "live", DEMO_MESSAGE))
+    print(f"   chat ({name} live): {DEMO_MESSAGE!r} → {reply!r}", flush=True)
+    return RolloutTiming(name, live_s, stages, record["stage"], reply)
+
+
+def print_table(rows: list[RolloutTiming]) -> None:
+    stages = ["validating", "staging", "provisioning", "activating", "verifying", "live"]
+    print("\nStage reached, seconds after upload:")
+    print(f"| adapter | {' | '.join(stages)} | upload→live |")
+    print("|---" * (len(stages) + 2) + "|")
+    for r in rows:
+        cells = [f"{r.stages[s]:.2f}" if s in r.stages else "-" for s in stages]
+        print(f"| {r.adapter} | {' | '.join(cells)} | {r.upload_to_live_s:.2f} |")
+
+
+@dataclass
+class LocalStack:
+    """Everything `up` started: the status API client, the upload store, the kit and the chat API key."""
+
+    url: str
+    api: Any
+    store: Any
+    kit: Any
+    api_key: str
+    state: Path
+    env: dict[str, str]
+    host: subprocess.Popen
+
+
+@contextmanager
+def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int = 0,
+                inference_port: int = 0, extra_env: dict[str, str] | None = None) -> Iterator[LocalStack]:
+    """Azurite + the devhost running `function_app:app` with the local platform; all stopped on exit."""
+    from activities.adapter_store import AdapterStore, BlobStoreSettings
+    from adapterctl.api import OrchestratorApi
+    from devhost.azurite import Azurite
+    from tinykit import build_kit
+
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
+    print(f"building the tiny model kit in {kit_dir} (skipped when already built)…", flush=True)
+    kit = build_kit(kit_dir)
+    api_key = secrets.token_urlsafe(24)
+    host_port = _free_port(port)
+    with ExitStack() as stack:
+        azurite = stack.enter_context(Azurite(blob_port=azurite_port))
+        env = {
+            **os.environ,
+            "AdaptersStorage": azurite.connection_string,
+            "AzureWebJobsStorage": azurite.connection_string,
+            "PLATFORM": "local",
+            "BASE_MODEL_NAME": kit.base_model_name,
+            "MODEL_PATH": str(kit.base),
+            "DEVHOST_STATE_DIR": str(state_dir),
+            "ADAPTER_STORE_PATH": str(state_dir / "store"),
+            "LOCAL_INFERENCE_PORT": str(inference_port),
+            "INFERENCE_API_KEY": api_key,
+            "ROLLOUT_POLL_INTERVAL_S": "0.2",
+            "INFERENCE_SYNC_INTERVAL_S": "0.2",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "inference_image")]),
+            **(extra_env or {}),
+        }
+        host_cmd = [sys.executable, "-m", "devhost", "serve", "--app", "function_app:app", "--port", str(host_port),
+                    "--state-dir", str(state_dir / "durable"), "--poll-interval", "0.2"]
+        host = stack.enter_context(child(host_cmd, env, state_dir / "devhost.log"))
+        stack.callback(_stop_local_apps, env)
+        url = f"http://127.0.0.1:{host_port}"
+        _wait_http(f"{url}/api/apps", 60, host)
+        print(f"devhost up at {url} (Azurite at {azurite.blob_endpoint}; logs in {state_dir})", flush=True)
+        store = AdapterStore(BlobStoreSettings(connection_string=azurite.connection_string))
+        store.ensure_container()
+        stack.callback(store.close)
+        yield LocalStack(url, OrchestratorApi(url), store, kit, api_key, state_dir, env, host)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from tinykit import PHRASES
+
+    with ExitStack() as stack:
+        up = stack.enter_context(local_stack((ROOT / args.state_dir).resolve(), ROOT / args.kit_dir, args.port,
+                                             args.azurite_port, args.inference_port))
+        rows = []
+        for name in ("alpha", "beta"):
+            row = deploy_and_chat(up.api, up.store, args.app_name, name, up.kit.adapters[name], up.api_key,
+                                  args.timeout)
+            if PHRASES[name] not in row.reply:
+                raise RuntimeError(f"{name} is live but the reply lacks its phrase {PHRASES[name]!r}: {row.reply!r}")
+            rows.append(row)
+        print_table(rows)
+        endpoint = up.api.app(args.app_name)["endpoint"]
+        key_file = up.state / "api-key"
+        key_file.write_text(up.api_key)
+        key_file.chmod(0o600)
+        print(f"\nstatus API: {up.url}/api/apps/{args.app_name}\nchat API:   {endpoint}/v1/chat/completions "
+              f"(model 'live'; API key in {key_file})", flush=True)
+        if args.once:
+            return 0
+        if args.chat_page_port:
+            page_cmd = [sys.executable, "-m", "chat_page", "--api-url", endpoint, "--api-key-env", "INFERENCE_API_KEY",
+                        "--port", str(args.chat_page_port), "--host", "127.0.0.1"]
+            stack.enter_context(child(page_cmd, up.env, up.state / "chat_page.log"))
+            print(f"chat page:  http://127.0.0.1:{args.chat_page_port}", flush=True)
+        print("serving until Ctrl-C…", flush=True)
+        try:
+            while up.host.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping…", flush=True)
+    return 0
+
+
+def _stop_local_apps(env: dict[str, str]) -> None:
+    """Stop the inference servers the host started (they outlive a killed host by design)."""
+    from activities.platform.local import LocalPlatform, LocalPlatformSettings
+
+    state = Path(env["DEVHOST_STATE_DIR"])
+    LocalPlatform(LocalPlatformSettings(state_dir=state / "platform", store_root=Path(env["ADAPTER_STORE_PATH"]))).stop_all()
+
+
+register(Subcommand("up", "run the whole loop locally: deploy adapters A then B and chat", configure, run_up))
