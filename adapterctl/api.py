@@ -66,11 +66,13 @@ class OrchestratorApi:
 
 
 def stream_chat(
-    endpoint: str, api_key: str | None, model: str, message: str, timeout: float = 120.0
+    endpoint: str, api_key: str | None, model: str, message: str, timeout: float = 120.0,
+    **params: float | int | None,
 ) -> Iterator[str]:
-    """Stream a chat reply from an OpenAI-compatible endpoint, piece by piece."""
+    """Stream a chat reply from an OpenAI-compatible endpoint, piece by piece (`params`: temperature, ...)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     body = {"model": model, "messages": [{"role": "user", "content": message}], "stream": True}
+    body.update({k: v for k, v in params.items() if v is not None})
     try:
         resp = requests.post(f"{endpoint.rstrip('/')}/v1/chat/completions", json=body, headers=headers,
                              stream=True, timeout=timeout)

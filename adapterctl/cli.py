@@ -140,7 +140,8 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
         raise ApiError(f"app {args.app!r} has no endpoint yet")
     model = args.model or (info.get("manifest") or {}).get("alias") or "live"
     pieces = []
-    for piece in stream_chat(endpoint, args.api_key, model, args.message):
+    for piece in stream_chat(endpoint, args.api_key, model, args.message,
+                             temperature=args.temperature, max_tokens=args.max_tokens):
         pieces.append(piece)
         if not out.as_json:
             print(piece, end="", flush=True)
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="adapter, alias or base name (default: the live alias)")
     p.add_argument("--endpoint", help="override the app's endpoint")
     p.add_argument("--api-key", default=env("INFERENCE_API_KEY"))
+    p.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    p.add_argument("--max-tokens", type=int)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("config", help="configuration commands")

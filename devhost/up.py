@@ -114,7 +114,7 @@ def deploy_and_chat(api, store, app: str, name: str, folder: Path, key: str, tim
     if record.get("stage") != "live":
         raise RuntimeError(f"rollout of {name} ended {record.get('stage')}: {record.get('reason')}")
     endpoint = api.app(app)["endpoint"]
-    reply = "".join(stream_chat(endpoint, key, "live", DEMO_MESSAGE))
+    reply = "".join(stream_chat(endpoint, key, "live", DEMO_MESSAGE, temperature=0, max_tokens=32))
     print(f"   chat ({name} live): {DEMO_MESSAGE!r} → {reply!r}", flush=True)
     return RolloutTiming(name, live_s, stages, record["stage"], reply)
 
