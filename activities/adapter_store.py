@@ -215,14 +215,15 @@ class BlobStoreSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> BlobStoreSettings:
-        """`ADAPTER_STORAGE_CONNECTION_STRING` (else `AzureWebJobsStorage`), or `STORAGE_ACCOUNT_NAME` with
-        managed identity; `ADAPTER_CONTAINER`, `STORAGE_API_VERSION` optional."""
-        conn = env.get("ADAPTER_STORAGE_CONNECTION_STRING") or env.get("AzureWebJobsStorage")
-        account = env.get("STORAGE_ACCOUNT_NAME")
+        """The upload account, as the blob trigger's `AdaptersStorage` connection names it: a connection string
+        (`AdaptersStorage`, or `ADAPTER_STORAGE_CONNECTION_STRING`), else managed identity on `ADAPTERS_ACCOUNT_URL`
+        (or `AdaptersStorage__blobServiceUri`); container `ADAPTERS_CONTAINER`; `STORAGE_API_VERSION` optional."""
+        conn = env.get("ADAPTER_STORAGE_CONNECTION_STRING") or env.get("AdaptersStorage")
+        account_url = env.get("ADAPTERS_ACCOUNT_URL") or env.get("AdaptersStorage__blobServiceUri")
         return cls(
             connection_string=conn or None,
-            account_url=None if conn else (f"https://{account}.blob.core.windows.net" if account else None),
-            container=env.get("ADAPTER_CONTAINER", DEFAULT_CONTAINER),
+            account_url=None if conn else (account_url or None),
+            container=env.get("ADAPTERS_CONTAINER") or DEFAULT_CONTAINER,
             api_version=env.get("STORAGE_API_VERSION") or None,
         )
 

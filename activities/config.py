@@ -321,10 +321,6 @@ class Settings:
     max_lora_rank: int = 64  # MAX_LORA_RANK
     allowed_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES  # ALLOWED_TARGET_MODULES (a,b,c)
     max_adapter_mb: int = 512  # MAX_ADAPTER_MB
-    adapters_container: str = "adapters"  # ADAPTERS_CONTAINER: the upload blob container
-    adapters_account_url: str = ""  # ADAPTERS_ACCOUNT_URL: blob endpoint used with DefaultAzureCredential
-    # AzureWebJobsStorage, used when there is no account URL
-    storage_connection_string: str = field(default="", repr=False)
     # INFERENCE_API_KEY: the inference server's API key(s), from a Key Vault reference (resolved by App Service)
     inference_api_key: str = field(default="", repr=False)
     arm_endpoint: str = ""  # ARM_ENDPOINT: Resource Manager override (tests: the fake ARM)
@@ -363,12 +359,25 @@ class Settings:
             max_lora_rank=_int(env, "MAX_LORA_RANK", cls.max_lora_rank, minimum=1),
             allowed_target_modules=modules or DEFAULT_TARGET_MODULES,
             max_adapter_mb=_int(env, "MAX_ADAPTER_MB", cls.max_adapter_mb, minimum=1),
-            adapters_container=env.get("ADAPTERS_CONTAINER", "").strip() or cls.adapters_container,
-            adapters_account_url=env.get("ADAPTERS_ACCOUNT_URL", "").strip(),
-            storage_connection_string=env.get("AzureWebJobsStorage", ""),
             inference_api_key=api_key,
             arm_endpoint=env.get("ARM_ENDPOINT", "").strip(),
             arm_ca_bundle=env.get("ARM_CA_BUNDLE", "").strip(),
             inference_config_path=env.get("INFERENCE_CONFIG_PATH", "").strip() or cls.inference_config_path,
             parameters_path=env.get("INFERENCE_PARAMETERS_PATH", "").strip() or cls.parameters_path,
         )
+
+
+def check_configuration(infra_dir: Path, env: Mapping[str, str]) -> list[str]:
+    """Every problem with the template's files under `infra_dir` and the app settings in `env`, one line each."""
+    checks = (
+        lambda: InferenceConfig.load(infra_dir / "inference.config.json"),
+        lambda: ProvisionParameters.load(infra_dir / "provision" / "inference.parameters.json"),
+        lambda: Settings.from_env(env),
+    )
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except (ConfigError, ValueError, OSError) as exc:
+            problems.append(str(exc))
+    return problems

@@ -1,8 +1,10 @@
 """Desired state per app: which adapter should be served, read from the upload store (level-triggered).
 
-The desired adapter is the newest of: the newest complete upload (`AdapterStore.find_complete_adapters`) and
-the latest explicit deploy request (`POST /api/apps/{app}/deployments`), kept as the blob
-`<app>/_deploy_request.json` next to the app's adapters (adapter names cannot start with '_').
+The desired adapter is the newest of: the newest upload (by its `_COMPLETE` marker) and the latest explicit
+deploy request (`POST /api/apps/{app}/deployments`), kept as the blob `<app>/_deploy_request.json` next to the
+app's adapters (adapter names cannot start with '_'). An upload whose marker exists but which is not a complete,
+well-formed upload is still desired — its rollout then fails at validation with the reason — so that every
+upload reaches a terminal stage; it is identified by `broken:<adapter>:<marker etag>` instead of a sha256.
 """
 
 from __future__ import annotations
@@ -57,20 +59,39 @@ class DesiredState:
             return None
         return DeployRequest(**json.loads(raw))
 
+    def newest_upload(self, app: str) -> dict[str, Any] | None:
+        """The upload with the newest marker, complete or not."""
+        from activities.adapter_store import MARKER_NAME, AdapterStoreError
+
+        prefix = f"{self.store.settings.prefix}{check_name('app', app)}/"
+        markers = [b for b in self.store.container.list_blobs(name_starts_with=prefix)
+                   if b.name.endswith(f"/{MARKER_NAME}") and b.name.count("/") == prefix.count("/") + 1]
+        if not markers:
+            return None
+        newest = max(markers, key=lambda b: b.last_modified)
+        adapter = newest.name[len(prefix):].split("/", 1)[0]
+        complete = [a for a in self.store.find_complete_adapters(app) if a.completed_at >= newest.last_modified.isoformat()]
+        if complete:  # the finer `uploaded_at` orders uploads completed within the same second
+            done = complete[0]
+            return {"adapter": done.adapter, "sha256": done.sha256,
+                    "accepted_at": _parse_time(done.uploaded_at or done.completed_at).isoformat()}
+        try:
+            done = self.store.get_complete(app, adapter)
+            return {"adapter": adapter, "sha256": done.sha256, "accepted_at": newest.last_modified.isoformat()}
+        except (AdapterStoreError, ValueError):
+            etag = str(newest.etag).strip('"')
+            return {"adapter": adapter, "sha256": f"broken:{adapter}:{etag}",
+                    "accepted_at": newest.last_modified.isoformat()}
+
     def resolve(self, app: str) -> dict[str, Any] | None:
         """`{adapter, sha256, accepted_at, request_id?, force_restart}` of the adapter that should serve."""
-        uploads = self.store.find_complete_adapters(app)
-        newest = uploads[0] if uploads else None
+        upload = self.newest_upload(app)
         request = self.last_request(app)
-        upload_time = _parse_time(newest.uploaded_at or newest.completed_at) if newest else None
-        if request and (upload_time is None or _parse_time(request.requested_at) >= upload_time):
+        if request and (upload is None or _parse_time(request.requested_at) >= _parse_time(upload["accepted_at"])):
             chosen = self.store.get_complete(app, request.adapter)
             return {"adapter": chosen.adapter, "sha256": chosen.sha256, "accepted_at": request.requested_at,
                     "request_id": request.request_id, "force_restart": request.force_restart}
-        if newest is None:
-            return None
-        return {"adapter": newest.adapter, "sha256": newest.sha256, "accepted_at": upload_time.isoformat(),
-                "force_restart": False}
+        return {**upload, "force_restart": False} if upload else None
 
     def list_apps(self) -> list[str]:
         """Apps that have anything in the upload container."""

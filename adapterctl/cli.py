@@ -58,7 +58,7 @@ def _finish(out: Output, record: dict[str, Any]) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
-    from activities.adapter_store import BlobAdapterStore, BlobStoreSettings
+    from activities.adapter_store import AdapterStore, BlobStoreSettings
     from activities.validation import AdapterValidationError, ValidationRules, validate_adapter_folder
 
     folder = Path(args.path)
@@ -69,13 +69,16 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         manifest = api.app(args.app).get("manifest") or {}
         base_model = manifest.get("base_model")
     try:
-        rules = ValidationRules.from_env(os.environ, base_model=base_model)
+        if base_model is None:  # a new app: the orchestrator checks the base model; here, the rest
+            base_model = _declared_base_model(folder)
+            out.line(f"note: {args.app} serves nothing yet; the base model is checked by the orchestrator")
+        rules = ValidationRules(base_model=base_model, max_rank=args.max_rank)
         report = validate_adapter_folder(folder, rules)
-    except (AdapterValidationError, OSError) as exc:
+    except (AdapterValidationError, OSError, ValueError) as exc:
         out.result({"ok": False, "stage": "validating", "reason": str(exc)}, f"invalid adapter: {exc}")
         return EXIT_USAGE
     out.line(f"{adapter}: valid (sha256 {report.sha256[:12]}, rank {report.rank}); uploading to app {args.app}")
-    store = BlobAdapterStore(BlobStoreSettings(connection_string=args.storage_connection, account_url=args.account_url))
+    store = AdapterStore(BlobStoreSettings(connection_string=args.storage_connection, account_url=args.account_url))
     store.upload_adapter_folder(folder, args.app, adapter)
     if args.no_wait:
         out.result({"ok": True, "app": args.app, "adapter": adapter, "sha256": report.sha256}, "uploaded")
@@ -87,6 +90,11 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         return EXIT_OK
     out.line(f"rollout {rollout['id']}")
     return _finish(out, follow(api, rollout["id"], args.timeout, _stage_printer(out)))
+
+
+def _declared_base_model(folder: Path) -> str:
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    return str(config.get("base_model_name_or_path") or "unknown")
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -174,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", required=True)
     p.add_argument("--name", help="adapter name (default: the folder's name)")
     p.add_argument("--base-model", help="expected base model (default: the app's)")
+    p.add_argument("--max-rank", type=int, default=int(env("MAX_LORA_RANK", "64")), help="largest LoRA rank")
     p.add_argument("--storage-connection", default=env("ADAPTERS_STORAGE_CONNECTION"))
     p.add_argument("--account-url", default=env("ADAPTERS_ACCOUNT_URL"))
     p.add_argument("--no-wait", action="store_true")

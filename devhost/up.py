@@ -66,22 +66,32 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"nothing answered at {url} within {timeout:.0f}s")
 
 
-@contextmanager
-def child(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """A child process in its own session (so Ctrl-C reaches only us), stopped with SIGTERM then SIGKILL."""
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A child process in its own session (so Ctrl-C reaches only us), its output appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def child(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """A child process stopped on exit."""
+    proc = _spawn(cmd, env, log_path)
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
 
 
 def _free_port(port: int) -> int:
@@ -141,6 +151,17 @@ class LocalStack:
     state: Path
     env: dict[str, str]
     host: subprocess.Popen
+    host_cmd: list[str]
+
+    def kill_host(self) -> None:
+        """SIGKILL the host (what a crash looks like); the inference servers it started keep running."""
+        self.host.kill()
+        self.host.wait()
+
+    def start_host(self) -> None:
+        """Start the host again on the same state folder: it resumes every unfinished orchestration."""
+        self.host = _spawn(self.host_cmd, self.env, self.state / "devhost.log")
+        _wait_http(f"{self.url}/api/apps", 60, self.host)
 
 
 @contextmanager
@@ -178,15 +199,18 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
         }
         host_cmd = [sys.executable, "-m", "devhost", "serve", "--app", "function_app:app", "--port", str(host_port),
                     "--state-dir", str(state_dir / "durable"), "--poll-interval", "0.2"]
-        host = stack.enter_context(child(host_cmd, env, state_dir / "devhost.log"))
         stack.callback(_stop_local_apps, env)
-        url = f"http://127.0.0.1:{host_port}"
-        _wait_http(f"{url}/api/apps", 60, host)
+        up = LocalStack(f"http://127.0.0.1:{host_port}", None, None, kit, api_key, state_dir, env,
+                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd)
+        stack.callback(lambda: _stop(up.host))
+        url = up.url
+        _wait_http(f"{url}/api/apps", 60, up.host)
         print(f"devhost up at {url} (Azurite at {azurite.blob_endpoint}; logs in {state_dir})", flush=True)
         store = AdapterStore(BlobStoreSettings(connection_string=azurite.connection_string))
         store.ensure_container()
         stack.callback(store.close)
-        yield LocalStack(url, OrchestratorApi(url), store, kit, api_key, state_dir, env, host)
+        up.api, up.store = OrchestratorApi(url), store
+        yield up
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -15,3 +15,16 @@ KIT_CACHE = Path(__file__).resolve().parent.parent / "build" / "tinykit"
 def tiny_kit() -> KitPaths:
     """The tiny Llama kit (base model, tokenizer, adapters alpha and beta); a matching stamp skips the build."""
     return build_kit(KIT_CACHE / "llama", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def local_stack(tiny_kit: KitPaths, tmp_path_factory: pytest.TempPathFactory):
+    """The embedded default, once per session: Azurite + devhost running function_app:app on the local platform.
+
+    Tests use their own app names, so their rollouts and inference servers do not meet.
+    """
+    from devhost.up import local_stack as start
+
+    extra = {"MAX_ADAPTER_MB": "1", "MAX_LORA_RANK": "16", "ROLLOUT_HOT_SWAP_TIMEOUT_S": "20"}
+    with start(tmp_path_factory.mktemp("stack"), tiny_kit.root, extra_env=extra) as stack:
+        yield stack

@@ -181,7 +181,7 @@ def test_settings_reads_app_settings() -> None:
     assert settings.platform == "aca" and settings.model_path == "/mnt/adapters/models/phi3"
     assert settings.gpu_workload_profile == WorkloadProfile("NC24-A100", "Consumption-GPU-NC24-A100")
     assert settings.max_lora_rank == 16 and settings.allowed_target_modules == ("qkv_proj", "o_proj")
-    assert settings.max_adapter_mb == 100 and settings.adapters_container == "uploads"
+    assert settings.max_adapter_mb == 100
     assert settings.arm_endpoint == "https://127.0.0.1:9999"
 
 

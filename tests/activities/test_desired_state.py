@@ -70,3 +70,13 @@ def test_list_apps(desired: DesiredState, tmp_path: Path) -> None:
     upload(desired, tmp_path, "one", "alpha", "1")
     upload(desired, tmp_path, "two", "alpha", "1")
     assert desired.list_apps() == ["one", "two"]
+
+
+def test_newest_broken_upload_is_still_desired(desired: DesiredState, tmp_path: Path) -> None:
+    """A marker whose files are missing still becomes desired (its rollout then fails), marked broken."""
+    upload(desired, tmp_path, "demo", "alpha", "1")
+    time.sleep(1.1)  # marker times have whole-second resolution
+    upload(desired, tmp_path, "demo", "beta", "2")
+    desired.store.container.delete_blob("demo/beta/adapter_model.safetensors")
+    got = desired.resolve("demo")
+    assert got["adapter"] == "beta" and got["sha256"].startswith("broken:beta:")
