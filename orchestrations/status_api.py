@@ -16,7 +16,7 @@ import azure.functions as func
 
 from activities.services import services
 
-from .http_util import BadRequest, app_name, error_response, json_response
+from .http_util import APP_NAME, BadRequest, app_name, error_response, json_response
 from .reconcile import RECONCILE_ORCHESTRATOR, reconcile_instance_id
 from .rollout import ROLLOUT_ORCHESTRATOR
 
@@ -56,9 +56,24 @@ async def get_deployment(req: func.HttpRequest, client: df.DurableOrchestrationC
     """One rollout (or provision / restart) by id."""
     instance_id = req.route_params.get("id", "")
     status = await client.get_status(instance_id)
-    if not status:
-        return error_response(f"no deployment {instance_id!r}", 404)
-    return json_response(describe_instance(status))
+    if status:
+        return json_response(describe_instance(status))
+    pending = await asyncio.to_thread(_pending_request, instance_id)
+    if pending:
+        return json_response(pending)
+    return error_response(f"no deployment {instance_id!r}", 404)
+
+
+def _pending_request(deployment_id: str) -> dict[str, Any] | None:
+    """A deploy request the reconciler has not started yet (ids are `<app>.<time>`)."""
+    app = deployment_id.split(".", 1)[0]
+    if not APP_NAME.match(app):
+        return None
+    request = services().desired.last_request(app)
+    if request is None or request.request_id != deployment_id:
+        return None
+    return {"id": deployment_id, "app": app, "adapter": request.adapter, "kind": ROLLOUT_ORCHESTRATOR,
+            "stage": "received", "runtime_status": "Pending", "history": [], "created_at": request.requested_at}
 
 
 @bp.route(route="apps/{app}/deployments", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

@@ -1,0 +1,60 @@
+"""Helpers for end-to-end tests on the embedded default: adapter variants, following rollouts, chatting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from adapterctl.api import stream_chat
+from adapterctl.follow import find_rollout, follow
+
+TIMEOUT = 180.0
+
+
+def variant(src: Path, dest: Path, **config_changes: Any) -> Path:
+    """A copy of adapter `src` with `adapter_config.json` fields changed (new content, same weights)."""
+    shutil.copytree(src, dest)
+    config_path = dest / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(config_changes)
+    config_path.write_text(json.dumps(config))
+    return dest
+
+
+def deploy(stack, app: str, folder: Path, name: str | None = None) -> dict[str, Any]:
+    """Upload a folder and follow its rollout to its terminal stage; returns the final record."""
+    marker = stack.store.upload_adapter_folder(folder, app, name or folder.name)
+    rollout = find_rollout(stack.api, app, marker.sha256, TIMEOUT, interval=0.1)
+    assert rollout is not None, "content already live"
+    return follow(stack.api, rollout["id"], TIMEOUT, lambda _: None, interval=0.1)
+
+
+def rollout_of_adapter(stack, app: str, adapter: str, after: str = "") -> dict[str, Any]:
+    """Wait for the newest rollout of `adapter` created after `after` (ISO), then follow it to its end."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        for record in stack.api.deployments(app):
+            if record.get("adapter") == adapter and (record.get("created_at") or "") > after:
+                return follow(stack.api, record["id"], TIMEOUT, lambda _: None, interval=0.1)
+        time.sleep(0.1)
+    raise TimeoutError(f"no rollout of {adapter} on {app}")
+
+
+def chat(stack, app: str, model: str = "live") -> str:
+    endpoint = stack.api.app(app)["endpoint"]
+    return "".join(stream_chat(endpoint, stack.api_key, model, "Hello there!", temperature=0, max_tokens=24))
+
+
+def wait_idle(stack, app: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Wait until the app's reconciler is idle (nothing left to roll out); returns the app record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = stack.api.app(app)
+        reconciler = info.get("reconciler") or {}
+        if reconciler.get("phase") == "idle":
+            return info
+        time.sleep(0.2)
+    raise TimeoutError(f"reconciler of {app} never went idle")
