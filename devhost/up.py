@@ -10,6 +10,7 @@ child process it started.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -152,6 +153,19 @@ class LocalStack:
     env: dict[str, str]
     host: subprocess.Popen
     host_cmd: list[str]
+    azurite: Any = None
+
+    def process_ids(self) -> list[int]:
+        """Every process of the stack: Azurite, the host and what it started (inference servers included)."""
+        import psutil
+
+        pids = [*self.azurite.pids, self.host.pid]
+        pids += [c.pid for c in psutil.Process(self.host.pid).children(recursive=True)]
+        for state_file in (self.state / "platform").glob("*.json"):
+            pid = json.loads(state_file.read_text()).get("pid")
+            if pid and psutil.pid_exists(pid):
+                pids.append(pid)
+        return sorted(set(pids))
 
     def kill_host(self) -> None:
         """SIGKILL the host (what a crash looks like); the inference servers it started keep running."""
@@ -201,7 +215,7 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
                     "--state-dir", str(state_dir / "durable"), "--poll-interval", "0.2"]
         stack.callback(_stop_local_apps, env)
         up = LocalStack(f"http://127.0.0.1:{host_port}", None, None, kit, api_key, state_dir, env,
-                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd)
+                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite)
         stack.callback(lambda: _stop(up.host))
         url = up.url
         _wait_http(f"{url}/api/apps", 60, up.host)

@@ -1,0 +1,106 @@
+"""Rollout benchmark on the embedded default (devhost + Azurite + the CPU inference server, tiny model).
+
+Prints one table: upload-to-live for a hot swap and for the restart path (p50 of N each, first deploy shown
+apart since it starts the server), then the Durable host overhead (bench/durable_overhead.py), and the memory
+of every process of the stack together. Usage: `python bench/rollout.py [--runs 5]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adapterctl.follow import find_rollout, follow  # noqa: E402
+from devhost.up import local_stack  # noqa: E402
+
+APP = "bench"
+
+
+@dataclass
+class Sample:
+    path: str  # "first deploy" | "hot swap" | "restart"
+    seconds: float
+    stage: str
+    activation: str | None
+
+
+def variant(src: Path, dest: Path, revision: int) -> Path:
+    """New content (a changed config field), same weights: a distinct adapter version."""
+    shutil.copytree(src, dest)
+    config = json.loads((dest / "adapter_config.json").read_text())
+    config["revision"] = revision
+    (dest / "adapter_config.json").write_text(json.dumps(config))
+    return dest
+
+
+def upload_to_live(stack, folder: Path, name: str, label: str) -> Sample:
+    started = time.perf_counter()
+    marker = stack.store.upload_adapter_folder(folder, APP, name)
+    rollout = find_rollout(stack.api, APP, marker.sha256, 300, interval=0.05)
+    record = follow(stack.api, rollout["id"], 300, lambda _: None, interval=0.05)
+    return Sample(label, time.perf_counter() - started, record["stage"], record.get("activation"))
+
+
+def request_to_live(stack, name: str) -> Sample:
+    started = time.perf_counter()
+    accepted = stack.api.deploy(APP, name, force_restart=True)
+    record = follow(stack.api, accepted["id"], 300, lambda _: None, interval=0.05)
+    return Sample("restart", time.perf_counter() - started, record["stage"], record.get("activation"))
+
+
+def memory_mib(pids: list[int]) -> float:
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / (1 << 20)
+
+
+def main(runs: int) -> None:
+    root = Path(__file__).resolve().parents[1]
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp) / "state", root / "build/tinykit/llama") as stack:
+        kit = stack.kit
+        samples.append(upload_to_live(stack, kit.adapters["alpha"], "alpha", "first deploy"))
+        for i in range(runs):
+            src = kit.adapters["beta" if i % 2 == 0 else "alpha"]
+            samples.append(upload_to_live(stack, variant(src, Path(tmp) / f"v{i}", i), f"v{i}", "hot swap"))
+        for i in range(runs):
+            samples.append(request_to_live(stack, f"v{i % 2}"))
+        pids = stack.process_ids()
+        mem = memory_mib(pids)
+    failed = [s for s in samples if s.stage != "live"]
+    print(f"\nUpload → live on devhost (tiny model, CPU), {runs} runs each; failed: {len(failed)}")
+    print("| path | n | p50 s | min s | max s | activation |")
+    print("|---|---|---|---|---|---|")
+    for path in ("first deploy", "hot swap", "restart"):
+        times = [s.seconds for s in samples if s.path == path]
+        kinds = sorted({s.activation or "-" for s in samples if s.path == path})
+        print(f"| {path} | {len(times)} | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} "
+              f"| {', '.join(kinds)} |")
+    print("target: hot swap live within 5 s of the upload")
+    print(f"\nMemory of the whole stack ({len(pids)} processes: Azurite, devhost, inference server): {mem:.0f} MiB RSS")
+    import durable_overhead
+
+    asyncio.run(durable_overhead.main(3))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    main(parser.parse_args().runs)
