@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) node_modules/.installed
 
-$(STAMP): requirements.txt requirements-dev.txt inference_image/requirements.txt inference_image/requirements-cpu.txt
+$(STAMP): requirements.txt requirements-dev.txt inference_image/requirements.txt inference_image/requirements-cpu.txt \
+		inference_image/requirements-ui.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt

@@ -79,11 +79,11 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     out.line(f"{adapter}: valid (sha256 {report.sha256[:12]}, rank {report.rank}); uploading to app {args.app}")
     store = AdapterStore(BlobStoreSettings(connection_string=args.storage_connection, account_url=args.account_url))
-    store.upload_adapter_folder(folder, args.app, adapter)
+    marker = store.upload_adapter_folder(folder, args.app, adapter)
     if args.no_wait:
         out.result({"ok": True, "app": args.app, "adapter": adapter, "sha256": report.sha256}, "uploaded")
         return EXIT_OK
-    rollout = find_rollout(api, args.app, report.sha256, args.timeout)
+    rollout = find_rollout(api, args.app, report.sha256, args.timeout, since=marker.uploaded_at)
     if rollout is None:
         out.result({"ok": True, "app": args.app, "adapter": adapter, "sha256": report.sha256, "stage": "live",
                     "already_live": True}, f"{adapter}@{report.sha256[:12]} is already live on {args.app}")

@@ -42,16 +42,30 @@ def follow(
         time.sleep(interval)
 
 
-def find_rollout(api: OrchestratorApi, app: str, sha256: str, timeout: float, interval: float = 0.5) -> dict | None:
-    """The rollout of content `sha256` on `app`, once the reconciler started it; None if already live."""
-    deadline = time.monotonic() + timeout
+def _started_at(record: dict[str, Any]) -> str:
+    """When the rollout started: its `received` stage time (finer than the runtime's created time)."""
+    history = record.get("history") or []
+    return (history[0].get("at") if history else None) or record.get("created_at") or ""
+
+
+def find_rollout(
+    api: OrchestratorApi, app: str, sha256: str, timeout: float, interval: float = 0.5,
+    since: str | None = None, grace: float = 5.0,
+) -> dict | None:
+    """The rollout of content `sha256` on `app` started at or after `since` (ISO time of the upload); None when
+    that content is live already; after `grace` seconds with neither, an earlier rollout of the same content
+    (content rejected before is not retried)."""
+    started = time.monotonic()
     while True:
-        for record in api.deployments(app):
-            if record.get("sha256") == sha256:
-                return record
-        served = (api.app(app).get("served") or {})
-        if served.get("sha256") == sha256:
+        records = [r for r in api.deployments(app) if r.get("sha256") == sha256]
+        fresh = [r for r in records if since is None or _started_at(r) >= since]
+        if fresh:
+            return fresh[0]
+        if (api.app(app).get("served") or {}).get("sha256") == sha256:
             return None
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        if records and waited > grace:
+            return records[0]
+        if waited > timeout:
             raise TimeoutError(f"no rollout of {sha256[:12]} on {app!r} started within {timeout:.0f}s")
         time.sleep(interval)

@@ -128,6 +128,7 @@ async def serve_until_stopped(host: DevHost) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """``serve``: run the app until interrupted. Exit 2 on a bad app, a port in use or bad state dir."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every request at INFO
     try:
         asyncio.run(serve_until_stopped(host_from_args(args)))
     except (AppLoadError, PortInUseError, StoreError, OSError, ValueError) as exc:

@@ -115,7 +115,7 @@ def deploy_and_chat(api, store, app: str, name: str, folder: Path, key: str, tim
     started = time.time()
     marker = store.upload_adapter_folder(folder, app, name)
     print(f"\n→ uploaded {name} ({marker.sha256[:12]}) to {app}; rollout:", flush=True)
-    rollout = find_rollout(api, app, marker.sha256, timeout, interval=0.1)
+    rollout = find_rollout(api, app, marker.sha256, timeout, interval=0.1, since=marker.uploaded_at)
     if rollout is None:
         raise RuntimeError(f"{name} was already live: the state folder was not fresh")
     record = follow(api, rollout["id"], timeout, lambda e: print(f"   {e['stage']:<13} +{_seconds(started, e['at']):6.2f}s",
@@ -187,6 +187,7 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
     from devhost.azurite import Azurite
     from tinykit import build_kit
 
+    state_dir, kit_dir = Path(state_dir).resolve(), Path(kit_dir).resolve()
     shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir(parents=True)
     print(f"building the tiny model kit in {kit_dir} (skipped when already built)…", flush=True)
