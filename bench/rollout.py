@@ -47,7 +47,7 @@ def variant(src: Path, dest: Path, revision: int) -> Path:
 def upload_to_live(stack, folder: Path, name: str, label: str) -> Sample:
     started = time.perf_counter()
     marker = stack.store.upload_adapter_folder(folder, APP, name)
-    rollout = find_rollout(stack.api, APP, marker.sha256, 300, interval=0.05)
+    rollout = find_rollout(stack.api, APP, marker.sha256, 300, interval=0.05, since=marker.uploaded_at)
     record = follow(stack.api, rollout["id"], 300, lambda _: None, interval=0.05)
     return Sample(label, time.perf_counter() - started, record["stage"], record.get("activation"))
 
