@@ -215,5 +215,8 @@ def test_settings_hide_secrets() -> None:
     assert "secret" not in repr(ShareSettings(share_name="s", connection_string="AccountKey=secret"))
     with pytest.raises(ValueError, match="connection_string or account_url"):
         BlobStoreSettings()
-    from_env = BlobStoreSettings.from_env({"STORAGE_ACCOUNT_NAME": "acct"})
-    assert from_env.account_url == "https://acct.blob.core.windows.net"
+    from_env = BlobStoreSettings.from_env({"ADAPTERS_ACCOUNT_URL": "https://acct.blob.core.windows.net",
+                                           "STORAGE_ACCOUNT_NAME": "inference-share-account"})
+    assert from_env.account_url == "https://acct.blob.core.windows.net" and from_env.container == "adapters"
+    trigger_style = BlobStoreSettings.from_env({"AdaptersStorage": "UseDevelopmentStorage=true"})
+    assert trigger_style.connection_string == "UseDevelopmentStorage=true" and trigger_style.account_url is None
