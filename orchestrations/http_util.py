@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import azure.functions as func
@@ -46,3 +48,20 @@ def json_body(req: func.HttpRequest) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     return body
+
+
+def answers_bad_requests(
+    handler: Callable[..., Awaitable[func.HttpResponse]],
+) -> Callable[..., Awaitable[func.HttpResponse]]:
+    """Turn `BadRequest` (and `LookupError`: 404) raised by an HTTP function into the JSON error response."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
+        try:
+            return await handler(*args, **kwargs)
+        except BadRequest as exc:
+            return error_response(str(exc), exc.status)
+        except LookupError as exc:
+            return error_response(str(exc.args[0] if exc.args else exc), 404)
+
+    return wrapper

@@ -19,7 +19,7 @@ import azure.functions as func
 
 from activities.services import services
 
-from .http_util import BadRequest, app_name, error_response, json_body, json_response
+from .http_util import BadRequest, answers_bad_requests, app_name, json_body, json_response
 from .policies import RolloutTiming
 from .provision import PROVISION_ORCHESTRATOR, RESTART_ORCHESTRATOR
 from .reconcile import (
@@ -74,34 +74,28 @@ async def on_adapter_uploaded(marker: func.InputStream, client: df.DurableOrches
 
 @bp.route(route="apps/{app}/deployments", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
+@answers_bad_requests
 async def start_deployment(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Deploy an adapter already in the store: body {"adapter": name, "force_restart": bool}."""
-    try:
-        app = app_name(req)
-        body = json_body(req)
-        adapter = body.get("adapter")
-        if not isinstance(adapter, str) or not adapter:
-            raise BadRequest("'adapter' (the stored adapter's name) is required")
-        force = body.get("force_restart", False)
-        if not isinstance(force, bool):
-            raise BadRequest("'force_restart' must be true or false")
-        request_id = deployment_id(app, datetime.now(UTC))
-        await asyncio.to_thread(services().desired.request_deployment, app, adapter, request_id, force)
-    except BadRequest as exc:
-        return error_response(str(exc), exc.status)
-    except LookupError as exc:
-        return error_response(str(exc), 404)
+    app = app_name(req)
+    body = json_body(req)
+    adapter = body.get("adapter")
+    if not isinstance(adapter, str) or not adapter:
+        raise BadRequest("'adapter' (the stored adapter's name) is required")
+    force = body.get("force_restart", False)
+    if not isinstance(force, bool):
+        raise BadRequest("'force_restart' must be true or false")
+    request_id = deployment_id(app, datetime.now(UTC))
+    await asyncio.to_thread(services().desired.request_deployment, app, adapter, request_id, force)
     await wake_reconciler(client, app, f"deploy request {request_id}")
     url = _status_url(req, request_id)
     return json_response({"id": request_id, "app": app, "adapter": adapter, "status_url": url}, 202,
                          {"Location": url})
 
 
+@answers_bad_requests
 async def _start(req: func.HttpRequest, client: df.DurableOrchestrationClient, orchestrator: str) -> func.HttpResponse:
-    try:
-        app = app_name(req)
-    except BadRequest as exc:
-        return error_response(str(exc), exc.status)
+    app = app_name(req)
     instance_id = f"{orchestrator}-{deployment_id(app, datetime.now(UTC))}"
     payload = {"app": app, "timing": RolloutTiming.from_env().to_dict()}
     await client.start_new(orchestrator, instance_id, payload)

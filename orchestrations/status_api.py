@@ -16,7 +16,7 @@ import azure.functions as func
 
 from activities.services import services
 
-from .http_util import APP_NAME, BadRequest, app_name, error_response, json_response
+from .http_util import APP_NAME, answers_bad_requests, app_name, error_response, json_response
 from .reconcile import RECONCILE_ORCHESTRATOR, reconcile_instance_id
 from .rollout import ROLLOUT_ORCHESTRATOR
 
@@ -78,23 +78,19 @@ def _pending_request(deployment_id: str) -> dict[str, Any] | None:
 
 @bp.route(route="apps/{app}/deployments", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
+@answers_bad_requests
 async def list_deployments(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Recent rollouts of one app, newest first."""
-    try:
-        app = app_name(req)
-    except BadRequest as exc:
-        return error_response(str(exc), exc.status)
+    app = app_name(req)
     return json_response({"app": app, "deployments": await app_rollouts(client, app)})
 
 
 @bp.route(route="apps/{app}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
+@answers_bad_requests
 async def get_app(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Desired vs served adapter, endpoint, replicas and the last rollout of one app."""
-    try:
-        app = app_name(req)
-    except BadRequest as exc:
-        return error_response(str(exc), exc.status)
+    app = app_name(req)
     svc = services()
     desired, served, platform = await asyncio.gather(
         asyncio.to_thread(svc.desired.resolve, app),

@@ -155,35 +155,9 @@ class ChatService:
         headers: dict[str, str],
         started: float,
     ) -> web.StreamResponse:
-        completion_id, created, model = _completion_id(), int(time.time()), parsed.model
-        deltas = aiter(self._state.engine.chat(engine_request))
-        first = await anext(deltas)
-        ttft = time.perf_counter() - started
-        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
-        await response.prepare(request)
-        usage: Usage | None = None
-        try:
-            await response.write(_sse(chunk_json(completion_id, created, model, {"role": "assistant", "content": ""})))
-            delta: ChatDelta | None = first
-            while delta is not None:
-                if delta.text:
-                    await response.write(_sse(chunk_json(completion_id, created, model, {"content": delta.text})))
-                if delta.finish_reason is not None:
-                    usage = delta.usage
-                    await response.write(_sse(chunk_json(completion_id, created, model, {}, delta.finish_reason)))
-                delta = await anext(deltas, None)
-            if parsed.include_usage and usage is not None:
-                await response.write(_sse(chunk_json(completion_id, created, model, None, usage=usage)))
-            await response.write(DONE)
-        except ConnectionResetError:
-            log.info("client went away mid-stream")
-        except EngineError:
-            log.exception("engine failed mid-stream")
-            await response.write(_sse(internal_error().body()))
-        finally:
-            await _aclose(deltas)
-        self._observe(headers["X-Served-Model"], 200, started, ttft, usage)
-        return response
+        """Encode the engine's deltas as OpenAI SSE chunks and relay them like a pass-through stream."""
+        chunks = _sse_chunks(self._state.engine.chat(engine_request), parsed.model, parsed.include_usage)
+        return await self._relay(request, headers["X-Served-Model"], chunks, headers, started)
 
     def _observe(self, served: str, status: int, started: float, ttft: float | None, usage: Usage | None) -> None:
         tokens = usage.completion_tokens if usage else 0
@@ -201,6 +175,28 @@ async def _aclose(iterator: AsyncIterator[object]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def _sse_chunks(deltas: AsyncIterator[ChatDelta], model: str, include_usage: bool) -> AsyncIterator[bytes]:
+    """`chat.completion.chunk` SSE events for a stream of deltas: role, content pieces, finish, usage, [DONE]."""
+    completion_id, created = _completion_id(), int(time.time())
+    usage: Usage | None = None
+    try:
+        first = await anext(deltas)  # errors before the first byte still get a status code
+        yield _sse(chunk_json(completion_id, created, model, {"role": "assistant", "content": ""}))
+        delta: ChatDelta | None = first
+        while delta is not None:
+            if delta.text:
+                yield _sse(chunk_json(completion_id, created, model, {"content": delta.text}))
+            if delta.finish_reason is not None:
+                usage = delta.usage
+                yield _sse(chunk_json(completion_id, created, model, {}, delta.finish_reason))
+            delta = await anext(deltas, None)
+        if include_usage and usage is not None:
+            yield _sse(chunk_json(completion_id, created, model, None, usage=usage))
+        yield DONE
+    finally:
+        await _aclose(deltas)
 
 
 def _completion_id() -> str:
