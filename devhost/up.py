@@ -96,10 +96,16 @@ def child(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subpr
 
 
 def _free_port(port: int) -> int:
+    """`port` if it is free (0: any free port); `PortInUseError` naming it otherwise."""
     import socket
 
+    from devhost.host import PortInUseError
+
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise PortInUseError(f"port {port} on 127.0.0.1 is already in use; pass another --port (0: any)") from exc
         return sock.getsockname()[1]
 
 
@@ -229,8 +235,22 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
 
 
 def run_up(args: argparse.Namespace) -> int:
+    """`up`; exit 2 with a one-line reason when a port is taken, 1 when the demo does not reach its end."""
+    try:
+        return _demo(args)
+    except OSError as exc:
+        print(f"devhost up: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"devhost up: {exc}", file=sys.stderr)
+        return 1
+
+
+def _demo(args: argparse.Namespace) -> int:
     from tinykit import PHRASES
 
+    if args.chat_page_port:
+        _free_port(args.chat_page_port)
     with ExitStack() as stack:
         up = stack.enter_context(local_stack((ROOT / args.state_dir).resolve(), ROOT / args.kit_dir, args.port,
                                              args.azurite_port, args.inference_port))
