@@ -43,6 +43,15 @@ _KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 _STORAGE_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
 _SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _ACA_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+ACR_SUFFIX = ".azurecr.io"  # an image on such a host is pulled with INFERENCE_PULL_IDENTITY_ID
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_REGISTRY_SERVER_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+(?::[0-9]{{1,5}})?$")
+_USER_ASSIGNED_IDENTITY_RE = re.compile(
+    r"^/subscriptions/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"/resourcegroups/[-\w.()]{1,90}"
+    r"/providers/microsoft\.managedidentity/userassignedidentities/[a-z0-9][a-z0-9_-]{2,127}$",
+    re.IGNORECASE,
+)
 _NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "storage": (_STORAGE_ACCOUNT_RE, "3-24 lowercase letters and digits"),
     "share": (_SHARE_RE, "3-63 lowercase letters, digits and single hyphens"),
@@ -325,6 +334,11 @@ class Settings:
     inference_api_key: str = field(default="", repr=False)
     arm_endpoint: str = ""  # ARM_ENDPOINT: Resource Manager override (tests: the fake ARM)
     arm_ca_bundle: str = ""  # ARM_CA_BUNDLE: CA bundle for ARM_ENDPOINT (tests)
+    # INFERENCE_REGISTRY_SERVER: the registry ACA pulls INFERENCE_IMAGE from ("" = a public image); from_env derives
+    # it from the image's host when that is an Azure Container Registry
+    inference_registry_server: str = ""
+    # INFERENCE_PULL_IDENTITY_ID: resource id of the user-assigned identity with AcrPull on that registry
+    inference_pull_identity_id: str = ""
     inference_config_path: str = "infra/inference.config.json"  # INFERENCE_CONFIG_PATH
     parameters_path: str = "infra/provision/inference.parameters.json"  # INFERENCE_PARAMETERS_PATH
 
@@ -350,6 +364,7 @@ class Settings:
             raise ConfigError(
                 "MODEL_PATH", ENV_SOURCE, f"expected an absolute path in the share, got {model_path!r}"
             )
+        registry, pull_identity = _image_registry(env, image, platform)
         return cls(
             base_model_name=_text(env, "BASE_MODEL_NAME", ENV_SOURCE),
             platform=platform,
@@ -360,11 +375,42 @@ class Settings:
             allowed_target_modules=modules or DEFAULT_TARGET_MODULES,
             max_adapter_mb=_int(env, "MAX_ADAPTER_MB", cls.max_adapter_mb, minimum=1),
             inference_api_key=api_key,
+            inference_registry_server=registry,
+            inference_pull_identity_id=pull_identity,
             arm_endpoint=env.get("ARM_ENDPOINT", "").strip(),
             arm_ca_bundle=env.get("ARM_CA_BUNDLE", "").strip(),
             inference_config_path=env.get("INFERENCE_CONFIG_PATH", "").strip() or cls.inference_config_path,
             parameters_path=env.get("INFERENCE_PARAMETERS_PATH", "").strip() or cls.parameters_path,
         )
+
+
+def _image_registry(env: Mapping[str, str], image: str, platform: str) -> tuple[str, str]:
+    """(registry server, pull identity id) for `image`: INFERENCE_REGISTRY_SERVER, else the image's host when it is
+    an Azure Container Registry, else no registry (a public image). PLATFORM=aca needs the identity for a registry."""
+    server = env.get("INFERENCE_REGISTRY_SERVER", "").strip().lower()
+    if server and not _REGISTRY_SERVER_RE.match(server):
+        raise ConfigError(
+            "INFERENCE_REGISTRY_SERVER",
+            ENV_SOURCE,
+            f"expected a host name such as cradapters123{ACR_SUFFIX}, got {server!r}",
+        )
+    host = image.split("/", 1)[0].lower() if "/" in image else ""
+    server = server or (host if host.endswith(ACR_SUFFIX) else "")
+    identity = env.get("INFERENCE_PULL_IDENTITY_ID", "").strip()
+    if identity and not _USER_ASSIGNED_IDENTITY_RE.match(identity):
+        raise ConfigError(
+            "INFERENCE_PULL_IDENTITY_ID",
+            ENV_SOURCE,
+            "expected a user-assigned identity's resource id (/subscriptions/<id>/resourceGroups/<rg>/providers/"
+            f"Microsoft.ManagedIdentity/userAssignedIdentities/<name>), got {identity!r}",
+        )
+    if server and not identity and platform == "aca":
+        raise ConfigError(
+            "INFERENCE_PULL_IDENTITY_ID",
+            ENV_SOURCE,
+            f"missing (needed to pull INFERENCE_IMAGE from {server})",
+        )
+    return server, identity
 
 
 def check_configuration(infra_dir: Path, env: Mapping[str, str]) -> list[str]:

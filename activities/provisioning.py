@@ -11,8 +11,9 @@ Steps, in order (`STEPS`), one `Provisioner` method each, each taking a single r
    workspace (customer id + shared key fetched at run time, only when a write is needed, never logged). Profiles
    others added to a shared environment are kept.
 5. `environment_storage`: the share registered on the environment (the account key fetched at run time).
-6. `container_app`: the inference app, through `AcaPlatform.ensure_app`. Its `outcome` is the template's
-   inference.config.json with `ACA_APP_ENDPOINT` filled in.
+6. `container_app`: the inference app, through `AcaPlatform.ensure_app`, pulling its image from the private registry
+   with the pull identity when one is configured. Its `outcome` is the template's inference.config.json with
+   `ACA_APP_ENDPOINT` filled in.
 
 `ProvisionPlan` holds every request (JSON-friendly, for Durable); `Provisioner.plan` builds it from the template's
 files and app settings, resolving null parameters to their defaults. Secret values never enter a request: the
@@ -149,7 +150,8 @@ class EnvironmentStorageRequest(_JsonDataclass):
 
 @dataclass(frozen=True)
 class ContainerAppRequest(_JsonDataclass):
-    """The inference app (acaAppName). `secret_names` are resolved by the Provisioner; values never travel here."""
+    """The inference app (acaAppName). `secret_names` are resolved by the Provisioner; values never travel here.
+    `registry_server` / `pull_identity_id`: the private registry and the identity that pulls from it ("" = public)."""
 
     location: str
     app: str
@@ -163,6 +165,8 @@ class ContainerAppRequest(_JsonDataclass):
     max_replicas: int = 1
     env: dict[str, str] = field(default_factory=dict)
     secret_names: tuple[str, ...] = ()
+    registry_server: str = ""
+    pull_identity_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,8 @@ class ProvisionPlan(_JsonDataclass):
                     "INFERENCE_MAX_LORA_RANK": str(settings.max_lora_rank),
                 },
                 secret_names=(API_KEYS_SECRET,) if settings.inference_api_key else (),
+                registry_server=settings.inference_registry_server,
+                pull_identity_id=settings.inference_pull_identity_id,
             ),
         )
 
@@ -442,6 +448,8 @@ class Provisioner:
             location=request.location,
             storage_name=request.storage_name,
             workload_profile=request.workload_profile,
+            registry_server=request.registry_server,
+            pull_identity_id=request.pull_identity_id,
         )
         return AcaPlatform(settings, client=self._client("apps"))
 

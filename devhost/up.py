@@ -238,6 +238,9 @@ def run_up(args: argparse.Namespace) -> int:
     """`up`; exit 2 with a one-line reason when a port is taken, 1 when the demo does not reach its end."""
     try:
         return _demo(args)
+    except KeyboardInterrupt:  # Ctrl-C at any point: _demo's exit stack has stopped every child by now
+        print("\nstopped", flush=True)
+        return 0
     except OSError as exc:
         print(f"devhost up: {exc}", file=sys.stderr)
         return 2
@@ -276,12 +279,10 @@ def _demo(args: argparse.Namespace) -> int:
             stack.enter_context(child(page_cmd, up.env, up.state / "chat_page.log"))
             print(f"chat page:  http://127.0.0.1:{args.chat_page_port}", flush=True)
         print("serving until Ctrl-C…", flush=True)
-        try:
-            while up.host.poll() is None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            print("\nstopping…", flush=True)
-    return 0
+        while up.host.poll() is None:
+            time.sleep(0.5)
+        print(f"devhost exited with {up.host.returncode}; see {up.state / 'devhost.log'}", file=sys.stderr)
+    return 1
 
 
 def _stop_local_apps(env: dict[str, str]) -> None:

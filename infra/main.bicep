@@ -1,8 +1,9 @@
 // The orchestrator's own Azure resources: a Flex Consumption Functions app (Python 3.11) with a user-assigned
 // managed identity, its storage account (deployment package, the `adapters` upload container, the Durable task
 // hub), Application Insights on a Log Analytics workspace, a Key Vault holding the inference API key, a container
-// registry for the GPU image, the Event Grid system topic that feeds the blob trigger, and the role assignments
-// the orchestrator needs. No keys or connection strings: every connection is identity-based.
+// registry for the GPU image with a separate image-pull identity for the inference container app, the Event Grid
+// system topic that feeds the blob trigger, and the role assignments the orchestrator needs. No keys or connection
+// strings: every connection is identity-based, and the registry allows neither anonymous pull nor an admin user.
 //
 // What this template does NOT declare: the inference resources (storage account + file share, Log Analytics
 // workspace, managed environment, environment storage, container app). The orchestrator's provision orchestration
@@ -68,9 +69,6 @@ param inferenceApiKey string
 @description('Second pass only: subscribe the blob trigger to Event Grid. Needs the code published first (the blobs_extension key).')
 param enableBlobEvents bool = false
 
-@description('Let the container app pull the inference image anonymously (the orchestrator sets no registry credentials on it yet).')
-param acrAnonymousPullEnabled bool = false
-
 @minValue(40)
 @maxValue(1000)
 param functionsMaximumInstanceCount int = 40
@@ -105,11 +103,23 @@ var roles = {
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   acrPush: '8311e382-0749-4cb8-b61a-304f252e45ec'
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+  managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830'
 }
 
 // --- identity ----------------------------------------------------------------------------------------------------
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: 'id-adapters-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+// The inference container app pulls its image with this identity and nothing else: AcrPull on the registry is its
+// only role, and the orchestrator sets it to lifecycle "None" on the app (image pull only, no tokens for the
+// container's code). Not the Functions identity: that one can rewrite container apps and read the API key, and
+// would be reachable from the GPU container's code if the app carried it.
+resource pullIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-adapters-pull-${resourceToken}'
   location: location
   tags: tags
 }
@@ -212,11 +222,11 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
   location: location
   tags: tags
   sku: {
-    name: 'Standard' // anonymous pull needs Standard or Premium
+    name: 'Standard' // 100 GiB included storage for the multi-GB CUDA images and their tags
   }
   properties: {
     adminUserEnabled: false
-    anonymousPullEnabled: acrAnonymousPullEnabled
+    anonymousPullEnabled: false // the container app pulls with pullIdentity (AcrPull)
   }
 }
 
@@ -304,6 +314,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // The orchestrator (activities/config.py Settings.from_env).
     PLATFORM: 'aca'
     INFERENCE_IMAGE: '${registry.properties.loginServer}/inference:${inferenceImageTag}'
+    // The container app pulls INFERENCE_IMAGE from this registry with this identity (activities/platform/aca.py).
+    INFERENCE_REGISTRY_SERVER: registry.properties.loginServer
+    INFERENCE_PULL_IDENTITY_ID: pullIdentity.id
     BASE_MODEL_NAME: baseModelName
     MODEL_PATH: modelPath
     GPU_WORKLOAD_PROFILE: gpuWorkloadProfile
@@ -327,6 +340,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     storageTableContributor
     vaultSecretsUser
     metricsPublisher
+    registryPull
+    pullIdentityOperator
     inferenceAccess
   ]
 }
@@ -409,6 +424,29 @@ resource githubAcrPush 'Microsoft.Authorization/roleAssignments@2022-04-01' = if
   }
 }
 
+// The pull identity reads images from the registry, and nothing else.
+resource registryPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, pullIdentity.id, roles.acrPull)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPull)
+    principalId: pullIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The orchestrator assigns the pull identity to the container app it writes
+// (Microsoft.ManagedIdentity/userAssignedIdentities/assign/action), scoped to that one identity.
+resource pullIdentityOperator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(pullIdentity.id, identity.id, roles.managedIdentityOperator)
+  scope: pullIdentity
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.managedIdentityOperator)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 // --- roles on the inference resource group (what the provision orchestration creates there) -----------------------
 module inferenceAccess 'modules/inference-access.bicep' = {
   name: 'inference-access-${resourceToken}'
@@ -450,6 +488,7 @@ output ADAPTERS_ACCOUNT_URL string = storage.properties.primaryEndpoints.blob
 output AZURE_CONTAINER_REGISTRY_NAME string = registry.name
 output AZURE_CONTAINER_REGISTRY_ENDPOINT string = registry.properties.loginServer
 output INFERENCE_IMAGE string = '${registry.properties.loginServer}/inference:${inferenceImageTag}'
+output INFERENCE_PULL_IDENTITY_ID string = pullIdentity.id
 output AZURE_KEY_VAULT_NAME string = vault.name
 output ORCHESTRATOR_IDENTITY_CLIENT_ID string = identity.properties.clientId
 output ORCHESTRATOR_IDENTITY_PRINCIPAL_ID string = identity.properties.principalId

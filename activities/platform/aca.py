@@ -2,10 +2,15 @@
 
 `AcaPlatform` drives `ContainerAppsAPIClient` (azure-mgmt-appcontainers) and owns only part of the app: image,
 command, env, secrets (compared by name: ARM never returns their values), scale min/max, the Azure Files volume at
-/mnt/adapters, probes, ingress and the workload profile. `ensure_app` GETs the app, creates it when missing (PUT),
-patches our fields when they differ (JSON merge PATCH, so fields set by others survive) and writes nothing otherwise.
-A changed template makes ACA cut a new revision by itself; `restart_app` restarts the latest revision's replicas
-(`restart_revision`) without a new revision, e.g. to reload the base model from the share.
+/mnt/adapters, probes, ingress, the workload profile and the registry list. `ensure_app` GETs the app, creates it when
+missing (PUT), patches our fields when they differ (JSON merge PATCH, so fields set by others survive) and writes
+nothing otherwise. A changed template makes ACA cut a new revision by itself; `restart_app` restarts the latest
+revision's replicas (`restart_revision`) without a new revision, e.g. to reload the base model from the share.
+
+Private registry: with `AcaSettings.registry_server` set, the app is assigned the user-assigned pull identity
+(`pull_identity_id`, AcrPull on the registry), pulls with it (`configuration.registries`) and keeps it away from the
+containers' code (`identitySettings` lifecycle "None": image pull only). Identities others assigned are kept; when
+the registry goes away only its registry entry is removed (the identity stays assigned, unusable by the code).
 
 Retries: the clients are built with `retry_total=0`, so the SDK never retries by itself; the orchestrator's
 `call_activity_with_retry` owns retries. Errors are translated once, in `arm_errors`: HTTP 429 →
@@ -19,6 +24,7 @@ azure.* imports happen inside functions: the Functions host imports activities a
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import logging
 from collections.abc import Iterator, Mapping
@@ -45,6 +51,8 @@ log = logging.getLogger(__name__)
 CONTAINER_NAME = "inference"
 VOLUME_NAME = "adapters"
 BASE_MODEL_ENV = "INFERENCE_BASE_MODEL_NAME"  # the inference server's setting for AppSpec.base_model
+# The pull identity's `identitySettings` lifecycle: image pulls only, no tokens for the containers' code.
+PULL_IDENTITY_LIFECYCLE = "None"
 _TRANSIENT_CONFLICT_CODES = frozenset(
     {"AnotherOperationInProgress", "ContainerAppOperationInProgress", "Conflict"}
 )
@@ -198,6 +206,7 @@ def owned_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     template = props.get("template") or {}
     containers = template.get("containers") or []
     container = containers[0] if containers else {}
+    identity = body.get("identity") or {}
     return {
         "managedEnvironmentId": props.get("managedEnvironmentId") or props.get("environmentId"),
         "workloadProfileName": props.get("workloadProfileName"),
@@ -214,6 +223,17 @@ def owned_fields(body: Mapping[str, Any]) -> dict[str, Any]:
             k: v for k, v in (template.get("scale") or {}).items() if k in ("minReplicas", "maxReplicas")
         },
         "volumes": template.get("volumes") or [],
+        # ours: the whole registry list, compared on what we set (ARM adds empty username / passwordSecretRef)
+        "registries": [
+            {"server": str(r.get("server") or "").lower(), "identity": r.get("identity")}
+            for r in config.get("registries") or []
+        ],
+        # ours within others': our identity among the assigned ones, and its lifecycle (ids are case-insensitive)
+        "userAssignedIdentities": {k.lower(): {} for k in identity.get("userAssignedIdentities") or {}},
+        "identitySettings": {
+            str(s.get("identity") or "").lower(): s.get("lifecycle")
+            for s in config.get("identitySettings") or []
+        },
     }
 
 
@@ -236,11 +256,15 @@ class AcaSettings:
     cpu: float | None = None  # None: the profile's size (Consumption-GPU-* types)
     memory: str | None = None
     startup_period_s: int = 30  # startup probe: up to 10 failures x 30 s after 60 s for the model to load
+    registry_server: str = ""  # the private registry the image is pulled from; "" = a public image
+    pull_identity_id: str = ""  # user-assigned identity (resource id) with AcrPull on registry_server
 
     def __post_init__(self) -> None:
         for name in ("environment_name", "location", "storage_name"):
             if not getattr(self, name):
                 raise ValueError(f"AcaSettings.{name} is required")
+        if self.registry_server and not self.pull_identity_id:
+            raise ValueError("AcaSettings.pull_identity_id is required to pull from registry_server")
         if not self.mount_path.startswith("/"):
             raise ValueError(f"AcaSettings.mount_path must be absolute, got {self.mount_path!r}")
         if not 1 <= self.target_port <= 65535:
@@ -298,22 +322,24 @@ def app_body(settings: AcaSettings, spec: AppSpec) -> dict[str, Any]:
     }
     if spec.command:
         container["command"] = list(spec.command)
-    return {
+    configuration: dict[str, Any] = {
+        "activeRevisionsMode": "Single",
+        "ingress": {
+            "external": True,
+            "targetPort": port,
+            "transport": "auto",
+            "allowInsecure": False,
+        },
+        "secrets": [{"name": n, "value": v} for n, v in sorted(spec.secrets.items())],
+        "registries": [],  # always sent: a merge PATCH must clear a registry that is no longer used
+    }
+    body: dict[str, Any] = {
         "location": settings.location,
         "tags": {"managed-by": "adapter-deploy"},
         "properties": {
             "managedEnvironmentId": settings.environment_id,
             "workloadProfileName": settings.workload_profile.name,
-            "configuration": {
-                "activeRevisionsMode": "Single",
-                "ingress": {
-                    "external": True,
-                    "targetPort": port,
-                    "transport": "auto",
-                    "allowInsecure": False,
-                },
-                "secrets": [{"name": n, "value": v} for n, v in sorted(spec.secrets.items())],
-            },
+            "configuration": configuration,
             "template": {
                 "containers": [container],
                 "scale": {"minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas},
@@ -323,6 +349,33 @@ def app_body(settings: AcaSettings, spec: AppSpec) -> dict[str, Any]:
             },
         },
     }
+    if settings.registry_server:
+        pull = settings.pull_identity_id
+        body["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {pull: {}}}
+        configuration["registries"] = [{"server": settings.registry_server, "identity": pull}]
+        configuration["identitySettings"] = [{"identity": pull, "lifecycle": PULL_IDENTITY_LIFECYCLE}]
+    return body
+
+
+def _patch_body(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge PATCH for `desired`, keeping what others set where ARM replaces a value whole: a system-assigned
+    identity (`identity.type`) and other identities' `identitySettings`."""
+    patch = {k: copy.deepcopy(v) for k, v in desired.items() if k != "location"}
+    if "identity" not in patch:
+        return patch
+    current_identity = current.get("identity") or {}
+    if "systemassigned" in str(current_identity.get("type") or "").lower():
+        patch["identity"]["type"] = "SystemAssigned,UserAssigned"
+    config = patch["properties"]["configuration"]
+    ours = {str(s["identity"]).lower() for s in config["identitySettings"]}
+    current_config = (current.get("properties") or {}).get("configuration") or {}
+    others = [
+        s
+        for s in current_config.get("identitySettings") or []
+        if str(s.get("identity") or "").lower() not in ours
+    ]
+    config["identitySettings"] = others + config["identitySettings"]
+    return patch
 
 
 class AcaPlatform:
@@ -364,7 +417,7 @@ class AcaPlatform:
                 self.client.container_apps.begin_create_or_update(self._rg, spec.app, desired).result()
         elif self._differs(desired, current):
             log.info("updating container app %s (image %s)", spec.app, spec.image)
-            patch = {"tags": desired["tags"], "properties": desired["properties"]}
+            patch = _patch_body(desired, current)
             with arm_errors(f"update container app {spec.app!r}"):
                 self.client.container_apps.begin_update(self._rg, spec.app, patch).result()
         else:

@@ -25,6 +25,9 @@ from tests.fakes.fake_arm import FakeArm
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-test"
 APP_PATH = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/containerApps/chat"
+REGISTRY = "example.azurecr.io"
+IDENTITIES = f"/subscriptions/{SUB}/resourceGroups/rg-adapters/providers/Microsoft.ManagedIdentity/userAssignedIdentities"
+PULL_ID = f"{IDENTITIES}/id-adapters-pull"
 
 
 @pytest.fixture
@@ -51,6 +54,16 @@ def platform(fake_arm: FakeArm) -> AcaPlatform:
         workload_profile=WorkloadProfile("NC8as-T4", "Consumption-GPU-NC8as-T4"),
     )
     return AcaPlatform(settings)
+
+
+@pytest.fixture
+def private(platform: AcaPlatform) -> AcaPlatform:
+    """The same platform pulling from the private registry with the pull identity."""
+    return _pulling(platform, REGISTRY, PULL_ID)
+
+
+def _pulling(platform: AcaPlatform, server: str, identity: str) -> AcaPlatform:
+    return AcaPlatform(replace(platform.settings, registry_server=server, pull_identity_id=identity))
 
 
 SPEC = AppSpec(
@@ -138,6 +151,98 @@ def test_removed_secret_is_an_update(platform: AcaPlatform, fake_arm: FakeArm) -
     assert fake_arm.resource(APP_PATH)["properties"]["configuration"]["secrets"] == []
 
 
+def test_private_registry_app_is_created_with_the_pull_identity(
+    private: AcaPlatform, fake_arm: FakeArm
+) -> None:
+    """The PUT assigns the pull identity, pulls the registry with it and keeps it from the containers' code."""
+    result = private.ensure_app(SPEC)
+    assert result.changed and result.state.running
+    (put,) = fake_arm.writes()
+    assert put.body["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {PULL_ID: {}}}
+    config = put.body["properties"]["configuration"]
+    assert config["registries"] == [{"server": REGISTRY, "identity": PULL_ID}]
+    assert config["identitySettings"] == [{"identity": PULL_ID, "lifecycle": "None"}]
+    stored = fake_arm.resource(APP_PATH)
+    assert stored["identity"]["userAssignedIdentities"][PULL_ID]["principalId"]
+    assert stored["properties"]["configuration"]["registries"][0]["server"] == REGISTRY
+
+
+def test_unchanged_private_app_is_not_written(private: AcaPlatform, fake_arm: FakeArm) -> None:
+    """Registry and identity read back as sent (ARM's extra fields, any id casing): a second ensure only reads."""
+    private.ensure_app(SPEC)
+    fake_arm.clear_log()
+    assert not private.ensure_app(SPEC).changed
+    assert not _pulling(private, REGISTRY.upper(), PULL_ID.lower()).ensure_app(SPEC).changed
+    assert fake_arm.writes() == []
+
+
+def test_registry_change_is_an_update(private: AcaPlatform, fake_arm: FakeArm) -> None:
+    """Another registry and identity is one PATCH: the new registry entry; the old identity stays code-unusable."""
+    private.ensure_app(SPEC)
+    fake_arm.clear_log()
+    other_id = f"{IDENTITIES}/id-other-pull"
+    result = _pulling(private, "other.azurecr.io", other_id).ensure_app(
+        replace(SPEC, image="other.azurecr.io/i:1")
+    )
+    assert result.changed and result.state.image == "other.azurecr.io/i:1"
+    (patch,) = fake_arm.writes()
+    assert patch.method == "PATCH"
+    assert patch.body["identity"]["userAssignedIdentities"] == {other_id: {}}
+    config = fake_arm.resource(APP_PATH)["properties"]["configuration"]
+    assert [(r["server"], r["identity"]) for r in config["registries"]] == [("other.azurecr.io", other_id)]
+    assert {s["identity"]: s["lifecycle"] for s in config["identitySettings"]} == {
+        other_id: "None",
+        PULL_ID: "None",
+    }
+
+
+def test_public_image_has_no_registry_or_identity(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """Without a registry the app gets no identity and an empty registry list."""
+    platform.ensure_app(replace(SPEC, image="ghcr.io/org/inference:1"))
+    (put,) = fake_arm.writes()
+    assert "identity" not in put.body
+    assert put.body["properties"]["configuration"]["registries"] == []
+    assert "identitySettings" not in put.body["properties"]["configuration"]
+
+
+def test_moving_to_a_public_image_clears_the_registry(
+    private: AcaPlatform, platform: AcaPlatform, fake_arm: FakeArm
+) -> None:
+    """Dropping the registry removes its entry; the identity stays assigned but unusable by the code."""
+    private.ensure_app(SPEC)
+    assert platform.ensure_app(replace(SPEC, image="ghcr.io/org/inference:1")).changed
+    stored = fake_arm.resource(APP_PATH)
+    assert stored["properties"]["configuration"]["registries"] == []
+    assert stored["properties"]["configuration"]["identitySettings"] == [
+        {"identity": PULL_ID, "lifecycle": "None"}
+    ]
+    assert PULL_ID in stored["identity"]["userAssignedIdentities"]
+
+
+def test_identities_others_assigned_survive(
+    platform: AcaPlatform, private: AcaPlatform, fake_arm: FakeArm
+) -> None:
+    """Adding the pull identity keeps a system-assigned identity and another identity (with its settings)."""
+    platform.ensure_app(SPEC)
+    other_id = f"{IDENTITIES}/id-telemetry"
+    others = {
+        "identity": {"type": "SystemAssigned,UserAssigned", "userAssignedIdentities": {other_id: {}}},
+        "properties": {"configuration": {"identitySettings": [{"identity": other_id, "lifecycle": "Main"}]}},
+    }
+    platform.client.container_apps.begin_update(RG, "chat", others).result()
+    assert private.ensure_app(SPEC).changed
+    stored = fake_arm.resource(APP_PATH)
+    assert stored["identity"]["type"] == "SystemAssigned,UserAssigned"
+    assert set(stored["identity"]["userAssignedIdentities"]) == {other_id, PULL_ID}
+    settings = {
+        s["identity"]: s["lifecycle"] for s in stored["properties"]["configuration"]["identitySettings"]
+    }
+    assert settings == {other_id: "Main", PULL_ID: "None"}
+    fake_arm.clear_log()
+    assert not private.ensure_app(SPEC).changed
+    assert fake_arm.writes() == []
+
+
 def test_describe_missing_app(platform: AcaPlatform) -> None:
     """A missing app is reported as not existing, not as an error."""
     state = platform.describe_app("nope")
@@ -216,9 +321,11 @@ def test_secret_values_stay_out_of_logs(
 
 
 def test_settings_validate_themselves(platform: AcaPlatform) -> None:
-    """A dedicated profile without cpu/memory is refused when the settings are built."""
+    """A dedicated profile without cpu/memory, or a registry without a pull identity, is refused when built."""
     with pytest.raises(ValueError, match="cpu/memory"):
         replace(platform.settings, workload_profile=WorkloadProfile("gpu", "NC96-A100", 0, 1))
+    with pytest.raises(ValueError, match="pull_identity_id"):
+        replace(platform.settings, registry_server=REGISTRY)
 
 
 def test_read_timeout_is_transient(platform: AcaPlatform, fake_arm: FakeArm) -> None:

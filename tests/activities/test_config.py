@@ -26,6 +26,10 @@ TEMPLATE_CONFIG = {
     "ACA_APP_ENDPOINT": "",
 }
 MINIMAL_ENV = {"BASE_MODEL_NAME": "microsoft/Phi-3-mini-4k-instruct"}
+PULL_IDENTITY = (
+    "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-adapters"
+    "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-adapters-pull"
+)
 
 
 def _write(path: Path, data: object) -> Path:
@@ -168,6 +172,8 @@ def test_settings_reads_app_settings() -> None:
         **MINIMAL_ENV,
         "PLATFORM": "ACA",
         "INFERENCE_IMAGE": "example.azurecr.io/inference:1",
+        "INFERENCE_REGISTRY_SERVER": "Example.azurecr.io",
+        "INFERENCE_PULL_IDENTITY_ID": PULL_IDENTITY,
         "MODEL_PATH": "/mnt/adapters/models/phi3",
         "GPU_WORKLOAD_PROFILE": "Consumption-GPU-NC24-A100",
         "MAX_LORA_RANK": "16",
@@ -183,6 +189,8 @@ def test_settings_reads_app_settings() -> None:
     assert settings.max_lora_rank == 16 and settings.allowed_target_modules == ("qkv_proj", "o_proj")
     assert settings.max_adapter_mb == 100
     assert settings.arm_endpoint == "https://127.0.0.1:9999"
+    assert settings.inference_registry_server == "example.azurecr.io"
+    assert settings.inference_pull_identity_id == PULL_IDENTITY
 
 
 @pytest.mark.parametrize(
@@ -199,6 +207,21 @@ def test_settings_reads_app_settings() -> None:
         ),
         ({"GPU_WORKLOAD_PROFILE": "Consumption-GPU-H100"}, "GPU_WORKLOAD_PROFILE"),
         ({"GPU_WORKLOAD_PROFILE": "gpu-dedicated"}, "GPU_WORKLOAD_PROFILE_TYPE"),
+        ({"INFERENCE_REGISTRY_SERVER": "https://cr1.azurecr.io"}, "INFERENCE_REGISTRY_SERVER"),
+        ({"INFERENCE_REGISTRY_SERVER": "cr1.azurecr.io/inference"}, "INFERENCE_REGISTRY_SERVER"),
+        ({"INFERENCE_PULL_IDENTITY_ID": "id-adapters-pull"}, "INFERENCE_PULL_IDENTITY_ID"),
+        (
+            {"INFERENCE_PULL_IDENTITY_ID": PULL_IDENTITY.replace("userAssignedIdentities", "vaults")},
+            "INFERENCE_PULL_IDENTITY_ID",
+        ),
+        (
+            {"INFERENCE_PULL_IDENTITY_ID": PULL_IDENTITY.replace("11111111-", "not-a-guid-")},
+            "INFERENCE_PULL_IDENTITY_ID",
+        ),
+        (
+            {"PLATFORM": "aca", "INFERENCE_IMAGE": "cr1.azurecr.io/inference:1"},
+            "INFERENCE_PULL_IDENTITY_ID",
+        ),
     ],
 )
 def test_invalid_app_setting_names_the_key(env: dict[str, str], key: str) -> None:
@@ -206,6 +229,42 @@ def test_invalid_app_setting_names_the_key(env: dict[str, str], key: str) -> Non
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**MINIMAL_ENV, **env})
     assert caught.value.key == key and caught.value.source == "environment"
+
+
+@pytest.mark.parametrize(
+    ("image", "server", "expected"),
+    [
+        ("cradapters123.azurecr.io/inference:v1", "", "cradapters123.azurecr.io"),
+        ("CrAdapters123.azurecr.io/inference@sha256:" + "0" * 64, "", "cradapters123.azurecr.io"),
+        ("cradapters123.azurecr.io/inference:v1", "registry.example.com", "registry.example.com"),
+        ("ghcr.io/org/inference:v1", "", ""),
+        ("inference:v1", "", ""),
+        ("docker.io/library/azurecr.io:v1", "", ""),
+    ],
+)
+def test_registry_server_is_explicit_or_the_acr_host_of_the_image(
+    image: str, server: str, expected: str
+) -> None:
+    """INFERENCE_REGISTRY_SERVER wins; else an *.azurecr.io image host is the registry; else none (public image)."""
+    env = {
+        **MINIMAL_ENV,
+        "PLATFORM": "aca",
+        "INFERENCE_IMAGE": image,
+        "INFERENCE_PULL_IDENTITY_ID": PULL_IDENTITY,
+    }
+    settings = Settings.from_env({**env, "INFERENCE_REGISTRY_SERVER": server})
+    assert settings.inference_registry_server == expected
+    assert settings.inference_pull_identity_id == PULL_IDENTITY
+
+
+def test_public_image_and_local_platform_need_no_pull_identity() -> None:
+    """Only PLATFORM=aca with a private registry requires INFERENCE_PULL_IDENTITY_ID."""
+    public = Settings.from_env(
+        {**MINIMAL_ENV, "PLATFORM": "aca", "INFERENCE_IMAGE": "ghcr.io/org/inference:1"}
+    )
+    assert public.inference_registry_server == "" and public.inference_pull_identity_id == ""
+    local = Settings.from_env({**MINIMAL_ENV, "INFERENCE_IMAGE": "cr1.azurecr.io/inference:1"})
+    assert local.platform == "local" and local.inference_pull_identity_id == ""
 
 
 def test_dedicated_workload_profile() -> None:

@@ -27,6 +27,8 @@ SUB = "00000000-0000-0000-0000-000000000002"
 RG = "rg-ft"
 BASE = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers"
 API_KEY = "prov-api-key-value"
+IDENTITIES = f"{BASE}/Microsoft.ManagedIdentity/userAssignedIdentities"
+PULL_ID = f"{IDENTITIES}/id-adapters-pull"
 
 CONFIG = InferenceConfig(
     subscription_id=SUB,
@@ -40,6 +42,8 @@ SETTINGS = Settings(
     platform="aca",
     inference_image="example.azurecr.io/inference:1",
     inference_api_key=API_KEY,
+    inference_registry_server="example.azurecr.io",
+    inference_pull_identity_id=PULL_ID,
 )
 PARAMS = ProvisionParameters(default_commands=("python", "-m", "inference_server"), maximum_instance_count=2)
 
@@ -82,6 +86,8 @@ def test_plan_resolves_null_parameters(plan: ProvisionPlan) -> None:
         "inference_server",
     )
     assert plan.container_app.secret_names == ("inference-api-keys",)
+    assert plan.container_app.registry_server == "example.azurecr.io"
+    assert plan.container_app.pull_identity_id == PULL_ID
 
 
 def test_plan_round_trips_through_json(plan: ProvisionPlan) -> None:
@@ -194,6 +200,42 @@ def test_changed_image_updates_only_the_app(
     results = provisioner.provision_all(new_plan)
     assert [r.action for r in results] == ["unchanged"] * 5 + ["updated"]
     assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in fake_arm.writes()] == [("PATCH", "inference-app")]
+
+
+def test_container_app_pulls_from_the_private_registry(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """The app is created with the plan's registry and pull identity; a new registry updates only the app."""
+    provisioner.provision_all(plan)
+    app_put = next(r for r in fake_arm.writes() if r.path.endswith("containerApps/inference-app"))
+    assert app_put.body["identity"]["userAssignedIdentities"] == {PULL_ID: {}}
+    assert app_put.body["properties"]["configuration"]["registries"] == [
+        {"server": "example.azurecr.io", "identity": PULL_ID}
+    ]
+    fake_arm.clear_log()
+    moved = replace(
+        plan,
+        container_app=replace(
+            plan.container_app, registry_server="other.azurecr.io", pull_identity_id=f"{IDENTITIES}/id-other"
+        ),
+    )
+    assert [r.action for r in provisioner.provision_all(moved)] == ["unchanged"] * 5 + ["updated"]
+    (patch,) = fake_arm.writes()
+    assert patch.body["properties"]["configuration"]["registries"] == [
+        {"server": "other.azurecr.io", "identity": f"{IDENTITIES}/id-other"}
+    ]
+
+
+def test_public_image_plan_has_no_registry(provisioner: Provisioner, fake_arm: FakeArm) -> None:
+    """A public image plans no registry or identity, and the app is created without them."""
+    public = Settings(base_model_name="tiny-llama", platform="aca", inference_image="ghcr.io/org/inference:1")
+    plan = provisioner.plan(CONFIG, PARAMS, public)
+    assert plan.container_app.registry_server == "" and plan.container_app.pull_identity_id == ""
+    for step in STEPS:
+        provisioner.run_step(step, plan)
+    app_put = fake_arm.writes()[-1]
+    assert "identity" not in app_put.body
+    assert app_put.body["properties"]["configuration"]["registries"] == []
 
 
 def test_throttled_step_then_succeeds(

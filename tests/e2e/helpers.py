@@ -27,7 +27,7 @@ def variant(src: Path, dest: Path, **config_changes: Any) -> Path:
 def deploy(stack, app: str, folder: Path, name: str | None = None) -> dict[str, Any]:
     """Upload a folder and follow its rollout to its terminal stage; returns the final record."""
     marker = stack.store.upload_adapter_folder(folder, app, name or folder.name)
-    rollout = find_rollout(stack.api, app, marker.sha256, TIMEOUT, interval=0.1)
+    rollout = find_rollout(stack.api, app, marker.sha256, TIMEOUT, interval=0.1, since=marker.uploaded_at)
     assert rollout is not None, "content already live"
     return follow(stack.api, rollout["id"], TIMEOUT, lambda _: None, interval=0.1)
 

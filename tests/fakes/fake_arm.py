@@ -11,6 +11,9 @@ depends on it:
 - write-only fields (container app secret values, a Log Analytics shared key, a storage account key) are not
   returned by GET;
 - a container app gets a new revision when its template changes; revisions can be listed, read and restarted;
+- a container app's managed identities are checked like ARM does (a registry or identity setting may only name an
+  assigned user-assigned identity) and returned with their principal and client ids; identity-based registries
+  come back with ARM's empty `username` / `passwordSecretRef`;
 - `fail_next(...)` scripts faults (429 with Retry-After, 500, ...) for the next N matching requests and
   `fail_operation(...)` makes the next long-running operation on a path fail;
 - `log` records every request (method, path, api-version, JSON body) for tests to assert on.
@@ -168,6 +171,39 @@ def _drop(body: dict[str, Any], path: tuple[str, ...]) -> None:
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, dict):
         node.pop(path[-1], None)
+
+
+def _check_identities(app: dict[str, Any]) -> dict[str, Any] | None:
+    """ARM's error when a registry or identity setting names a user-assigned identity the app is not assigned."""
+    identity = app.get("identity") or {}
+    assigned = {k.lower() for k in identity.get("userAssignedIdentities") or {}}
+    if assigned and "userassigned" not in str(identity.get("type") or "").lower():
+        return _arm_error("InvalidIdentityType", "userAssignedIdentities need identity type UserAssigned.")
+    config = app["properties"].get("configuration") or {}
+    for entry in [*(config.get("registries") or []), *(config.get("identitySettings") or [])]:
+        named = str(entry.get("identity") or "")
+        if named.startswith("/") and named.lower() not in assigned:
+            return _arm_error(
+                "InvalidParameterValue", f"Identity '{named}' is not assigned to the container app."
+            )
+    return None
+
+
+def _fill_identities(app: dict[str, Any]) -> None:
+    """What ARM adds to a container app's identities and identity-based registries."""
+    identity = app.get("identity") or {}
+    for resource_id, ids in (identity.get("userAssignedIdentities") or {}).items():
+        seed = resource_id.lower()
+        ids.update(
+            principalId=str(uuid.uuid5(uuid.NAMESPACE_URL, seed + "#principal")),
+            clientId=str(uuid.uuid5(uuid.NAMESPACE_URL, seed + "#client")),
+        )
+    if "systemassigned" in str(identity.get("type") or "").lower():
+        identity.setdefault("principalId", str(uuid.uuid5(uuid.NAMESPACE_URL, app["id"].lower() + "#system")))
+    for registry in (app["properties"].get("configuration") or {}).get("registries") or []:
+        if registry.get("identity"):
+            registry.setdefault("username", "")
+            registry.setdefault("passwordSecretRef", "")
 
 
 class FakeArm:
@@ -427,8 +463,11 @@ class FakeArm:
     def _store_app(
         self, key: str, current: dict[str, Any] | None, new: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Keep secret values write-only and cut a new revision when the template changed."""
+        """Check identities, keep secret values write-only and cut a new revision when the template changed."""
         state = self._state
+        error = _check_identities(new)
+        if error:
+            return error
         secrets = new["properties"].get("configuration", {}).get("secrets") or []
         known = state.secrets.get(key, {})
         values = {}
@@ -477,6 +516,7 @@ class FakeArm:
         elif kind == "storage_account":
             props["primaryEndpoints"] = {"file": f"https://{name}.file.core.windows.net/"}
         elif kind == "container_app":
+            _fill_identities(new)
             ingress = props.get("configuration", {}).get("ingress")
             if ingress is not None:
                 ingress["fqdn"] = f"{name}.fake-env.{self._state.location}.azurecontainerapps.io"

@@ -71,6 +71,16 @@ ROLE_TABLE: dict[str, tuple[str, str, tuple[str, str]]] = {
         "GitHub Actions (OIDC) pushes the inference image",
         (".github/workflows/inference-image.yml", r"az acr login"),
     ),
+    "AcrPull": (
+        "7f951dda-4ed3-4680-a7ca-43fe172d538d",
+        "the pull identity (not the orchestrator's): the container app pulls INFERENCE_IMAGE with it",
+        ("activities/platform/aca.py", r'configuration\["registries"\] = \[\{"server": .*"identity": pull\}\]'),
+    ),
+    "Managed Identity Operator": (
+        "f1a07417-d97a-45cb-824c-7a7467783830",
+        "userAssignedIdentities/assign/action: put the pull identity on the container app (scoped to that identity)",
+        ("activities/platform/aca.py", r'"userAssignedIdentities": \{pull: \{\}\}'),
+    ),
     "Container Apps Contributor": (
         "358470bc-b998-42bd-ab17-a7e34c199c0f",
         "create/patch the inference container app, restart its revision",
@@ -107,6 +117,19 @@ MAIN_ASSIGNMENTS = {
     ("appInsights", "Monitoring Metrics Publisher"),
     ("adaptersContainer", "Storage Blob Data Contributor"),
     ("registry", "AcrPush"),
+    ("registry", "AcrPull"),
+    ("pullIdentity", "Managed Identity Operator"),
+}
+# Who gets each of main.bicep's assignments; any other goes to the orchestrator's identity.
+MAIN_PRINCIPALS = {
+    ("registry", "AcrPush"): "githubPrincipalId",
+    ("adaptersContainer", "Storage Blob Data Contributor"): "principalId",
+    ("registry", "AcrPull"): "pullIdentity.properties.principalId",
+}
+# App settings that name the image's registry and the identity that pulls from it.
+PULL_SETTINGS = {
+    "INFERENCE_REGISTRY_SERVER": "registry.properties.loginServer",
+    "INFERENCE_PULL_IDENTITY_ID": "pullIdentity.id",
 }
 # Assigned on the inference resource group by modules/inference-access.bicep.
 INFERENCE_RG_ROLES = {
@@ -422,11 +445,17 @@ def test_host_json_task_hub_setting_is_set():
 
 def test_settings_from_env_accepts_the_template():
     """Settings.from_env reads the template's settings as PLATFORM=aca with the defaults the code expects."""
-    env = evaluated_settings()
+    login_server = "cradapters0123.azurecr.io"
+    pull_id = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-adapters-prod/providers"
+               "/Microsoft.ManagedIdentity/userAssignedIdentities/id-adapters-pull-0123")
+    deployed = {"<registry.properties.loginServer>": login_server, "<pullIdentity.id>": pull_id}
+    env = {k: re.sub(r"<[\w.]+>", lambda m: deployed.get(m[0], m[0]), v) for k, v in evaluated_settings().items()}
     env["INFERENCE_API_KEY"] = "resolved-by-app-service-0123456789"
+    assert {k: app_settings()[k] for k in PULL_SETTINGS} == PULL_SETTINGS
     s = Settings.from_env(env)
     assert s.platform == "aca"
-    assert s.inference_image.endswith("/inference:latest")
+    assert s.inference_image == f"{login_server}/inference:latest"
+    assert s.inference_registry_server == login_server and s.inference_pull_identity_id == pull_id
     assert s.gpu_workload_profile.type in CONSUMPTION_GPU_PROFILES
     assert s.model_path == Settings.model_path
     assert s.model_path.startswith(AcaSettings.mount_path + "/")
@@ -515,6 +544,30 @@ def test_identity_only_resources():
     assert "hostKeys.listKeys().systemKeys.blobs_extension" in bicep(MODULES / "blob-events.bicep")
 
 
+def test_image_pull_uses_a_dedicated_identity():
+    """The registry is private; a separate identity with AcrPull alone pulls, and the orchestrator may only assign it."""
+    text = main_text()
+    res = main_resources()
+    assert "anonymousPullEnabled: false" in res["registry"].body
+    assert "acrAnonymousPullEnabled" not in text
+    assert "acrAnonymousPullEnabled" not in (INFRA / "main.parameters.json").read_text(encoding="utf-8")
+    assert prop(res["pullIdentity"].body, "name") != prop(res["identity"].body, "name")
+    by_id = {guid: name for name, (guid, _, _) in ROLE_TABLE.items()}
+    roles = _role_vars(text)
+    granted: dict[str, set[str]] = {}  # principal -> roles main.bicep grants it (the module grants no ACR role)
+    for r in resources(text):
+        if r.type == "Microsoft.Authorization/roleAssignments":
+            key = re.search(r"roles\.(\w+)", r.body)
+            assert key, r.symbol
+            granted.setdefault(prop(prop(r.body, "properties"), "principalId"), set()).add(by_id[roles[key[1]]])
+    assert granted["pullIdentity.properties.principalId"] == {"AcrPull"}
+    assert "AcrPull" not in granted["identity.properties.principalId"]
+    assert "Managed Identity Operator" in granted["identity.properties.principalId"]
+    operator = next(r for r in resources(text) if "roles.managedIdentityOperator" in r.body)
+    assert prop(operator.body, "scope") == "pullIdentity"
+    assert "pullIdentity.id" not in prop(res["functionApp"].body, "identity")
+
+
 # --- roles ----------------------------------------------------------------------------------------------------------
 
 
@@ -558,11 +611,10 @@ def test_main_assigns_each_role_on_its_resource():
         scope = prop(r.body, "scope")
         key = re.search(r"roles\.(\w+)", prop(prop(r.body, "properties"), "roleDefinitionId"))
         assert key, r.symbol
-        got.add((scope, by_id[roles[key[1]]]))
+        assignment = (scope, by_id[roles[key[1]]])
+        got.add(assignment)
         principal = prop(prop(r.body, "properties"), "principalId")
-        expected = {"registry": "githubPrincipalId", "adaptersContainer": "principalId"}.get(
-            scope, "identity.properties.principalId")
-        assert principal == expected, r.symbol
+        assert principal == MAIN_PRINCIPALS.get(assignment, "identity.properties.principalId"), r.symbol
         assert "subscriptionResourceId('Microsoft.Authorization/roleDefinitions'" in r.body
     assert got == MAIN_ASSIGNMENTS
 
@@ -786,6 +838,7 @@ def test_bicep_declares_the_expected_resources():
         "vault": "Microsoft.KeyVault/vaults",
         "apiKeySecret": "Microsoft.KeyVault/vaults/secrets",
         "registry": "Microsoft.ContainerRegistry/registries",
+        "pullIdentity": "Microsoft.ManagedIdentity/userAssignedIdentities",
         "plan": "Microsoft.Web/serverfarms",
         "functionApp": "Microsoft.Web/sites",
         "systemTopic": "Microsoft.EventGrid/systemTopics",
@@ -803,5 +856,5 @@ def test_app_settings_wait_for_role_assignments():
     settings = [r for r in resources(main_text()) if r.type == "Microsoft.Web/sites/config"][0]
     depends = prop(settings.body, "dependsOn")
     for symbol in ("storageBlobOwner", "storageQueueContributor", "storageTableContributor", "vaultSecretsUser",
-                   "inferenceAccess"):
+                   "registryPull", "pullIdentityOperator", "inferenceAccess"):
         assert symbol in depends, symbol
