@@ -53,13 +53,14 @@ class LocalApps:
 class AcaApps:
     """Apps on Azure Container Apps, provisioned from the template's files (names per app from the path)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, provisioner: Any = None) -> None:
+        """`provisioner`: built from the settings (managed identity) unless given (tests: the fake ARM)."""
         from activities.provisioning import Provisioner
 
         self.settings = settings
         self.config = InferenceConfig.load(settings.inference_config_path)
         self.params = ProvisionParameters.load(settings.parameters_path)
-        self.provisioner = Provisioner.from_settings(settings, self.config)
+        self.provisioner = provisioner or Provisioner.from_settings(settings, self.config)
 
     def _plan(self, app: str) -> Any:
         params = replace(self.params, aca_app_name=app)
