@@ -14,7 +14,7 @@ import function_app
 from activities import functions as activity_functions
 from activities.adapter_store import AdapterStore, BlobStoreSettings, LocalFolderTarget
 from activities.apps import AcaApps
-from activities.config import InferenceConfig, ProvisionParameters, Settings
+from activities.config import InferenceConfig, Settings
 from activities.desired_state import DesiredState
 from activities.platform.aca import ArmConnection
 from activities.provisioning import STEPS, Provisioner
