@@ -4,10 +4,11 @@ Three kinds of process, as in ANCHORS.md: the fake upstream (`tests.fakes.fake_s
 SSE), our server (`python -m inference_server --engine sglang --sglang-upstream URL`, auth + validation + metrics +
 routing on), and a load client (this file with `--client`, one shared aiohttp session). For each concurrency it
 runs direct, through our server, and through `bare_proxy.py` (the minimal aiohttp pass-through, as a reference
-on a noisy machine), back to back, a few seconds each, and prints one table; CPU time per request comes from
-psutil. Then it prints the peak RSS of the CPU server with the tiny model kit.
+on a noisy machine), back to back, a few seconds each, for `--rounds` rounds, and prints one table of medians
+(ratios and added latency are per-round pairs, so slow drift of a shared machine cancels); CPU time per request
+comes from psutil. Then it prints the peak RSS of the CPU server with the tiny model kit.
 
-    .venv/bin/python bench/chat_overhead.py [--duration 3] [--concurrency 1 16 64 256]
+    .venv/bin/python bench/chat_overhead.py [--duration 3] [--rounds 3] [--concurrency 1 16 64 256]
 """
 
 from __future__ import annotations
@@ -164,7 +165,30 @@ def _client(url: str, model: str, concurrency: int, duration_s: float, auth: boo
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
 
-def overhead_table(concurrencies: list[int], duration_s: float) -> None:
+@dataclass
+class Point:
+    """One target at one concurrency: the client's summaries and the server's CPU ms/request, one per round."""
+
+    runs: list[dict[str, object]] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        return statistics.median(float(r[key]) for r in self.runs)
+
+    @property
+    def failed(self) -> int:
+        return sum(int(r["failed"]) for r in self.runs)
+
+
+def _vs(proxied: Point, direct: Point) -> tuple[float, float]:
+    """Median over rounds of (rps ratio, p50 added in ms), each round's pair measured back to back."""
+    pairs = list(zip(proxied.runs, direct.runs, strict=True))
+    ratio = statistics.median(float(p["rps"]) / float(d["rps"]) for p, d in pairs)
+    added = statistics.median((float(p["p50"]) - float(d["p50"])) * 1e3 for p, d in pairs)
+    return ratio, added
+
+
+def overhead_table(concurrencies: list[int], duration_s: float, rounds: int) -> None:
     port = _free_port()
     upstream = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.fake_sglang", "--model-path", "tiny", "--served-model-name", "tiny",
@@ -180,31 +204,43 @@ def overhead_table(concurrencies: list[int], duration_s: float) -> None:
         server, url = _start_server(["--engine", "sglang", "--sglang-upstream", f"http://127.0.0.1:{port}",
                                      "--base-model-name", "tiny"])
         _wait_http(url + "/ready", server, {"Authorization": f"Bearer {API_KEY}"})
-        print(f"fake upstream: {TOKENS} tokens at {TOKEN_DELAY_S * 1000:g} ms/token; {duration_s:g} s per point; "
-              f"{os.cpu_count()} CPUs; 'bare' = minimal aiohttp pass-through")
+        print(f"fake upstream: {TOKENS} tokens at {TOKEN_DELAY_S * 1000:g} ms/token; {duration_s:g} s per point, "
+              f"median of {rounds} round(s) of direct, ours, bare back to back; {os.cpu_count()} CPUs; "
+              f"'bare' = minimal aiohttp pass-through; CPU = the proxy's CPU ms per request")
         print(f"{'C':>4} | {'direct p50/p99 ms':>17} | {'ours p50/p99 ms':>15} | {'direct rps':>10} | {'ours rps':>8} | "
-              f"{'ratio':>5} | {'p50 added':>9} | {'CPU ms/req':>10} | {'bare ratio':>10} | {'bare CPU':>8} | failed")
+              f"{'ratio':>5} | {'p50 added':>9} | {'CPU ms/req':>10} | {'bare ratio/added':>16} | {'bare CPU':>8} | "
+              f"failed")
+        targets = {"direct": (None, f"http://127.0.0.1:{port}"), "ours": (server.pid, url),
+                   "bare": (bare.pid, f"http://127.0.0.1:{bare_port}")}
         for c in concurrencies:
-            direct = _client(f"http://127.0.0.1:{port}/v1/chat/completions", "tiny", c, duration_s, auth=False)
-            ours, ours_cpu = _measured(server.pid, url, c, duration_s)
-            ref, ref_cpu = _measured(bare.pid, f"http://127.0.0.1:{bare_port}", c, duration_s)
-            failed = [int(r["failed"]) for r in (direct, ours, ref)]
-            print(f"{c:>4} | {direct['p50'] * 1e3:>7.1f} / {direct['p99'] * 1e3:>7.1f} | "
-                  f"{ours['p50'] * 1e3:>6.1f} / {ours['p99'] * 1e3:>6.1f} | {direct['rps']:>10.1f} | "
-                  f"{ours['rps']:>8.1f} | {ours['rps'] / direct['rps']:>5.2f} | "
-                  f"{(ours['p50'] - direct['p50']) * 1e3:>+9.2f} | {ours_cpu:>10.2f} | "
-                  f"{ref['rps'] / direct['rps']:>10.2f} | {ref_cpu:>8.2f} | {'/'.join(map(str, failed))}")
+            points = {name: Point() for name in targets}
+            for _ in range(rounds):
+                for name, (pid, target) in targets.items():
+                    result, cpu_ms = _measured(pid, target, c, duration_s)
+                    points[name].runs.append(result)
+                    points[name].cpu_ms.append(cpu_ms)
+            direct, ours, ref = points["direct"], points["ours"], points["bare"]
+            ratio, added = _vs(ours, direct)
+            ref_ratio, ref_added = _vs(ref, direct)
+            print(f"{c:>4} | {direct.median('p50') * 1e3:>7.1f} / {direct.median('p99') * 1e3:>7.1f} | "
+                  f"{ours.median('p50') * 1e3:>6.1f} / {ours.median('p99') * 1e3:>6.1f} | "
+                  f"{direct.median('rps'):>10.1f} | {ours.median('rps'):>8.1f} | {ratio:>5.2f} | {added:>+9.2f} | "
+                  f"{statistics.median(ours.cpu_ms):>10.2f} | {ref_ratio:>5.2f} / {ref_added:>+8.2f} | "
+                  f"{statistics.median(ref.cpu_ms):>8.2f} | {direct.failed}/{ours.failed}/{ref.failed}")
     finally:
         for proc in (server, bare, upstream):
             if proc is not None:
                 _stop(proc)
 
 
-def _measured(pid: int, url: str, concurrency: int, duration_s: float) -> tuple[dict[str, object], float]:
-    """Load `url` and return the client summary and the server's CPU ms per request (warm-up round included)."""
-    proc = psutil.Process(pid)
-    cpu0 = sum(proc.cpu_times()[:2])
-    result = _client(url + "/v1/chat/completions", "tiny", concurrency, duration_s, auth=True)
+def _measured(pid: int | None, url: str, concurrency: int, duration_s: float) -> tuple[dict[str, object], float]:
+    """Load `url` with a client process; returns its summary and CPU ms per request of process `pid` (the proxy;
+    NaN for None, the direct run), warm-up round included. Only the direct run skips the API key."""
+    proc = psutil.Process(pid) if pid is not None else None
+    cpu0 = sum(proc.cpu_times()[:2]) if proc else 0.0
+    result = _client(url + "/v1/chat/completions", "tiny", concurrency, duration_s, auth=proc is not None)
+    if proc is None:
+        return result, float("nan")
     cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000 / max(int(result["ok"]) + concurrency, 1)
     return result, cpu_ms
 
@@ -237,6 +273,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
+    p.add_argument("--rounds", type=int, default=3, help="direct/ours/bare rounds per concurrency (medians)")
     p.add_argument("--client", help="internal: run the load client against this URL and print JSON")
     p.add_argument("--model", default="tiny")
     p.add_argument("--auth", action="store_true")
@@ -253,7 +290,7 @@ def main() -> None:
             summary = uvloop.run(run_load(req, args.concurrency[0], args.duration))
         print(json.dumps(summary))
         return
-    overhead_table(args.concurrency, args.duration)
+    overhead_table(args.concurrency, args.duration, args.rounds)
     if not args.skip_rss:
         cpu_server_rss()
 

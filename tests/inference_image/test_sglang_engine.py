@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from inference_server.api_router import STATE
@@ -152,6 +153,37 @@ async def test_chat_requests(engine: SGLangEngine, log: Path) -> None:
         "top_p": 1.0,
         "stream": False,
     }
+
+
+async def test_attached_upstream_request_shape(aiohttp_server) -> None:
+    """Attached to an upstream, chat posts compact JSON with its Content-Type and never sends back a cookie the
+    upstream set (one session serves every client)."""
+    seen: list[tuple[str | None, str | None, bytes]] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        seen.append((request.headers.get("Content-Type"), request.headers.get("Cookie"), await request.read()))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.set_cookie("upstream", "secret")
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", lambda _: web.Response(text=""))
+    app.router.add_post("/v1/chat/completions", chat)
+    upstream = await aiohttp_server(app)
+    eng = SGLangEngine(None, "tiny", options=SGLangOptions(upstream_url=f"http://localhost:{upstream.port}"))
+    await eng.start()
+    try:
+        req = ChatRequest(messages=MESSAGES, stream=True)
+        for _ in range(2):
+            raw = b"".join([chunk async for chunk in eng.stream_sse(req)])
+            assert raw.endswith(b"data: [DONE]\n\n")
+    finally:
+        await eng.stop()
+    assert [(ctype, cookie) for ctype, cookie, _ in seen] == [("application/json", None)] * 2
+    assert seen[0][2] == json.dumps(eng.payload(req, stream=True), separators=(",", ":")).encode()
 
 
 async def test_restart_after_death(engine: SGLangEngine, log: Path, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUSY_STATUSES = frozenset({429, 503})
+JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,12 @@ class SGLangEngine(Engine):
 
     async def start(self) -> None:
         self._stopping = False
-        # No limit on pooled connections: each streaming request holds one for its whole duration.
+        # No limit on pooled connections: each streaming request holds one for its whole duration. No cookie jar:
+        # upstream cookies must not leak between clients, and filtering them costs time on every request.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         if self.options.upstream_url:
             await self._wait_healthy(time.monotonic() + self.options.startup_timeout_s)
@@ -277,7 +280,7 @@ class SGLangEngine(Engine):
         if not self._ready or self._session is None:
             raise EngineNotReady(self._detail or "SGLang is not ready")
         try:
-            resp = await self._session.post(self._url + "/v1/chat/completions", json=body)
+            resp = await self._session.post(self._url + "/v1/chat/completions", data=_json_bytes(body), headers=JSON)
         except aiohttp.ClientConnectionError as exc:
             raise EngineNotReady("SGLang is unreachable") from exc
         if resp.status == 200:
@@ -329,6 +332,11 @@ class SGLangEngine(Engine):
                     if text:
                         yield ChatDelta(text)
         yield ChatDelta(finish_reason=finish or "stop", usage=usage)
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    """Compact JSON, serialized here once (aiohttp's `json=` wraps the same dump in a payload object)."""
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
