@@ -15,7 +15,6 @@ from activities.platform.aca import (
     AcaPlatform,
     AcaSettings,
     AppNotFoundError,
-    ArmConnection,
     ArmOperationFailedError,
     ArmRequestError,
 )
@@ -38,14 +37,7 @@ def fake_arm(tmp_path: Path) -> Iterator[FakeArm]:
 
 @pytest.fixture
 def platform(fake_arm: FakeArm) -> AcaPlatform:
-    arm = ArmConnection(
-        subscription_id=SUB,
-        resource_group=RG,
-        base_url=fake_arm.base_url,
-        connection_verify=fake_arm.ca_bundle,
-        polling_interval=0,
-        credential=fake_arm.credential,
-    )
+    arm = fake_arm.connection(SUB, RG)
     settings = AcaSettings(
         arm=arm,
         environment_name="env-ft",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from activities.config import InferenceConfig, ProvisionParameters, Settings, WorkloadProfile
-from activities.platform.aca import ArmConnection, ArmOperationFailedError
+from activities.platform.aca import ArmOperationFailedError
 from activities.platform.base import TransientPlatformError
 from activities.provisioning import (
     STEPS,
@@ -56,14 +56,7 @@ def fake_arm(tmp_path: Path) -> Iterator[FakeArm]:
 
 @pytest.fixture
 def provisioner(fake_arm: FakeArm) -> Provisioner:
-    arm = ArmConnection(
-        SUB,
-        RG,
-        base_url=fake_arm.base_url,
-        connection_verify=fake_arm.ca_bundle,
-        polling_interval=0,
-        credential=fake_arm.credential,
-    )
+    arm = fake_arm.connection(SUB, RG)
     return Provisioner(arm, secrets={"inference-api-keys": API_KEY})
 
 
@@ -265,14 +258,7 @@ def test_failed_environment_operation_carries_arm_message(
 
 def test_missing_secret_value_is_refused(fake_arm: FakeArm, plan: ProvisionPlan) -> None:
     """A plan naming a secret the provisioner cannot resolve fails before any write."""
-    arm = ArmConnection(
-        SUB,
-        RG,
-        base_url=fake_arm.base_url,
-        connection_verify=fake_arm.ca_bundle,
-        polling_interval=0,
-        credential=fake_arm.credential,
-    )
+    arm = fake_arm.connection(SUB, RG)
     with pytest.raises(KeyError):
         Provisioner(arm).ensure_container_app(plan.container_app)
     with pytest.raises(MissingSecretError):

@@ -244,6 +244,13 @@ class FakeArm:
             server.server_close()
             thread.join(timeout=5)
 
+    def connection(self, subscription_id: str, resource_group: str) -> Any:
+        """An `ArmConnection` for the real management clients, pointed at this fake (TLS, no LRO wait)."""
+        from activities.platform.aca import ArmConnection
+
+        return ArmConnection(subscription_id, resource_group, base_url=self.base_url,
+                             connection_verify=self.ca_bundle, polling_interval=0, credential=self.credential)
+
     def fail_next(
         self,
         method: str,

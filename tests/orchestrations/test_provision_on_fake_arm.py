@@ -16,7 +16,6 @@ from activities.adapter_store import AdapterStore, BlobStoreSettings, LocalFolde
 from activities.apps import AcaApps
 from activities.config import InferenceConfig, Settings
 from activities.desired_state import DesiredState
-from activities.platform.aca import ArmConnection
 from activities.provisioning import STEPS, Provisioner
 from activities.services import Services
 from devhost.host import DevHost
@@ -38,8 +37,7 @@ async def aca_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         settings = Settings(base_model_name="tiny-llama", platform="aca", inference_image="mcr.microsoft.com/x:1",
                             inference_api_key="k-123", inference_config_path=str(config_path),
                             parameters_path=str(params_path))
-        arm = ArmConnection(SUB, RG, base_url=fake.base_url, connection_verify=fake.ca_bundle, polling_interval=0,
-                            credential=fake.credential)
+        arm = fake.connection(SUB, RG)
         apps = AcaApps(settings, Provisioner(arm, secrets={"inference-api-keys": settings.inference_api_key}))
         store = AdapterStore(BlobStoreSettings(connection_string="UseDevelopmentStorage=true"))
         svc = Services(settings, store, LocalFolderTarget(tmp_path / "store"), apps, DesiredState(store))
