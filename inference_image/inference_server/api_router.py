@@ -57,8 +57,16 @@ class KeyChecker:
         if path == "/health":
             return
         keys = self._admin if path.startswith("/admin/") else self._api
-        if not self._matches(request.headers.get("Authorization"), keys):
+        authorized = self._matches(request.headers.get("Authorization"), keys)
+        if path == "/ready":  # platform probes carry no secret: they get the status code, callers with a key the details
+            request[AUTHORIZED] = authorized
+            return
+        if not authorized:
             raise unauthorized()
+
+
+#: Per-request flag: the caller presented a valid API key (set for /ready, which answers without one).
+AUTHORIZED = "authorized"
 
 
 def _middleware(checker: KeyChecker) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -101,7 +109,8 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
     ok, detail = request.app[STATE].readiness()
-    return web.json_response(detail, status=200 if ok else 503, headers=None if ok else {"Retry-After": "2"})
+    body = detail if request.get(AUTHORIZED, True) else {"ready": ok}
+    return web.json_response(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "2"})
 
 
 @routes.get("/metrics")

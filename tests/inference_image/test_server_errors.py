@@ -115,16 +115,26 @@ async def test_body_over_limit_is_413(client: TestClient) -> None:
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "test-key", "Basic dGVzdC1rZXk=", "Bearer "])
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/ready"), ("GET", "/metrics")],
+    [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/metrics")],
 )
 async def test_missing_or_wrong_key_is_401(
     client: TestClient, header: str | None, method: str, path: str
 ) -> None:
-    """Every route but /health needs the bearer API key."""
+    """Every route but /health and /ready needs the bearer API key."""
     headers = {"Authorization": header} if header else {}
     resp = await client.request(method, path, json=chat_body("tiny"), headers=headers)
     assert resp.status == 401
     assert_error(await resp.json(), code="invalid_api_key")
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong"])
+async def test_ready_without_key_gives_status_only(client: TestClient, header: str | None) -> None:
+    """Platform probes carry no secret: /ready answers its status code with `ready` alone, no details."""
+    headers = {"Authorization": header} if header else {}
+    resp = await client.get("/ready", headers=headers)
+    assert resp.status == 200 and await resp.json() == {"ready": True}
+    detailed = await (await client.get("/ready", headers=AUTH)).json()
+    assert detailed["ready"] is True and "served_version" in detailed
 
 
 async def test_admin_key_is_not_an_api_key(client: TestClient) -> None:
