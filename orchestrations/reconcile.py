@@ -68,8 +68,12 @@ def reconcile(context: df.DurableOrchestrationContext):
     timing = RolloutTiming.from_dict(state.timing)
     retry = IO_RETRY.options()
     context.set_custom_status({"app": state.app, "phase": "checking", "rollouts": state.rollouts})
-    desired = yield context.call_activity_with_retry(Activity.RESOLVE_DESIRED, retry, {"app": state.app})
-    served = yield context.call_activity_with_retry(Activity.READ_MANIFEST, retry, {"app": state.app})
+    error = None
+    try:
+        desired = yield context.call_activity_with_retry(Activity.RESOLVE_DESIRED, retry, {"app": state.app})
+        served = yield context.call_activity_with_retry(Activity.READ_MANIFEST, retry, {"app": state.app})
+    except Exception as exc:  # noqa: BLE001 - storage still failing after retries: wait and look again, do not die
+        desired, served, error = None, None, str(exc)
     if _needs_rollout(state, desired, served):
         explicit = desired.get("request_id")
         request = RolloutRequest(
@@ -81,14 +85,18 @@ def reconcile(context: df.DurableOrchestrationContext):
             timing=state.timing,
         )
         context.set_custom_status({"app": state.app, "phase": "rolling_out", "deployment_id": request.deployment_id})
-        outcome = yield context.call_sub_orchestrator(ROLLOUT_ORCHESTRATOR, request.to_dict(), request.deployment_id)
+        try:
+            outcome = yield context.call_sub_orchestrator(ROLLOUT_ORCHESTRATOR, request.to_dict(), request.deployment_id)
+        except Exception as exc:  # noqa: BLE001 - the rollout itself crashed: count it as rejected
+            outcome = {"stage": "failed", "reason": str(exc)}
         state.rollouts += 1
         if explicit:
             state.handled_requests = (state.handled_requests + [explicit])[-REJECTED_MEMORY:]
         if outcome.get("stage") != "live":
             state.rejected = (state.rejected + [desired["sha256"]])[-REJECTED_MEMORY:]
     else:
-        context.set_custom_status({"app": state.app, "phase": "idle", "rollouts": state.rollouts})
+        context.set_custom_status({"app": state.app, "phase": "error" if error else "idle", "reason": error,
+                                   "rollouts": state.rollouts})
         wake = context.wait_for_external_event(WAKE_EVENT)
         heal = context.create_timer(context.current_utc_datetime + timedelta(seconds=timing.heal_interval_s))
         winner = yield context.task_any([wake, heal])

@@ -213,3 +213,32 @@ async def test_reconciler_rolls_out_once_then_idles(tmp_path) -> None:
         assert s.calls.count("validate_adapter") == 1 and s.calls.count("resolve_desired") >= 3
     finally:
         await host.stop()
+
+
+async def test_reconciler_survives_storage_failures(tmp_path) -> None:
+    """When reading the desired state keeps failing after retries, the reconciler reports the error and waits;
+    the next wake-up rolls out as usual (it never dies, so no event is lost for good)."""
+    import asyncio
+
+    s = Scenario(manifest=PREVIOUS, flaky={"resolve_desired": 4})  # IO_RETRY makes 4 attempts
+    host = DevHost(stand_in_app(s), state_dir=tmp_path / "state", port=0)
+    await host.start()
+
+    async def phase(wanted: str) -> dict:
+        for _ in range(300):
+            custom = json.loads(host.store.get("reconcile-app").custom_status_json or "null") or {}
+            if custom.get("phase") in (wanted, "idle"):
+                return custom
+            await asyncio.sleep(0.05)
+        return custom
+
+    try:
+        host.worker.start_new("reconcile", "reconcile-app", json.dumps({"app": "app", "timing": TIMING}))
+        first = await phase("error")
+        assert first["phase"] == "error" and "transient fault in resolve_desired" in first["reason"]
+        assert host.store.get("reconcile-app").status not in ("Failed", "Completed")
+        host.worker.raise_event("reconcile-app", "wake", json.dumps({"reason": "test"}))
+        second = await phase("idle")
+        assert second["phase"] == "idle" and s.manifest["active"] == "new"
+    finally:
+        await host.stop()
