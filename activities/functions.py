@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import azure.durable_functions as df
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 #: The longest Retry-After we honour inside one activity attempt (longer waits: the next attempt's interval).
 MAX_RETRY_AFTER_S = 30.0
 SMOKE_PROMPT = "Say hello."
+#: Readiness probes per gate check, at most (2 per replica).
+MAX_PROBE_ROUNDS = 10
 
 
 def _failure(code: str, reason: str) -> dict[str, Any]:
@@ -109,6 +111,8 @@ def restart_app(payload: dict) -> dict:
 @bp.activity_trigger(input_name="payload", activity=Activity.PROBE_ENDPOINT)
 def probe_endpoint(payload: dict) -> dict:
     """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app."""
+    import requests
+
     from activities.endpoint import ProbeInput
     from activities.endpoint import probe_endpoint as probe
     from activities.platform.base import PlatformError
@@ -127,7 +131,14 @@ def probe_endpoint(payload: dict) -> dict:
         smoke_model=svc.alias if payload.get("smoke") else None,
         smoke_prompt=SMOKE_PROMPT,
     )
-    return asdict(probe(request))
+    # The ingress spreads requests over the replicas: ask about twice per replica, so a lagging one shows.
+    rounds = min(MAX_PROBE_ROUNDS, 2 * max(1, state.replicas))
+    with requests.Session() as http:
+        for _ in range(rounds - 1):
+            result = probe(replace(request, smoke_model=None), http)
+            if not result.ready:
+                return asdict(result)
+        return asdict(probe(request, http))
 
 
 @bp.activity_trigger(input_name="payload", activity=Activity.PLAN_PROVISIONING)

@@ -44,3 +44,52 @@ def test_transient_error_raises_after_retry_after() -> None:
 def test_success_passes_through() -> None:
     """A normal result is returned as it is."""
     assert permanent_failures(lambda payload: {"ok": True, "n": payload["n"]})({"n": 3}) == {"ok": True, "n": 3}
+
+
+class _Replicas:
+    """A stand-in endpoint behind a round-robin ingress: each /ready goes to the next replica's version."""
+
+    def __init__(self, versions: list[str]) -> None:
+        import itertools
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        turn = itertools.cycle(versions)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.dumps({"ready": True, "served_version": next(turn)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize(("versions", "ready"), [(["v2", "v2"], True), (["v2", "v1"], False)])
+def test_probe_asks_every_replica(monkeypatch: pytest.MonkeyPatch, versions: list[str], ready: bool) -> None:
+    """With 2 replicas the gate probes several times: one replica still on the old version keeps it closed."""
+    from types import SimpleNamespace
+
+    from activities import functions
+    from activities.platform.base import AppState
+
+    replicas = _Replicas(versions)
+    try:
+        apps = SimpleNamespace(describe=lambda app: AppState(app, True, endpoint=replicas.url, replicas=2))
+        svc = SimpleNamespace(apps=apps, settings=SimpleNamespace(inference_api_key="k"), alias="live")
+        monkeypatch.setattr(functions, "services", lambda: svc)
+        out = functions.probe_endpoint.build().get_user_function()({"app": "a", "expect_version": "v2", "smoke": False})
+    finally:
+        replicas.server.shutdown()
+    assert out["ready"] is ready
+    if not ready:
+        assert "v1" in out["error"]
