@@ -116,7 +116,7 @@ class _Rollout:
             previous = Manifest.from_dict(raw) if raw else None
             entry = AdapterEntry(staged["path"], report["sha256"], self.status.version)
             desired = activate(previous, req.adapter, entry, self.ctx.current_utc_datetime, report.get("base_model"))
-            yield from self.call(Activity.WRITE_MANIFEST, app=req.app, manifest=_as_dict(desired))
+            yield from self.call(Activity.WRITE_MANIFEST, app=req.app, manifest=asdict(desired))
             restart_first = req.force_restart
             probe: dict = {}
             if not restart_first:
@@ -146,7 +146,7 @@ class _Rollout:
         """Restore the manifest that served before; the rollout ends `rolled_back` (or `failed` if that fails)."""
         try:
             restored = previous or Manifest()
-            yield from self.call(Activity.WRITE_MANIFEST, app=self.req.app, manifest=_as_dict(restored))
+            yield from self.call(Activity.WRITE_MANIFEST, app=self.req.app, manifest=asdict(restored))
             yield from self.wait_for_version(restored.active_version, self.timing.hot_swap_timeout_s)
             self.enter(Stage.ROLLED_BACK, reason=reason)
         except Exception as exc:  # noqa: BLE001
@@ -155,10 +155,6 @@ class _Rollout:
 
 class _GateFailed(Exception):
     """The new version did not become ready / did not pass the smoke chat."""
-
-
-def _as_dict(manifest: Manifest) -> dict[str, Any]:
-    return asdict(manifest)
 
 
 @bp.orchestration_trigger(context_name="context", orchestration=ROLLOUT_ORCHESTRATOR)
