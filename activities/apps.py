@@ -15,6 +15,10 @@ from activities.platform.base import AppSpec, AppState, Platform
 
 
 class Apps(Protocol):
+    def inference_config(self, app: str, state: AppState) -> dict[str, str]:
+        """The app in the AI Toolkit template's inference.config.json shape (names and ACA_APP_ENDPOINT)."""
+        ...
+
     def ensure(self, app: str) -> dict[str, Any]: ...
     def describe(self, app: str) -> AppState: ...
     def restart(self, app: str) -> AppState: ...
@@ -31,6 +35,9 @@ class LocalApps:
         self.platform = platform
         self.spec_for = spec_for  # app -> AppSpec
 
+    def inference_config(self, app: str, state: AppState) -> dict[str, str]:
+        return {"ACA_APP_NAME": app, "ACA_APP_ENDPOINT": state.endpoint or ""}
+
     def ensure(self, app: str) -> dict[str, Any]:
         result = self.platform.ensure_app(self.spec_for(app))
         return {"ok": True, "changed": result.changed, "endpoint": result.state.endpoint}
@@ -46,7 +53,7 @@ class LocalApps:
 
     def run_step(self, app: str, step: str) -> dict[str, Any]:
         done = self.ensure(app)
-        config = {"ACA_APP_NAME": app, "ACA_APP_ENDPOINT": done["endpoint"] or ""}
+        config = self.inference_config(app, self.describe(app))
         return {"ok": True, "step": step, "action": "updated" if done["changed"] else "unchanged", "outcome": config}
 
 
@@ -61,6 +68,9 @@ class AcaApps:
         self.config = InferenceConfig.load(settings.inference_config_path)
         self.params = ProvisionParameters.load(settings.parameters_path)
         self.provisioner = provisioner or Provisioner.from_settings(settings, self.config)
+
+    def inference_config(self, app: str, state: AppState) -> dict[str, str]:
+        return replace(self.config, aca_app_name=app, aca_app_endpoint=state.endpoint or "").to_dict()
 
     def _plan(self, app: str) -> Any:
         params = replace(self.params, aca_app_name=app)

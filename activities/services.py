@@ -19,7 +19,6 @@ from activities.adapter_store import AdapterStore, BlobStoreSettings, LocalFolde
 from activities.apps import AcaApps, Apps, LocalApps, local_spec
 from activities.config import Settings
 from activities.desired_state import DesiredState
-from activities.platform.base import AppState
 from activities.validation import ValidationRules
 
 API_KEYS_SECRET = "inference-api-keys"  # the platform secret the server reads as INFERENCE_API_KEYS
@@ -47,9 +46,6 @@ class Services:
         manifest = self.target.read_manifest(app)
         return asdict(manifest) if manifest else None
 
-    def inference_config(self, app: str, state: AppState) -> dict[str, str]:
-        """The app in the AI Toolkit template's inference.config.json shape."""
-        return {"ACA_APP_NAME": app, "ACA_APP_ENDPOINT": state.endpoint or "", "PLATFORM": self.settings.platform}
 
 
 def build_services(env: Mapping[str, str]) -> Services:

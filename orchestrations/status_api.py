@@ -111,7 +111,7 @@ async def get_app(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
         "revision": platform.revision,
         "last_rollout": rollouts[0] if rollouts else None,
         "reconciler": describe_instance(reconciler) if reconciler else None,
-        "inference_config": svc.inference_config(app, platform),
+        "inference_config": svc.apps.inference_config(app, platform),
     })
 
 

@@ -64,7 +64,10 @@ async def test_provision_creates_everything_once_then_writes_nothing(aca_host) -
     assert [s["step"] for s in first["steps"]] == list(STEPS)
     assert {s["action"] for s in first["steps"]} == {"created"}
     assert first["inference_config"]["ACA_APP_ENDPOINT"].startswith("https://")
-    assert first["inference_config"]["ACA_APP_NAME"] == APP
+    assert first["inference_config"]["ACA_APP_NAME"] == APP and first["inference_config"]["SUBSCRIPTION_ID"] == SUB
+    state = activity_functions.services().apps.describe(APP)
+    status_shape = activity_functions.services().apps.inference_config(APP, state)
+    assert status_shape == first["inference_config"]  # what GET /api/apps/{app} reports
     fake.clear_log()
     second = await run(host, "provision", "p2")
     assert {s["action"] for s in second["steps"]} == {"unchanged"}
