@@ -236,6 +236,8 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
 
 def run_up(args: argparse.Namespace) -> int:
     """`up`; exit 2 with a one-line reason when a port is taken, 1 when the demo does not reach its end."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
     try:
         return _demo(args)
     except KeyboardInterrupt:  # Ctrl-C at any point: _demo's exit stack has stopped every child by now
@@ -247,6 +249,10 @@ def run_up(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"devhost up: {exc}", file=sys.stderr)
         return 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -58,8 +58,9 @@ def test_taken_port_is_a_clear_error(tiny_kit, tmp_path: Path) -> None:
     assert out.returncode == 2 and f"port {port}" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_ctrl_c_stops_every_child_process(tiny_kit, tmp_path: Path) -> None:
-    """Serving mode prints the URLs; SIGINT stops Azurite, the host and the inference server."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_every_child_process(tiny_kit, tmp_path: Path, stop_signal: int) -> None:
+    """Serving mode prints the URLs; SIGINT (Ctrl-C) or SIGTERM stops Azurite, the host and the inference server."""
     state = tmp_path / "state"
     proc = subprocess.Popen(up_command(state), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -73,7 +74,7 @@ def test_ctrl_c_stops_every_child_process(tiny_kit, tmp_path: Path) -> None:
     assert "serving until Ctrl-C" in lines[-1], "".join(lines)
     assert any("chat API:" in line for line in lines) and any("status API:" in line for line in lines)
     assert processes_using(state), "the stack should be running"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop_signal)
     assert proc.wait(timeout=60) == 0, proc.stdout.read()
     deadline = time.monotonic() + 10
     while processes_using(state) and time.monotonic() < deadline:
