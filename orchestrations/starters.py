@@ -5,7 +5,9 @@ Covers:
   activities/adapter_store.py; Event Grid source in Azure, a container poller in devhost) → wake the reconciler;
 - `POST /api/apps/{app}/deployments` (deploy a stored adapter; `force_restart` optional) → a deploy request,
   then wake the reconciler; 202 with the deployment's status URL;
-- `POST /api/apps/{app}/provision` and `POST /api/apps/{app}/restart` → their orchestrations; 202 with the status URL.
+- `POST /api/apps/{app}/provision` and `POST /api/apps/{app}/restart` → their orchestrations; 202 with the status URL;
+- a timer every 5 minutes that wakes (or starts) the reconciler of every app in the upload container, so an upload
+  whose event was lost, or an app whose reconciler was terminated, is still reconciled.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import azure.functions as func
 
 from activities.services import services
 
-from .http_util import BadRequest, answers_bad_requests, app_name, json_body, json_response
+from .http_util import APP_NAME, BadRequest, answers_bad_requests, app_name, json_body, json_response
 from .policies import RolloutTiming
 from .provision import PROVISION_ORCHESTRATOR, RESTART_ORCHESTRATOR
 from .reconcile import (
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ADAPTERS_CONNECTION = "AdaptersStorage"
 MARKER_PATH = "adapters/{app}/{adapter}/_COMPLETE"
+HEAL_SCHEDULE = "0 */5 * * * *"
 LIVE_STATES = {
     df.OrchestrationRuntimeStatus.Running,
     df.OrchestrationRuntimeStatus.Pending,
@@ -70,6 +73,17 @@ async def on_adapter_uploaded(marker: func.InputStream, client: df.DurableOrches
     app = parts[-3]
     instance_id = await wake_reconciler(client, app, f"upload {parts[-2]}")
     log.info("adapter %s/%s uploaded; reconciler %s woken", app, parts[-2], instance_id)
+
+
+@bp.timer_trigger(arg_name="timer", schedule=HEAL_SCHEDULE)
+@bp.durable_client_input(client_name="client")
+async def heal_reconcilers(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    """Wake every app's reconciler: the level-triggered safety net under the blob trigger."""
+    apps = await asyncio.to_thread(services().desired.list_apps)
+    for app in apps:
+        if APP_NAME.match(app):
+            await wake_reconciler(client, app, "heal timer")
+    log.info("heal timer woke %d reconcilers", len(apps))
 
 
 @bp.route(route="apps/{app}/deployments", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
