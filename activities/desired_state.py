@@ -60,7 +60,7 @@ class DesiredState:
         return DeployRequest(**json.loads(raw))
 
     def newest_upload(self, app: str) -> dict[str, Any] | None:
-        """The upload with the newest marker, complete or not."""
+        """The upload with the newest marker, complete or not (one listing; only the newest markers are read)."""
         from activities.adapter_store import MARKER_NAME, AdapterStoreError
 
         prefix = f"{self.store.settings.prefix}{check_name('app', app)}/"
@@ -69,19 +69,20 @@ class DesiredState:
         if not markers:
             return None
         newest = max(markers, key=lambda b: b.last_modified)
-        adapter = newest.name[len(prefix):].split("/", 1)[0]
-        complete = [a for a in self.store.find_complete_adapters(app) if a.completed_at >= newest.last_modified.isoformat()]
+        complete = []  # uploads completed in the newest marker's second (marker times are whole seconds)
+        for blob in markers:
+            if blob.last_modified == newest.last_modified:
+                try:
+                    complete.append(self.store.get_complete(app, blob.name[len(prefix):].split("/", 1)[0]))
+                except (AdapterStoreError, ValueError):
+                    pass
         if complete:  # the finer `uploaded_at` orders uploads completed within the same second
-            done = complete[0]
+            done = max(complete, key=lambda a: (a.uploaded_at, a.adapter))
             return {"adapter": done.adapter, "sha256": done.sha256,
                     "accepted_at": _parse_time(done.uploaded_at or done.completed_at).isoformat()}
-        try:
-            done = self.store.get_complete(app, adapter)
-            return {"adapter": adapter, "sha256": done.sha256, "accepted_at": newest.last_modified.isoformat()}
-        except (AdapterStoreError, ValueError):
-            etag = str(newest.etag).strip('"')
-            return {"adapter": adapter, "sha256": f"broken:{adapter}:{etag}",
-                    "accepted_at": newest.last_modified.isoformat()}
+        adapter = newest.name[len(prefix):].split("/", 1)[0]
+        etag = str(newest.etag).strip('"')
+        return {"adapter": adapter, "sha256": f"broken:{adapter}:{etag}", "accepted_at": newest.last_modified.isoformat()}
 
     def resolve(self, app: str) -> dict[str, Any] | None:
         """`{adapter, sha256, accepted_at, request_id?, force_restart}` of the adapter that should serve."""
