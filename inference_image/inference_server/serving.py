@@ -1,8 +1,9 @@
 """Chat completions: admission, validation, routing to an adapter, then the streaming or plain path.
 
-Engines that speak OpenAI SSE themselves (`stream_sse(request, include_usage=...)`, SGLang) are passed through
-byte for byte; other engines' `ChatDelta`s are encoded here. The hot path does one JSON parse of the body, one
-registry lookup and a few counter updates; nothing else per token on the pass-through path.
+Engines that speak OpenAI SSE themselves (`open_sse(request, include_usage=...)`, SGLang) are relayed byte for
+byte from the upstream socket to the client's (relay.py); other engines' `ChatDelta`s are encoded here. The hot path
+does one JSON parse of the body, one registry lookup and a few counter updates; per upstream read on the
+pass-through path only a chunk-framing scan, a byte count of content deltas and one socket write.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .protocol import (
     unknown_model,
 )
 from .registry import Lease, UnknownModelError
+from .relay import UpstreamConnection
 from .state import ServerState
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class ChatService:
 
     def __init__(self, state: ServerState) -> None:
         self._state = state
-        self._passthrough = getattr(state.engine, "stream_sse", None)
+        self._passthrough = getattr(state.engine, "open_sse", None)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         state = self._state
@@ -92,8 +94,8 @@ class ChatService:
             if not engine_request.stream:
                 return await self._complete(parsed.model, engine_request, headers, started)
             if self._passthrough is not None:
-                stream = self._passthrough(engine_request, include_usage=parsed.include_usage)
-                return await self._relay(request, route.served_model, stream, headers, started)
+                upstream = await self._passthrough(engine_request, include_usage=parsed.include_usage)
+                return await self._forward(request, route.served_model, upstream, headers, started)
             return await self._stream(request, parsed, engine_request, headers, started)
         except EngineNotReady as exc:
             log.warning("engine not ready: %s", exc)
@@ -118,6 +120,30 @@ class ChatService:
         self._observe(headers["X-Served-Model"], 200, started, ttft, final.usage)
         return web.json_response(body, headers=headers)
 
+    async def _forward(
+        self,
+        request: web.Request,
+        served: str,
+        upstream: UpstreamConnection,
+        headers: dict[str, str],
+        started: float,
+    ) -> web.StreamResponse:
+        """Relay an upstream SSE response (its status already 200) from socket to socket."""
+        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        try:
+            await upstream.forward(request, response, _content_deltas)
+        except ConnectionResetError:
+            log.info("client went away mid-stream")
+        except EngineError:
+            log.exception("engine failed mid-stream")
+            await response.write(_sse(internal_error().body()))
+        finally:
+            upstream.release()
+        first = upstream.first_byte_at
+        ttft = first - started if first is not None else None
+        self._state.metrics.observe(served, 200, time.perf_counter() - started, ttft, upstream.counted)
+        return response
+
     async def _relay(
         self,
         request: web.Request,
@@ -126,7 +152,7 @@ class ChatService:
         headers: dict[str, str],
         started: float,
     ) -> web.StreamResponse:
-        """Pass the engine's SSE bytes through; errors before the first byte still get a status code."""
+        """Write an SSE byte stream (encoded deltas); errors before the first byte still get a status code."""
         first = await anext(stream)  # EngineError here becomes a proper 5xx response
         ttft = time.perf_counter() - started
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})

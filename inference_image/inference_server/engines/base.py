@@ -3,8 +3,8 @@
 Design: the HTTP layer validates an OpenAI request into a `ChatRequest` (protocol.py) and resolves `model` to an
 adapter name (or None for the base model) before calling the engine. The engine only generates. It yields
 `ChatDelta`s: text pieces as they are produced, then one final delta carrying `finish_reason` and `usage`.
-Engines that already speak OpenAI SSE (SGLang) may also offer `stream_sse()`, a pass-through of raw SSE bytes, so
-the server does not re-encode every chunk.
+Engines that already speak OpenAI SSE (SGLang) may also offer `open_sse(request, include_usage=...)`, returning a
+`relay.UpstreamConnection` whose body the server relays socket to socket, so it does not re-encode every chunk.
 
 Adapter lifecycle: `load_adapter(name, path)` must leave the engine serving exactly as before when it raises;
 `unload_adapter(name)` is only called after the server stopped routing to `name` and its in-flight count is zero.

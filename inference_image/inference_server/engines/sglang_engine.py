@@ -6,10 +6,11 @@ supervisor task relaunches the child if it dies, reporting not-ready meanwhile. 
 attaches to an already running server instead (no child; used by the benchmark).
 
 Chat goes to SGLang's `/v1/chat/completions` with `"model": "<base>:<adapter>"` (the base name alone for the base
-model). `stream_sse()` passes SGLang's SSE bytes through unparsed; `chat()` parses them into `ChatDelta`s. Adapters
-load and unload at run time with `POST /load_lora_adapter {"lora_name", "lora_path"}` and
-`POST /unload_lora_adapter {"lora_name"}`, both answering `{"success", "error_message", "loaded_adapters"}`.
-One `aiohttp.ClientSession` serves every request.
+model). `open_sse()` returns the upstream response for the server to relay socket to socket; `stream_sse()` yields
+its SSE bytes unparsed and `chat()` parses them into `ChatDelta`s. Adapters load and unload at run time with
+`POST /load_lora_adapter {"lora_name", "lora_path"}` and `POST /unload_lora_adapter {"lora_name"}`, both answering
+`{"success", "error_message", "loaded_adapters"}`. Every call goes through one keep-alive `UpstreamPool` (relay.py);
+it sends no cookies, so nothing an upstream sets leaks between clients.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
+from ..relay import UpstreamConnection, UpstreamError, UpstreamPool
 from .base import (
     AdapterLoadError,
     ChatDelta,
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUSY_STATUSES = frozenset({429, 503})
-JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,9 @@ class SGLangOptions:
     health_interval_s: float = 0.25
     restart_backoff_s: float = 1.0
     stop_timeout_s: float = 15.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float | None = 600.0  # longest silence of SGLang within one response
+    health_timeout_s: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: SGLangSettings) -> SGLangOptions:
@@ -105,7 +107,7 @@ class SGLangEngine(Engine):
         self.model_path = model_path
         self.base_model_name = base_model_name
         self._adapters: dict[str, Path] = dict(initial_adapters or {})  # what a (re)launch must load
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._url = self.options.upstream_url.rstrip("/") if self.options.upstream_url else ""
@@ -141,14 +143,8 @@ class SGLangEngine(Engine):
 
     async def start(self) -> None:
         self._stopping = False
-        # No limit on pooled connections: each streaming request holds one for its whole duration. No cookie jar:
-        # upstream cookies must not leak between clients, and filtering them costs time on every request.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
         if self.options.upstream_url:
+            self._attach(self._url)
             await self._wait_healthy(time.monotonic() + self.options.startup_timeout_s)
         else:
             await self._launch()
@@ -157,7 +153,7 @@ class SGLangEngine(Engine):
 
     async def _launch(self) -> None:
         port = self.options.port or free_port(self.options.host)
-        self._url = f"http://{self.options.host}:{port}"
+        self._attach(f"http://{self.options.host}:{port}")
         args = self.launch_args(port)
         log.info("launching SGLang: %s", " ".join(args))
         self._process = await asyncio.create_subprocess_exec(*args, start_new_session=True)
@@ -167,15 +163,23 @@ class SGLangEngine(Engine):
             await self._kill()
             raise
 
+    def _attach(self, url: str) -> None:
+        """Talk to the SGLang server at `url` from now on (a fresh connection pool)."""
+        if self._pool is not None:
+            self._pool.close()
+        self._url = url
+        o = self.options
+        self._pool = UpstreamPool(url, connect_timeout_s=o.connect_timeout_s, read_timeout_s=o.read_timeout_s)
+
     async def _wait_healthy(self, deadline: float) -> None:
-        assert self._session is not None
         while time.monotonic() < deadline:
             if self._process is not None and self._process.returncode is not None:
                 raise EngineError(f"SGLang exited with status {self._process.returncode} while starting")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with self._session.get(self._url + "/health", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(UpstreamError, TimeoutError):
+                async with asyncio.timeout(self.options.health_timeout_s):
+                    status, _ = await self._call("GET", "/health")
+                if status == 200:
+                    return
             await asyncio.sleep(self.options.health_interval_s)
         raise EngineError("SGLang did not become healthy in time")
 
@@ -219,27 +223,35 @@ class SGLangEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         await self._kill()
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
     def health(self) -> EngineHealth:
         return EngineHealth(self._ready, self._detail)
 
     # -- adapters -------------------------------------------------------------------------------------------
-    async def _admin_post(self, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if self._session is None:
+    async def _call(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """One small request: status and whole body. Raises UpstreamError, or EngineNotReady before start()."""
+        if self._pool is None:
             raise EngineNotReady("engine not started")
-        async with self._session.post(self._url + path, json=payload) as resp:
-            try:
-                data = await resp.json(content_type=None)
-            except json.JSONDecodeError:
-                data = {}
-            return resp.status, data if isinstance(data, dict) else {}
+        conn = await self._pool.request(method, path, body)
+        try:
+            return conn.status, await conn.read()
+        finally:
+            conn.release()
+
+    async def _admin_post(self, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, raw = await self._call("POST", path, _json_bytes(payload))
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            data = {}
+        return status, data if isinstance(data, dict) else {}
 
     async def load_adapter(self, name: str, path: Path) -> None:
         try:
             status, data = await self._admin_post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
-        except (aiohttp.ClientError, EngineNotReady) as exc:
+        except (UpstreamError, EngineNotReady) as exc:
             raise AdapterLoadError(f"SGLang unreachable while loading {name}") from exc
         if status != 200 or not data.get("success"):
             raise AdapterLoadError(str(data.get("error_message") or f"SGLang answered {status}"))
@@ -249,7 +261,7 @@ class SGLangEngine(Engine):
         self._adapters.pop(name, None)  # a relaunch must not bring it back, whatever happens below
         try:
             status, data = await self._admin_post("/unload_lora_adapter", {"lora_name": name})
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             raise EngineError(f"SGLang unreachable while unloading {name}") from exc
         if status != 200 or not data.get("success"):
             raise EngineError(str(data.get("error_message") or f"SGLang answered {status}"))
@@ -276,43 +288,50 @@ class SGLangEngine(Engine):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def _post_chat(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        if not self._ready or self._session is None:
+    async def _post_chat(self, body: dict[str, Any]) -> UpstreamConnection:
+        """SGLang's 200 response, its head read; failures before it map to EngineNotReady (503) or EngineError."""
+        if not self._ready or self._pool is None:
             raise EngineNotReady(self._detail or "SGLang is not ready")
         try:
-            resp = await self._session.post(self._url + "/v1/chat/completions", data=_json_bytes(body), headers=JSON)
-        except aiohttp.ClientConnectionError as exc:
+            conn = await self._pool.request("POST", "/v1/chat/completions", _json_bytes(body))
+        except UpstreamError as exc:
             raise EngineNotReady("SGLang is unreachable") from exc
-        if resp.status == 200:
-            return resp
-        text = await resp.text()
-        resp.release()
-        if resp.status in BUSY_STATUSES:
-            raise EngineNotReady(f"SGLang is busy ({resp.status})")
-        raise EngineError(f"SGLang answered {resp.status}: {text[:300]}")
+        if conn.status == 200:
+            return conn
+        try:
+            text = (await conn.read()).decode(errors="replace")
+        except UpstreamError:
+            text = ""
+        finally:
+            conn.release()
+        if conn.status in BUSY_STATUSES:
+            raise EngineNotReady(f"SGLang is busy ({conn.status})")
+        raise EngineError(f"SGLang answered {conn.status}: {text[:300]}")
+
+    async def open_sse(self, request: ChatRequest, *, include_usage: bool = False) -> UpstreamConnection:
+        """SGLang's streaming response with its body unread, for `forward()` (the caller must `release()` it)."""
+        return await self._post_chat(self.payload(request, stream=True, include_usage=include_usage))
 
     async def stream_sse(self, request: ChatRequest, *, include_usage: bool = False) -> AsyncIterator[bytes]:
         """SGLang's SSE bytes as they arrive (OpenAI `chat.completion.chunk` events, then `[DONE]`)."""
-        resp = await self._post_chat(self.payload(request, stream=True, include_usage=include_usage))
+        conn = await self.open_sse(request, include_usage=include_usage)
         try:
-            async for chunk in resp.content.iter_any():
-                yield chunk
-        except aiohttp.ClientError as exc:
-            raise EngineError("SGLang stream broke") from exc
+            async for piece in conn.iter_body():
+                yield piece
         finally:
-            resp.release()
+            conn.release()
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         if not request.stream:
-            resp = await self._post_chat(self.payload(request, stream=False))
+            conn = await self._post_chat(self.payload(request, stream=False))
             try:
-                data = await resp.json()
+                data = json.loads(await conn.read())
                 choice = data["choices"][0]
                 text = choice["message"].get("content") or ""
-            except (aiohttp.ClientError, json.JSONDecodeError, LookupError, TypeError, AttributeError) as exc:
+            except (json.JSONDecodeError, LookupError, TypeError, AttributeError) as exc:
                 raise EngineError("SGLang sent an unreadable completion") from exc
             finally:
-                resp.release()
+                conn.release()
             yield ChatDelta(text, choice.get("finish_reason") or "stop", _usage(data))
             return
         finish: str | None = None
@@ -335,7 +354,7 @@ class SGLangEngine(Engine):
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:
-    """Compact JSON, serialized here once (aiohttp's `json=` wraps the same dump in a payload object)."""
+    """Compact JSON, as SGLang's request body."""
     return json.dumps(body, separators=(",", ":")).encode()
 
 
