@@ -1,12 +1,14 @@
 """Chat proxy overhead: direct to a fake streaming upstream vs through our server (SGLang engine, attached).
 
-Three kinds of process, as in ANCHORS.md: the fake upstream (`tests.fakes.fake_sglang`, 64 tokens at 2 ms/token,
-SSE), our server (`python -m inference_server --engine sglang --sglang-upstream URL`, auth + validation + metrics +
-routing on), and a load client (this file with `--client`, one shared aiohttp session). For each concurrency it
-runs direct, through our server, and through `bare_proxy.py` (the minimal aiohttp pass-through, as a reference
-on a noisy machine), back to back, a few seconds each, for `--rounds` rounds, and prints one table of medians
-(ratios and added latency are per-round pairs, so slow drift of a shared machine cancels); CPU time per request
-comes from psutil. Then it prints the peak RSS of the CPU server with the tiny model kit.
+Three kinds of process, as in ANCHORS.md: the streaming upstream (`stream_upstream.py`: 64 tokens at 2 ms per
+decode step, SGLang's SSE, paced by one shared clock like a batching engine), our server
+(`python -m inference_server --engine sglang --sglang-upstream URL`, auth + validation + metrics + routing on), and
+the load client (`load_client.py`, C keep-alive connections). Both harness processes are built on asyncio protocols
+so that on a small machine the CPU goes to the server under test. For each concurrency it runs direct, through our
+server, and through `bare_proxy.py` (the minimal aiohttp pass-through of ANCHORS.md, as a reference measured in
+the same run), back to back, a few seconds each, for `--rounds` rounds, and prints one table of medians (ratios
+and added latency are per-round pairs, so slow drift of a shared machine cancels); CPU time per request comes
+from psutil. Then it prints the peak RSS of the CPU server with the tiny model kit.
 
     .venv/bin/python bench/chat_overhead.py [--duration 3] [--rounds 3] [--concurrency 1 16 64 256]
 """
@@ -14,7 +16,6 @@ comes from psutil. Then it prints the peak RSS of the CPU server with the tiny m
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -25,82 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
 TOKENS, TOKEN_DELAY_S = 64, 0.002
-
-
-@dataclass(frozen=True)
-class RequestInput:
-    url: str
-    model: str
-    headers: dict[str, str] = field(default_factory=dict)
-    max_tokens: int = 128
-
-
-@dataclass
-class RequestOutput:
-    success: bool = False
-    latency: float = 0.0
-    ttft: float = 0.0
-    itl: list[float] = field(default_factory=list)
-    chunks: int = 0
-    error: str = ""
-
-
-async def send_request(session: aiohttp.ClientSession, req: RequestInput) -> RequestOutput:
-    """One streaming chat request; failures are recorded in the output, never raised."""
-    out = RequestOutput()
-    body = {"model": req.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": req.max_tokens,
-            "stream": True}
-    start = last = time.perf_counter()
-    try:
-        async with session.post(req.url, json=body, headers=req.headers) as resp:
-            if resp.status != 200:
-                out.error = f"HTTP {resp.status}"
-                return out
-            async for _ in resp.content.iter_any():
-                now = time.perf_counter()
-                if out.chunks == 0:
-                    out.ttft = now - start
-                else:
-                    out.itl.append(now - last)
-                last = now
-                out.chunks += 1
-        out.latency = time.perf_counter() - start
-        out.success = True
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        out.error = type(exc).__name__
-    return out
-
-
-async def run_load(req: RequestInput, concurrency: int, duration_s: float) -> dict[str, object]:
-    """C workers send back-to-back requests for `duration_s` after a warm-up round; returns a summary."""
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        await asyncio.gather(*(send_request(session, req) for _ in range(concurrency)))  # warm-up: open connections
-        outputs: list[RequestOutput] = []
-        deadline = time.perf_counter() + duration_s
-
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                outputs.append(await send_request(session, req))
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    ok = sorted(o.latency for o in outputs if o.success)
-    errors = [o.error for o in outputs if not o.success]
-    return {
-        "ok": len(ok), "failed": len(errors), "first_error": errors[0] if errors else "",
-        "rps": len(ok) / elapsed,
-        "p50": statistics.median(ok) if ok else float("nan"),
-        "p99": ok[min(len(ok) - 1, int(len(ok) * 0.99))] if ok else float("nan"),
-        "ttft_p50": statistics.median([o.ttft for o in outputs if o.success]) if ok else float("nan"),
-    }
 
 
 # -- orchestration (the parent process) ---------------------------------------------------------------------
@@ -159,8 +89,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _client(url: str, model: str, concurrency: int, duration_s: float, auth: bool) -> dict[str, object]:
-    cmd = [sys.executable, __file__, "--client", url, "--model", model, "--concurrency", str(concurrency),
-           "--duration", str(duration_s)] + (["--auth"] if auth else [])
+    cmd = [sys.executable, str(ROOT / "bench" / "load_client.py"), url, "--model", model, "--concurrency",
+           str(concurrency), "--duration", str(duration_s)] + (["--auth", API_KEY] if auth else [])
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, check=True, timeout=duration_s + 120)
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
@@ -191,8 +121,8 @@ def _vs(proxied: Point, direct: Point) -> tuple[float, float]:
 def overhead_table(concurrencies: list[int], duration_s: float, rounds: int) -> None:
     port = _free_port()
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.fake_sglang", "--model-path", "tiny", "--served-model-name", "tiny",
-         "--port", str(port), "--tokens", str(TOKENS), "--token-delay", str(TOKEN_DELAY_S)],
+        [sys.executable, str(ROOT / "bench" / "stream_upstream.py"), str(port), "--tokens", str(TOKENS),
+         "--token-delay", str(TOKEN_DELAY_S)],
         cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     bare_port = _free_port()
@@ -274,22 +204,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
     p.add_argument("--rounds", type=int, default=3, help="direct/ours/bare rounds per concurrency (medians)")
-    p.add_argument("--client", help="internal: run the load client against this URL and print JSON")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--auth", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
     args = p.parse_args()
-    if args.client:
-        headers = {"Authorization": f"Bearer {API_KEY}"} if args.auth else {}
-        req = RequestInput(args.client, args.model, headers)
-        try:
-            import uvloop
-        except ImportError:
-            summary = asyncio.run(run_load(req, args.concurrency[0], args.duration))
-        else:
-            summary = uvloop.run(run_load(req, args.concurrency[0], args.duration))
-        print(json.dumps(summary))
-        return
     overhead_table(args.concurrency, args.duration, args.rounds)
     if not args.skip_rss:
         cpu_server_rss()
