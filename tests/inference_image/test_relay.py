@@ -138,12 +138,12 @@ async def test_chunked_and_content_length_bodies(split: bool) -> None:
 
 async def test_stale_connection_is_retried() -> None:
     """A pooled connection that the upstream drops when the next request arrives is retried on a fresh one."""
-    served: set[int] = set()
+    served: list[asyncio.StreamWriter] = []  # held, not their id()s: a collected writer's id can come back
 
     async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: bytes) -> bool:
-        if id(writer) in served:
+        if any(seen is writer for seen in served):
             return False  # close without answering
-        served.add(id(writer))
+        served.append(writer)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         return True
 
