@@ -5,10 +5,11 @@ decode step, SGLang's SSE, paced by one shared clock like a batching engine), ou
 (`python -m inference_server --engine sglang --sglang-upstream URL`, auth + validation + metrics + routing on), and
 the load client (`load_client.py`, C keep-alive connections). Both harness processes are built on asyncio protocols
 so that on a small machine the CPU goes to the server under test. For each concurrency it runs direct, through our
-server, and through `bare_proxy.py` (the minimal aiohttp pass-through of ANCHORS.md, as a reference measured in
-the same run), back to back, a few seconds each, for `--rounds` rounds, and prints one table of medians (ratios
-and added latency are per-round pairs, so slow drift of a shared machine cancels); CPU time per request comes
-from psutil. Then it prints the peak RSS of the CPU server with the tiny model kit.
+server, and through the references of ANCHORS.md measured in the same run: `bare_proxy.py` (the minimal aiohttp
+pass-through) and, when `nginx` is installed, nginx with one worker and proxy_buffering off. They run back to back,
+a few seconds each, for `--rounds` rounds, and one table of medians is printed (ratios and added latency are
+per-round pairs, so slow drift of a shared machine cancels); CPU time per request comes from psutil. Then it prints
+the peak RSS of the CPU server with the tiny model kit.
 
     .venv/bin/python bench/chat_overhead.py [--duration 3] [--rounds 3] [--concurrency 1 16 64 256]
 """
@@ -19,9 +20,11 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,23 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], headers: dict[str, str] 
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def _wait_listening(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            socket.create_connection((parts.hostname, parts.port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
     raise TimeoutError(url)
 
 
@@ -118,49 +138,107 @@ def _vs(proxied: Point, direct: Point) -> tuple[float, float]:
     return ratio, added
 
 
+NGINX_CONF = """worker_processes 1;
+master_process off;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream engine {{ server 127.0.0.1:{upstream_port}; keepalive 1024; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://engine;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def _start_nginx(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """nginx as in ANCHORS.md (one worker process, proxy_buffering off, keep-alive upstream), when installed."""
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if binary is None:
+        return None
+    port = _free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, upstream_port=upstream_port, port=port))
+    proc = subprocess.Popen([binary, "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def overhead_table(concurrencies: list[int], duration_s: float, rounds: int) -> None:
     port = _free_port()
+    upstream_url = f"http://127.0.0.1:{port}"
     upstream = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "stream_upstream.py"), str(port), "--tokens", str(TOKENS),
          "--token-delay", str(TOKEN_DELAY_S)],
         cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    bare_port = _free_port()
-    bare = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_proxy.py"), f"http://127.0.0.1:{port}",
-                             str(bare_port)], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = None
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/health", upstream)
-        server, url = _start_server(["--engine", "sglang", "--sglang-upstream", f"http://127.0.0.1:{port}",
-                                     "--base-model-name", "tiny"])
-        _wait_http(url + "/ready", server, {"Authorization": f"Bearer {API_KEY}"})
-        print(f"fake upstream: {TOKENS} tokens at {TOKEN_DELAY_S * 1000:g} ms/token; {duration_s:g} s per point, "
-              f"median of {rounds} round(s) of direct, ours, bare back to back; {os.cpu_count()} CPUs; "
-              f"'bare' = minimal aiohttp pass-through; CPU = the proxy's CPU ms per request")
-        print(f"{'C':>4} | {'direct p50/p99 ms':>17} | {'ours p50/p99 ms':>15} | {'direct rps':>10} | {'ours rps':>8} | "
-              f"{'ratio':>5} | {'p50 added':>9} | {'CPU ms/req':>10} | {'bare ratio/added':>16} | {'bare CPU':>8} | "
-              f"failed")
-        targets = {"direct": (None, f"http://127.0.0.1:{port}"), "ours": (server.pid, url),
-                   "bare": (bare.pid, f"http://127.0.0.1:{bare_port}")}
-        for c in concurrencies:
-            points = {name: Point() for name in targets}
-            for _ in range(rounds):
-                for name, (pid, target) in targets.items():
-                    result, cpu_ms = _measured(pid, target, c, duration_s)
-                    points[name].runs.append(result)
-                    points[name].cpu_ms.append(cpu_ms)
-            direct, ours, ref = points["direct"], points["ours"], points["bare"]
-            ratio, added = _vs(ours, direct)
-            ref_ratio, ref_added = _vs(ref, direct)
-            print(f"{c:>4} | {direct.median('p50') * 1e3:>7.1f} / {direct.median('p99') * 1e3:>7.1f} | "
-                  f"{ours.median('p50') * 1e3:>6.1f} / {ours.median('p99') * 1e3:>6.1f} | "
-                  f"{direct.median('rps'):>10.1f} | {ours.median('rps'):>8.1f} | {ratio:>5.2f} | {added:>+9.2f} | "
-                  f"{statistics.median(ours.cpu_ms):>10.2f} | {ref_ratio:>5.2f} / {ref_added:>+8.2f} | "
-                  f"{statistics.median(ref.cpu_ms):>8.2f} | {direct.failed}/{ours.failed}/{ref.failed}")
-    finally:
-        for proc in (server, bare, upstream):
-            if proc is not None:
+    procs: list[subprocess.Popen[bytes]] = [upstream]
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            _wait_http(upstream_url + "/health", upstream)
+            server, url = _start_server(["--engine", "sglang", "--sglang-upstream", upstream_url,
+                                         "--base-model-name", "tiny"])
+            procs.append(server)
+            _wait_http(url + "/ready", server, {"Authorization": f"Bearer {API_KEY}"})
+            targets: dict[str, tuple[int | None, str]] = {"direct": (None, upstream_url), "ours": (server.pid, url)}
+            bare_port = _free_port()
+            bare = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_proxy.py"), upstream_url,
+                                     str(bare_port)], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            procs.append(bare)
+            targets["bare"] = (bare.pid, f"http://127.0.0.1:{bare_port}")
+            nginx = _start_nginx(port, Path(workdir))
+            if nginx is not None:
+                procs.append(nginx[0])
+                targets["nginx"] = (nginx[0].pid, nginx[1])
+            for proc, name in zip(procs[2:], list(targets)[2:], strict=True):
+                _wait_listening(targets[name][1], proc)
+            _print_table(targets, concurrencies, duration_s, rounds)
+        finally:
+            for proc in reversed(procs):
                 _stop(proc)
+
+
+def _print_table(targets: dict[str, tuple[int | None, str]], concurrencies: list[int], duration_s: float,
+                 rounds: int) -> None:
+    refs = [name for name in targets if name not in ("direct", "ours")]
+    print(f"upstream: {TOKENS} tokens, one per {TOKEN_DELAY_S * 1000:g} ms decode step; {duration_s:g} s per point, "
+          f"median of {rounds} round(s) of {', '.join(targets)} back to back; {os.cpu_count()} CPUs; "
+          f"'bare' = minimal aiohttp pass-through; CPU = the proxy's CPU ms per request")
+    print(f"{'C':>4} | {'direct p50/p99 ms':>17} | {'ours p50/p99 ms':>15} | {'direct rps':>10} | {'ours rps':>8} | "
+          f"{'ratio':>5} | {'p50 added':>9} | {'CPU ms/req':>10} | "
+          + "".join(f"{name + ' ratio/added':>17} | {name + ' CPU':>9} | " for name in refs) + "failed")
+    for c in concurrencies:
+        points = {name: Point() for name in targets}
+        for _ in range(rounds):
+            for name, (pid, target) in targets.items():
+                result, cpu_ms = _measured(pid, target, c, duration_s)
+                points[name].runs.append(result)
+                points[name].cpu_ms.append(cpu_ms)
+        direct, ours = points["direct"], points["ours"]
+        ratio, added = _vs(ours, direct)
+        row = (f"{c:>4} | {direct.median('p50') * 1e3:>7.1f} / {direct.median('p99') * 1e3:>7.1f} | "
+               f"{ours.median('p50') * 1e3:>6.1f} / {ours.median('p99') * 1e3:>6.1f} | "
+               f"{direct.median('rps'):>10.1f} | {ours.median('rps'):>8.1f} | {ratio:>5.2f} | {added:>+9.2f} | "
+               f"{statistics.median(ours.cpu_ms):>10.2f} | ")
+        for name in refs:
+            ref_ratio, ref_added = _vs(points[name], direct)
+            row += f"{ref_ratio:>6.2f} / {ref_added:>+8.2f} | {statistics.median(points[name].cpu_ms):>9.2f} | "
+        print(row + "/".join(str(points[name].failed) for name in targets), flush=True)
 
 
 def _measured(pid: int | None, url: str, concurrency: int, duration_s: float) -> tuple[dict[str, object], float]:
