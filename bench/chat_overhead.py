@@ -243,13 +243,13 @@ def _print_table(targets: dict[str, tuple[int | None, str]], concurrencies: list
 
 def _measured(pid: int | None, url: str, concurrency: int, duration_s: float) -> tuple[dict[str, object], float]:
     """Load `url` with a client process; returns its summary and CPU ms per request of process `pid` (the proxy;
-    NaN for None, the direct run), warm-up round included. Only the direct run skips the API key."""
+    NaN for None, the direct run) over every request sent, warm-up included. Only the direct run skips the API key."""
     proc = psutil.Process(pid) if pid is not None else None
     cpu0 = sum(proc.cpu_times()[:2]) if proc else 0.0
     result = _client(url + "/v1/chat/completions", "tiny", concurrency, duration_s, auth=proc is not None)
     if proc is None:
         return result, float("nan")
-    cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000 / max(int(result["ok"]) + concurrency, 1)
+    cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000 / max(int(result["sent"]), 1)
     return result, cpu_ms
 
 

@@ -8,7 +8,8 @@ that is not a complete `200` chunked stream counts as failed.
 
     python bench/load_client.py URL [--concurrency 16] [--duration 3] [--auth KEY] [--model tiny]
 
-prints one JSON summary line: ok, failed, first_error, rps, p50, p99, ttft_p50 (seconds).
+prints one JSON summary line: ok, failed, first_error, sent (every request, warm-up included), rps, p50, p99,
+ttft_p50 (seconds), chunks_p50.
 """
 
 from __future__ import annotations
@@ -116,21 +117,32 @@ def request_bytes(url: str, model: str, api_key: str | None) -> bytes:
 
 
 async def run_load(url: str, model: str, api_key: str | None, concurrency: int, duration_s: float) -> dict[str, object]:
-    """C workers, one connection each, send requests back to back for `duration_s` after one warm-up request each."""
+    """C workers, one connection each, send requests back to back; measured for `duration_s`.
+
+    A warm-up request per connection gives the response time T; the workers then start T/C apart, so requests
+    arrive spread over time as real clients' do. Started together, equal-length streams would stay in lockstep
+    for the whole run (a closed loop keeps its phase), and every server would face bursts of C requests at once.
+    Only requests started after the last worker's start are counted."""
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     message = request_bytes(url, model, api_key)
     results: list[Result] = []
-    deadline = 0.0
+    measure_from = deadline = 0.0
+    sent = 0
 
-    async def worker(measure: bool) -> None:
+    async def worker(delay_s: float, measure: bool) -> list[Result]:
+        nonlocal sent
+        await asyncio.sleep(delay_s)
+        done: list[Result] = []
         conn: Connection | None = None
         while True:
             if conn is None or conn.lost.done():
                 _, conn = await loop.create_connection(Connection, parts.hostname, parts.port)
+            started = time.perf_counter()
             result = await conn.send(message)
-            if measure:
-                results.append(result)
+            sent += 1
+            if not measure or started >= measure_from:
+                done.append(result)
             if not result.ok and conn.transport is not None:
                 conn.transport.close()
                 conn = None
@@ -138,17 +150,20 @@ async def run_load(url: str, model: str, api_key: str | None, concurrency: int, 
                 break
         if conn is not None and conn.transport is not None:
             conn.transport.close()
+        return done
 
-    await asyncio.gather(*(worker(False) for _ in range(concurrency)))  # warm-up: every connection's first request
-    start = time.perf_counter()
-    deadline = start + duration_s
-    await asyncio.gather(*(worker(True) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    warm = [r for rs in await asyncio.gather(*(worker(0, False) for _ in range(concurrency))) for r in rs]
+    spread_s = statistics.median(r.latency for r in warm if r.ok) if any(r.ok for r in warm) else 0.0
+    measure_from = time.perf_counter() + spread_s
+    deadline = measure_from + duration_s
+    workers = (worker(k * spread_s / concurrency, True) for k in range(concurrency))
+    results = [r for rs in await asyncio.gather(*workers) for r in rs]
+    elapsed = time.perf_counter() - measure_from
     ok = [r for r in results if r.ok]
     latencies = sorted(r.latency for r in ok)
     errors = [r.error for r in results if not r.ok]
     return {
-        "ok": len(ok), "failed": len(errors), "first_error": errors[0] if errors else "",
+        "ok": len(ok), "failed": len(errors), "first_error": errors[0] if errors else "", "sent": sent,
         "rps": len(ok) / elapsed,
         "p50": statistics.median(latencies) if ok else float("nan"),
         "p99": latencies[min(len(ok) - 1, int(len(ok) * 0.99))] if ok else float("nan"),
