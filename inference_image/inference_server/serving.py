@@ -8,6 +8,7 @@ pass-through path only a chunk-framing scan, a byte count of content deltas and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -131,12 +132,8 @@ class ChatService:
         """Relay an upstream SSE response (its status already 200) from socket to socket."""
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
         try:
-            await upstream.forward(request, response, _content_deltas)
-        except ConnectionResetError:
-            log.info("client went away mid-stream")
-        except EngineError:
-            log.exception("engine failed mid-stream")
-            await response.write(_sse(internal_error().body()))
+            async with _mid_stream_failures(response):
+                await upstream.forward(request, response, _content_deltas)
         finally:
             upstream.release()
         first = upstream.first_byte_at
@@ -159,15 +156,11 @@ class ChatService:
         await response.prepare(request)
         tokens = _content_deltas(first)
         try:
-            await response.write(first)
-            async for chunk in stream:
-                tokens += _content_deltas(chunk)
-                await response.write(chunk)
-        except ConnectionResetError:
-            log.info("client went away mid-stream")
-        except EngineError:
-            log.exception("engine failed mid-stream")
-            await response.write(_sse(internal_error().body()))
+            async with _mid_stream_failures(response):
+                await response.write(first)
+                async for chunk in stream:
+                    tokens += _content_deltas(chunk)
+                    await response.write(chunk)
         finally:
             await _aclose(stream)
         self._state.metrics.observe(served, 200, time.perf_counter() - started, ttft, tokens)
@@ -188,6 +181,18 @@ class ChatService:
     def _observe(self, served: str, status: int, started: float, ttft: float | None, usage: Usage | None) -> None:
         tokens = usage.completion_tokens if usage else 0
         self._state.metrics.observe(served, status, time.perf_counter() - started, ttft, tokens)
+
+
+@contextlib.asynccontextmanager
+async def _mid_stream_failures(response: web.StreamResponse) -> AsyncIterator[None]:
+    """After the 200 went out: a client that left is logged, an engine failure ends the stream with an error event."""
+    try:
+        yield
+    except ConnectionResetError:
+        log.info("client went away mid-stream")
+    except EngineError:
+        log.exception("engine failed mid-stream")
+        await response.write(_sse(internal_error().body()))
 
 
 def _content_deltas(chunk: bytes) -> int:
