@@ -39,6 +39,7 @@ def main() -> None:
     app[UPSTREAM] = sys.argv[1].rstrip("/")
     app.cleanup_ctx.append(session_ctx)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", lambda _: web.Response())  # only for the benchmark to see it is up
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None, loop=uvloop.new_event_loop())
 
 

@@ -70,23 +70,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], headers: dict[str, str] 
     raise TimeoutError(url)
 
 
-def _wait_listening(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            socket.create_connection((parts.hostname, parts.port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
-
-
 def _start_server(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m inference_server ARGS --port 0`; returns the process and its printed URL."""
     cmd = [sys.executable, "-m", "inference_server", *args, "--host", "127.0.0.1", "--port", "0", "--api-keys", API_KEY]
@@ -167,7 +150,7 @@ http {{
 
 def _start_nginx(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     """nginx as in ANCHORS.md (one worker process, proxy_buffering off, keep-alive upstream), when installed."""
-    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    binary = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
     if binary is None:
         return None
     port = _free_port()
@@ -201,12 +184,12 @@ def overhead_table(concurrencies: list[int], duration_s: float, rounds: int) -> 
                                     stderr=subprocess.DEVNULL)
             procs.append(bare)
             targets["bare"] = (bare.pid, f"http://127.0.0.1:{bare_port}")
+            _wait_http(targets["bare"][1] + "/health", bare)
             nginx = _start_nginx(port, Path(workdir))
             if nginx is not None:
                 procs.append(nginx[0])
                 targets["nginx"] = (nginx[0].pid, nginx[1])
-            for proc, name in zip(procs[2:], list(targets)[2:], strict=True):
-                _wait_listening(targets[name][1], proc)
+                _wait_http(nginx[1] + "/health", nginx[0])  # proxied to the upstream's
             _print_table(targets, concurrencies, duration_s, rounds)
         finally:
             for proc in reversed(procs):

@@ -43,7 +43,6 @@ class Connection(asyncio.Protocol):
         self._started = self._first = 0.0
         self._chunks = 0
         self._in_body = False
-        self._error_left = -1  # body bytes of a non-200 answer still to come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass asyncio's
@@ -76,9 +75,7 @@ class Connection(asyncio.Protocol):
             head = buf[:end].decode("latin-1")
             pos = end + 4
             if not head.startswith("HTTP/1.1 200"):
-                self._done(Result(False, error=head.split("\r\n", 1)[0]))
-                if self.transport is not None:
-                    self.transport.close()  # the error body is not read: never reuse this connection
+                self._done(Result(False, error=head.split("\r\n", 1)[0]))  # the worker drops the connection
                 return
             if "chunked" not in head.lower():
                 self._done(Result(False, error="response is not chunked"))
@@ -126,7 +123,6 @@ async def run_load(url: str, model: str, api_key: str | None, concurrency: int, 
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     message = request_bytes(url, model, api_key)
-    results: list[Result] = []
     measure_from = deadline = 0.0
     sent = 0
 
@@ -143,7 +139,7 @@ async def run_load(url: str, model: str, api_key: str | None, concurrency: int, 
             sent += 1
             if not measure or started >= measure_from:
                 done.append(result)
-            if not result.ok and conn.transport is not None:
+            if not result.ok and conn.transport is not None:  # its unread rest would garble the next answer
                 conn.transport.close()
                 conn = None
             if not measure or time.perf_counter() >= deadline:

@@ -52,15 +52,13 @@ class Engine:
         self.running: dict[asyncio.Transport, int] = {}
         self._loop = asyncio.get_running_loop()
         self._next = self._loop.time()
-        self._ticking = False
 
     def admit(self, transport: asyncio.Transport) -> None:
         transport.write(HEAD)
-        self.running[transport] = 0
-        if not self._ticking:
-            self._ticking = True
+        if not self.running:  # the clock stops when nothing runs (a step is scheduled exactly while some stream is)
             self._next = self._loop.time() + self.step_s
             self._loop.call_at(self._next, self._step)
+        self.running[transport] = 0
 
     def _step(self) -> None:
         last = len(self.events) - 1
@@ -74,7 +72,6 @@ class Engine:
             else:
                 self.running[transport] = index + 1
         if not self.running:
-            self._ticking = False
             return
         # Absolute schedule: a late step does not push the next ones back (nor are missed steps replayed).
         self._next = max(self._next + self.step_s, self._loop.time())

@@ -3,7 +3,6 @@ load client counts complete streams only, and both work through our server's rel
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,18 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.chat_overhead import _env, _start_server, _stop, _wait_http
+from bench.chat_overhead import API_KEY, _env, _free_port, _start_server, _stop, _wait_http
 from bench.load_client import run_load
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS, STEP_S = 8, 0.005
-API_KEY = "bench-key"  # what _start_server gives our server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
