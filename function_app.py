@@ -4,6 +4,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from activities.functions import bp as activities
+from orchestrations.health_gate import bp as health_gate
 from orchestrations.provision import bp as provisioning
 from orchestrations.reconcile import bp as reconciling
 from orchestrations.rollout import bp as rollouts
@@ -11,5 +12,5 @@ from orchestrations.starters import bp as starters
 from orchestrations.status_api import bp as status_api
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (rollouts, reconciling, provisioning, starters, status_api, activities):
+for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, activities):
     app.register_functions(blueprint)

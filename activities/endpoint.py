@@ -3,7 +3,9 @@
 `probe_endpoint` asks `GET /ready` (the served version comes from the JSON field `served_version`, else the
 `X-Adapter-Version` header), then, when `smoke_model` is set, sends one non-streaming
 `POST /v1/chat/completions`. HTTP and network failures never raise: they come back as `ready=False` with the
-reason in `error`, so the orchestrator's health gate decides whether to retry or roll back.
+reason in `error`, so the orchestrator's health gate decides whether to retry or roll back. When the server's
+`load_errors` lists the expected version (the engine refused to load that adapter), `refused` carries the
+engine's reason: waiting longer will not help.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ class ProbeInput:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """`ready` only when /ready said so, the version matched and the smoke chat (if asked) answered."""
+    """`ready` only when /ready said so, the version matched and the smoke chat (if asked) answered;
+    `refused`: the engine's reason for refusing to load the expected version."""
 
     ready: bool
     served_version: str | None = None
     reply: str | None = None
     error: str | None = None
+    refused: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +86,10 @@ def _probe(http: requests.Session, request: ProbeInput) -> ProbeResult:
     body = _json_object(resp)
     version = body.get("served_version") if isinstance(body.get("served_version"), str) else None
     version = version or resp.headers.get(VERSION_HEADER) or None
+    refused = _refusal(body, request.expect_version)
+    if refused is not None:
+        error = f"the engine refused adapter version {request.expect_version!r}: {refused}"
+        return ProbeResult(False, version, error=error, refused=refused)
     if resp.status_code != 200:
         return ProbeResult(False, version, error=f"GET /ready answered {resp.status_code}: {_excerpt(resp)}")
     if request.expect_version is not None and version != request.expect_version:
@@ -109,6 +117,17 @@ def _probe(http: requests.Session, request: ProbeInput) -> ProbeResult:
     if reply is None:
         return ProbeResult(False, version, error=f"smoke chat reply has no message content: {_excerpt(chat)}")
     return ProbeResult(True, version, reply=reply)
+
+
+def _refusal(body: dict[str, Any], version: str | None) -> str | None:
+    """The engine's reason from `load_errors` for the adapter entry with this version, else None."""
+    errors = body.get("load_errors")
+    if version is None or not isinstance(errors, dict):
+        return None
+    for entry in errors.values():
+        if isinstance(entry, dict) and entry.get("version") == version:
+            return str(entry.get("reason") or "refused by the inference engine")
+    return None
 
 
 def _json_object(resp: requests.Response) -> dict[str, Any]:

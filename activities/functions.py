@@ -113,7 +113,7 @@ def probe_endpoint(payload: dict) -> dict:
     """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app."""
     import requests
 
-    from activities.endpoint import ProbeInput
+    from activities.endpoint import ProbeInput, ProbeResult
     from activities.endpoint import probe_endpoint as probe
     from activities.platform.base import PlatformError
 
@@ -121,9 +121,9 @@ def probe_endpoint(payload: dict) -> dict:
     try:
         state = svc.apps.describe(payload["app"])
     except PlatformError as exc:
-        return {"ready": False, "served_version": None, "reply": None, "error": str(exc)}
+        return asdict(ProbeResult(False, error=str(exc)))
     if not state.endpoint:
-        return {"ready": False, "served_version": None, "reply": None, "error": "the app has no endpoint yet"}
+        return asdict(ProbeResult(False, error="the app has no endpoint yet"))
     request = ProbeInput(
         endpoint=state.endpoint,
         api_key=svc.settings.inference_api_key,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import requests
@@ -110,3 +115,55 @@ def test_input_validates() -> None:
     with pytest.raises(ValueError, match="endpoint"):
         ProbeInput("localhost:8000")
     assert "secret" not in repr(ProbeInput("http://x", api_key="secret"))
+
+
+@contextmanager
+def ready_standin(status: int, body: dict[str, Any]) -> Iterator[str]:
+    """A loopback server whose `GET /ready` answers `status` with the JSON `body`; yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            data = json.dumps(body).encode()
+            self.send_response(status if self.path == "/ready" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+REFUSED = {"ready": False, "served_version": "old@1", "load_errors": {
+    "other": {"version": "other@2", "sha256": "b" * 64, "reason": "rank 64 exceeds max_lora_rank 16"},
+    "new": {"version": "new@3", "sha256": "c" * 64, "reason": "target module q_proj not in the base model"},
+}}
+
+
+def test_refused_adapter_reports_the_engine_reason() -> None:
+    """A load_errors entry for the expected version comes back as `refused` with the engine's reason."""
+    with ready_standin(503, REFUSED) as url:
+        result = probe(url, expect_version="new@3", smoke_model="live")
+    assert result.refused == "target module q_proj not in the base model"
+    assert not result.ready and result.served_version == "old@1"
+    assert "q_proj" in (result.error or "") and result.to_dict()["refused"] == result.refused
+
+
+def test_load_errors_for_other_versions_are_not_a_refusal() -> None:
+    """Errors for other versions, or no expected version, leave `refused` None (still waiting, or ready)."""
+    with ready_standin(503, REFUSED) as url:
+        waiting = probe(url, expect_version="new@4")
+        any_version = probe(url)
+    assert waiting.refused is None and not waiting.ready and "503" in (waiting.error or "")
+    assert any_version.refused is None and "503" in (any_version.error or "")
+    with ready_standin(200, {**REFUSED, "ready": True, "served_version": "new@4"}) as url:
+        assert probe(url, expect_version="new@4") == ProbeResult(True, "new@4")
