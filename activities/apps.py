@@ -2,7 +2,8 @@
 
 `LocalApps` runs the server as a local process (the embedded default); `AcaApps` provisions and updates the
 Container App through `activities.provisioning` (storage, logs, environment, then the app). Both answer the
-same five calls with JSON-ready values, so the activities do not care where apps run.
+same calls with JSON-ready values, so the activities do not care where apps run. `heal` is the liveness half of
+the heal pass: it restarts an app that should run but does not (`Platform.heal_app`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from activities.config import InferenceConfig, ProvisionParameters, Settings
-from activities.platform.base import AppSpec, AppState, Platform
+from activities.platform.base import ADMIN_KEY_SECRET, AppSpec, AppState, Platform
 
 
 class Apps(Protocol):
@@ -22,6 +23,11 @@ class Apps(Protocol):
     def ensure(self, app: str) -> dict[str, Any]: ...
     def describe(self, app: str) -> AppState: ...
     def restart(self, app: str) -> AppState: ...
+
+    def heal(self, app: str) -> dict[str, Any]:
+        """`{"action": "restarted", "reason"}` when a dead or failed app was restarted, else `{"action": "none"}`."""
+        ...
+
     def steps(self, app: str) -> list[str]: ...
     def run_step(self, app: str, step: str) -> dict[str, Any]: ...
 
@@ -47,6 +53,9 @@ class LocalApps:
 
     def restart(self, app: str) -> AppState:
         return self.platform.restart_app(app)
+
+    def heal(self, app: str) -> dict[str, Any]:
+        return self.platform.heal_app(app)
 
     def steps(self, app: str) -> list[str]:
         return [self.STEP]
@@ -89,6 +98,9 @@ class AcaApps:
     def restart(self, app: str) -> AppState:
         return self._platform(app).restart_app(app)
 
+    def heal(self, app: str) -> dict[str, Any]:
+        return self._platform(app).heal_app(app)
+
     def steps(self, app: str) -> list[str]:
         from activities.provisioning import STEPS
 
@@ -99,6 +111,14 @@ class AcaApps:
 
 
 def local_spec(settings: Settings, app: str, env: dict[str, str], secret_name: str) -> AppSpec:
-    """The local process's spec: the API key travels as a platform secret, never in orchestration history."""
+    """The local process's spec: the API key travels as a platform secret, never in orchestration history; the
+    platform generates the admin key."""
     secrets = {secret_name: settings.inference_api_key} if settings.inference_api_key else {}
-    return AppSpec(app=app, image="local", base_model=settings.base_model_name, env=dict(env), secrets=secrets)
+    return AppSpec(
+        app=app,
+        image="local",
+        base_model=settings.base_model_name,
+        env=dict(env),
+        secrets=secrets,
+        generated_secrets=(ADMIN_KEY_SECRET,),
+    )

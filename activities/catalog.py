@@ -16,6 +16,7 @@ class Activity(StrEnum):
     WRITE_MANIFEST = "write_manifest"  # {app, manifest} -> {ok}
     ENSURE_APP = "ensure_app"  # {app} -> {ok, changed, needs_restart, endpoint}
     RESTART_APP = "restart_app"  # {app} -> {ok, revision}
+    HEAL_APP = "heal_app"  # {app} -> {ok, action: "none" | "restarted", reason?}: restart a server that died
     PROBE_ENDPOINT = "probe_endpoint"  # {app, expect_version, smoke} -> {ready, served_version, reply, error}
     PLAN_PROVISIONING = "plan_provisioning"  # {app} -> {steps: [name, ...]}
     PROVISION_STEP = "provision_step"  # {app, step} -> {ok, step, action, outcome?}

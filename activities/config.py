@@ -9,6 +9,10 @@
 - `WorkloadProfile`: the GPU workload profile the inference container runs on (`GPU_WORKLOAD_PROFILE`).
 
 Every loader raises `ConfigError` naming the key and where it was read. Secrets stay out of `repr`.
+
+Fail closed: `PLATFORM=aca` gives the inference app a public ingress, so it requires `INFERENCE_API_KEY` (the chat
+key). The admin key of the inference server's `/admin/*` routes is no setting: the platform generates one per app,
+never equal to a chat key (`activities.platform.base.ADMIN_KEY_SECRET`).
 """
 
 from __future__ import annotations
@@ -330,7 +334,8 @@ class Settings:
     max_lora_rank: int = 64  # MAX_LORA_RANK
     allowed_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES  # ALLOWED_TARGET_MODULES (a,b,c)
     max_adapter_mb: int = 512  # MAX_ADAPTER_MB
-    # INFERENCE_API_KEY: the inference server's API key(s), from a Key Vault reference (resolved by App Service)
+    # INFERENCE_API_KEY: the inference server's API key(s), from a Key Vault reference (resolved by App Service);
+    # required for "aca"
     inference_api_key: str = field(default="", repr=False)
     arm_endpoint: str = ""  # ARM_ENDPOINT: Resource Manager override (tests: the fake ARM)
     arm_ca_bundle: str = ""  # ARM_CA_BUNDLE: CA bundle for ARM_ENDPOINT (tests)
@@ -354,7 +359,7 @@ class Settings:
         image = env.get("INFERENCE_IMAGE", "").strip()
         if platform == "aca" and not image:
             raise ConfigError("INFERENCE_IMAGE", ENV_SOURCE, "missing (required when PLATFORM=aca)")
-        api_key = env.get("INFERENCE_API_KEY", "")
+        api_key = env.get("INFERENCE_API_KEY", "").strip()
         if api_key.startswith(_KEY_VAULT_REFERENCE):
             # App Service leaves the reference text in place when it cannot resolve it.
             raise ConfigError("INFERENCE_API_KEY", ENV_SOURCE, "Key Vault reference was not resolved")
@@ -365,6 +370,10 @@ class Settings:
                 "MODEL_PATH", ENV_SOURCE, f"expected an absolute path in the share, got {model_path!r}"
             )
         registry, pull_identity = _image_registry(env, image, platform)
+        if platform == "aca" and not api_key:
+            raise ConfigError(
+                "INFERENCE_API_KEY", ENV_SOURCE, "missing (required when PLATFORM=aca: the app's ingress is public)"
+            )
         return cls(
             base_model_name=_text(env, "BASE_MODEL_NAME", ENV_SOURCE),
             platform=platform,

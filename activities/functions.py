@@ -108,6 +108,13 @@ def restart_app(payload: dict) -> dict:
     return {"ok": True, "revision": state.revision}
 
 
+@bp.activity_trigger(input_name="payload", activity=Activity.HEAL_APP)
+@permanent_failures
+def heal_app(payload: dict) -> dict:
+    """Restart the app when it should run but its server died or failed (`action`, and `reason` when restarted)."""
+    return {"ok": True, **services().apps.heal(payload["app"])}
+
+
 @bp.activity_trigger(input_name="payload", activity=Activity.PROBE_ENDPOINT)
 def probe_endpoint(payload: dict) -> dict:
     """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app."""

@@ -6,6 +6,14 @@ command, env, secrets (compared by name: ARM never returns their values), scale 
 missing (PUT), patches our fields when they differ (JSON merge PATCH, so fields set by others survive) and writes
 nothing otherwise. A changed template makes ACA cut a new revision by itself; `restart_app` restarts the latest
 revision's replicas (`restart_revision`) without a new revision, e.g. to reload the base model from the share.
+`heal_app` does the same when an app that should run (minReplicas > 0) has a latest revision with no running
+replica or reporting Failed / Degraded.
+
+Fail closed: the ingress is public, so `ensure_app` refuses (before any write) a spec without a chat API key
+(`API_KEYS_SECRET`, from INFERENCE_API_KEY). The admin key (`spec.generated_secrets`, `ADMIN_KEY_SECRET` exposed as
+INFERENCE_ADMIN_KEY) is generated, not a setting: a random value written once as the container app's secret, read
+back (`listSecrets`) whenever a write must resend it, and regenerated if it ever equals a chat key. Operators read it
+with `az containerapp secret show`; no second Key Vault secret is needed.
 
 Private registry: with `AcaSettings.registry_server` set, the app is assigned the user-assigned pull identity
 (`pull_identity_id`, AcrPull on the registry), pulls with it (`configuration.registries`) and keeps it away from the
@@ -35,11 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 from activities.config import CONSUMPTION_GPU_PROFILES, InferenceConfig, Settings, WorkloadProfile
 from activities.platform.base import (
+    API_KEYS_SECRET,
     AppSpec,
     AppState,
     EnsureResult,
     PlatformError,
     TransientPlatformError,
+    generate_secrets,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +63,8 @@ VOLUME_NAME = "adapters"
 BASE_MODEL_ENV = "INFERENCE_BASE_MODEL_NAME"  # the inference server's setting for AppSpec.base_model
 # The pull identity's `identitySettings` lifecycle: image pulls only, no tokens for the containers' code.
 PULL_IDENTITY_LIFECYCLE = "None"
+# A revision's runningState that heal_app restarts; "Processing" (starting) and inactive revisions are left alone.
+_FAILED_RUNNING_STATES = frozenset({"Failed", "Degraded"})
 _TRANSIENT_CONFLICT_CODES = frozenset(
     {"AnotherOperationInProgress", "ContainerAppOperationInProgress", "Conflict"}
 )
@@ -291,12 +303,14 @@ class AcaSettings:
         )
 
 
-def app_body(settings: AcaSettings, spec: AppSpec) -> dict[str, Any]:
-    """The container app ARM body for `spec` (secret values included: send it, never log it)."""
+def app_body(settings: AcaSettings, spec: AppSpec, generated: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The container app ARM body for `spec` (secret values included: send it, never log it). `generated`: the
+    values of `spec.generated_secrets` (None: empty values, a body only to compare with)."""
+    secrets = {**spec.secrets, **{n: (generated or {}).get(n, "") for n in spec.generated_secrets}}
     env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
     if spec.base_model and BASE_MODEL_ENV not in spec.env:
         env.append({"name": BASE_MODEL_ENV, "value": spec.base_model})
-    env += [{"name": secret_env_name(n), "secretRef": n} for n in sorted(spec.secrets)]
+    env += [{"name": secret_env_name(n), "secretRef": n} for n in sorted(secrets)]
     port = settings.target_port
 
     def probe(kind: str, path: str, period: int, failures: int, delay: int = 0) -> dict[str, Any]:
@@ -330,7 +344,7 @@ def app_body(settings: AcaSettings, spec: AppSpec) -> dict[str, Any]:
             "transport": "auto",
             "allowInsecure": False,
         },
-        "secrets": [{"name": n, "value": v} for n, v in sorted(spec.secrets.items())],
+        "secrets": [{"name": n, "value": v} for n, v in sorted(secrets.items())],
         "registries": [],  # always sent: a merge PATCH must clear a registry that is no longer used
     }
     body: dict[str, Any] = {
@@ -409,21 +423,36 @@ class AcaPlatform:
 
     def ensure_app(self, spec: AppSpec) -> EnsureResult:
         """Create the app when missing, patch the fields we own when they differ, else write nothing."""
-        desired = app_body(self.settings, spec)
+        if not spec.secrets.get(API_KEYS_SECRET, "").strip():
+            raise PlatformError(
+                f"refusing to create or update container app {spec.app!r}: its ingress is public and it has no API "
+                f"key (secret {API_KEYS_SECRET!r}, set INFERENCE_API_KEY)"
+            )
         current = self._get(spec.app)
+        if current is not None and not self._differs(app_body(self.settings, spec), current):
+            log.info("container app %s is up to date", spec.app)
+            return EnsureResult(state=self._state(spec.app, current), changed=False)
+        desired = app_body(self.settings, spec, generate_secrets(spec, self._kept_secrets(spec, current)))
         if current is None:
             log.info("creating container app %s (image %s)", spec.app, spec.image)
             with arm_errors(f"create container app {spec.app!r}"):
                 self.client.container_apps.begin_create_or_update(self._rg, spec.app, desired).result()
-        elif self._differs(desired, current):
+        else:
             log.info("updating container app %s (image %s)", spec.app, spec.image)
             patch = _patch_body(desired, current)
             with arm_errors(f"update container app {spec.app!r}"):
                 self.client.container_apps.begin_update(self._rg, spec.app, patch).result()
-        else:
-            log.info("container app %s is up to date", spec.app)
-            return EnsureResult(state=self._state(spec.app, current), changed=False)
         return EnsureResult(state=self.describe_app(spec.app), changed=True)
+
+    def _kept_secrets(self, spec: AppSpec, current: Mapping[str, Any] | None) -> dict[str, str]:
+        """The values the app already holds for `spec.generated_secrets` (ARM returns them only from listSecrets)."""
+        names = set(owned_fields(current)["secretNames"]) if current is not None else set()
+        if not names & set(spec.generated_secrets):
+            return {}
+        with arm_errors(f"list secrets of container app {spec.app!r}"):
+            listed = self.client.container_apps.list_secrets(self._rg, spec.app).as_dict()
+        wanted = set(spec.generated_secrets)
+        return {s["name"]: s.get("value") or "" for s in listed.get("value") or [] if s.get("name") in wanted}
 
     @staticmethod
     def _differs(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
@@ -436,24 +465,24 @@ class AcaPlatform:
         current = self._get(app)
         return AppState(app=app, exists=False) if current is None else self._state(app, current)
 
-    def _state(self, app: str, current: Mapping[str, Any]) -> AppState:
+    def _revision(self, app: str, name: str) -> dict[str, Any]:
+        """A revision's properties; {} when it is gone (replaced since the app was read)."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        with arm_errors(f"get revision {name!r}"):
+            try:
+                revision = self.client.container_apps_revisions.get_revision(self._rg, app, name)
+            except ResourceNotFoundError:
+                return {}
+        return revision.as_dict().get("properties") or {}
+
+    def _state(self, app: str, current: Mapping[str, Any]) -> AppState:
         props = current.get("properties") or {}
         fqdn = ((props.get("configuration") or {}).get("ingress") or {}).get("fqdn")
         revision_name = props.get("latestReadyRevisionName") or props.get("latestRevisionName")
-        replicas, running = 0, False
-        if revision_name:
-            with arm_errors(f"get revision {revision_name!r}"):
-                try:
-                    revision = self.client.container_apps_revisions.get_revision(self._rg, app, revision_name)
-                    rev_props = revision.as_dict().get("properties") or {}
-                    replicas = int(rev_props.get("replicas") or 0)
-                    running = rev_props.get("runningState") == "Running" and bool(
-                        rev_props.get("active", True)
-                    )
-                except ResourceNotFoundError:
-                    pass  # replaced between the two GETs: report no replicas
+        rev_props = self._revision(app, revision_name) if revision_name else {}
+        replicas = int(rev_props.get("replicas") or 0)
+        running = rev_props.get("runningState") == "Running" and bool(rev_props.get("active", True))
         containers = (props.get("template") or {}).get("containers") or [{}]
         return AppState(
             app=app,
@@ -474,7 +503,32 @@ class AcaPlatform:
         revision = (current.get("properties") or {}).get("latestRevisionName")
         if not revision:
             raise PlatformError(f"container app {app!r} has no revision to restart")
+        self._restart_revision(app, revision)
+        return self._state(app, current)
+
+    def _restart_revision(self, app: str, revision: str) -> None:
         log.info("restarting revision %s of %s", revision, app)
         with arm_errors(f"restart revision {revision!r}"):
             self.client.container_apps_revisions.restart_revision(self._rg, app, revision)
-        return self._state(app, current)
+
+    def heal_app(self, app: str) -> dict[str, str]:
+        """Restart the latest revision when the app should run (minReplicas > 0, no write in progress) and that
+        revision, active, has no running replica or reports Failed / Degraded; else no action."""
+        current = self._get(app)
+        props = (current or {}).get("properties") or {}
+        scale = (props.get("template") or {}).get("scale") or {}
+        revision = props.get("latestRevisionName")
+        if not revision or props.get("provisioningState") != "Succeeded" or int(scale.get("minReplicas") or 0) < 1:
+            return {"action": "none"}
+        rev = self._revision(app, revision)
+        running_state = rev.get("runningState")
+        if not rev or not rev.get("active", True) or running_state == "Processing":
+            return {"action": "none"}
+        if running_state in _FAILED_RUNNING_STATES:
+            reason = f"revision {revision} is {running_state}"
+        elif int(rev.get("replicas") or 0) == 0:
+            reason = f"revision {revision} has no running replica (runningState {running_state})"
+        else:
+            return {"action": "none"}
+        self._restart_revision(app, revision)
+        return {"action": "restarted", "reason": reason}

@@ -2,14 +2,21 @@
 
 Each app is one process, `python -m inference_server --engine E --model-path M --base-model-name B
 --adapter-store <store_root>/<app> --host H --port P`, run from `inference_image/` in its own session (so a
-stop reaches its children too), with its output in `<state_dir>/<app>.log`. The app's secrets become
-environment variables as on ACA (`inference-api-keys` → `INFERENCE_API_KEYS`), next to `spec.env`.
+stop reaches its children too), with its output in `<state_dir>/<app>.log`.
+
+Environment: the server gets only its own settings, never the orchestrator's (storage connection strings, account
+keys, `AZURE_*`, the orchestrator's `INFERENCE_*`): the `INHERITED_ENV` names (system, locale, Python, torch / HF
+offline, CUDA), `PYTHONPATH` with `inference_image/` first, `spec.env`, and the secrets as environment variables as
+on ACA (`inference-api-keys` → `INFERENCE_API_KEYS`). The admin key (`spec.generated_secrets`) is generated at the
+app's first start, kept in its state file across restarts and passed as `INFERENCE_ADMIN_KEY`; secrets never
+appear in the command line.
 
 State lives in `<state_dir>/<app>.json` (pid, the process's start time to tell a reused pid apart, port, spec
-hash, revision, the spec itself, secrets included, so the file is created 0600), so an orchestrator host that
-restarts finds the running process again. `ensure_app` starts the app when it is missing or dead, restarts it when
-the spec hash changed, and does nothing otherwise; every start is a new revision `<app>--<n>`. A port once chosen
-is kept across restarts (endpoints stay stable). Calls for one app are serialized with a file lock.
+hash, revision, the spec itself, secrets and generated secrets included, so the file is created 0600), so an
+orchestrator host that restarts finds the running process again. `ensure_app` starts the app when it is missing or
+dead, restarts it when the spec hash changed, and does nothing otherwise; every start is a new revision `<app>--<n>`.
+`heal_app` restarts an app that was started and has died or stopped answering /health. A port once chosen is kept
+across restarts (endpoints stay stable). Calls for one app are serialized with a file lock.
 """
 
 from __future__ import annotations
@@ -33,11 +40,28 @@ from pathlib import Path
 from typing import Any
 
 from activities.platform.aca import AppNotFoundError, secret_env_name
-from activities.platform.base import AppSpec, AppState, EnsureResult, PlatformError, TransientPlatformError
+from activities.platform.base import (
+    AppSpec,
+    AppState,
+    EnsureResult,
+    PlatformError,
+    TransientPlatformError,
+    generate_secrets,
+)
 from activities.validation import check_name
 
 INFERENCE_IMAGE_DIR = Path(__file__).resolve().parents[2] / "inference_image"
+#: What the server inherits from the orchestrator's environment (plus `LC_*`); everything else stays out.
+INHERITED_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+    "VIRTUAL_ENV", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED",
+    "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE",
+    "TOKENIZERS_PARALLELISM", "TORCH_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "CUDA_HOME", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+})
+_INHERITED_PREFIXES = ("LC_",)
 _LOG_TAIL_BYTES = 2000
+_HEALTH_TRIES = 3  # heal_app: /health must fail this many times in a row
 
 
 @dataclass(frozen=True)
@@ -56,12 +80,13 @@ class LocalPlatformSettings:
     cwd: Path = INFERENCE_IMAGE_DIR
     start_timeout: float = 120.0
     stop_timeout: float = 15.0
+    health_timeout: float = 5.0  # seconds per /health request when heal_app checks a running process
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"LocalPlatformSettings.port {self.port} is out of range")
-        if self.start_timeout <= 0 or self.stop_timeout <= 0:
-            raise ValueError("LocalPlatformSettings.start_timeout and stop_timeout must be > 0")
+        if min(self.start_timeout, self.stop_timeout, self.health_timeout) <= 0:
+            raise ValueError("LocalPlatformSettings.start_timeout, stop_timeout and health_timeout must be > 0")
 
 
 @dataclass
@@ -77,6 +102,7 @@ class _ProcessState:
     started_at: str
     command: list[str]
     spec: dict[str, Any] = field(repr=False)
+    generated: dict[str, str] = field(default_factory=dict, repr=False)  # generated secrets: name -> value
 
 
 class LocalPlatform:
@@ -111,10 +137,19 @@ class LocalPlatform:
             state = self._load(app)
             if state is None:
                 raise AppNotFoundError(f"local app {app!r} was never started")
-            self._stop_process(state)
-            spec = _spec_from_dict(state.spec)
-            state = self._start(spec, state.spec_hash, revision=state.revision + 1, previous=state)
-            return self._describe(state)
+            return self._describe(self._restart(state))
+
+    def heal_app(self, app: str) -> dict[str, str]:
+        """Start the app again (same port, store and spec, next revision) when its process has exited or does not
+        answer /health; an app never started (or stopped with `stop_app`) is left alone."""
+        app = check_name("app", app)
+        with self._locked(app):
+            state = self._load(app)
+            reason = self._unhealthy(state) if state else None
+            if state is None or reason is None:
+                return {"action": "none"}
+            self._restart(state)
+            return {"action": "restarted", "reason": reason}
 
     def stop_app(self, app: str) -> None:
         """Stop the app's process and forget its state (idempotent)."""
@@ -145,12 +180,19 @@ class LocalPlatform:
         cmd += ["--adapter-store", str(Path(s.store_root) / spec.app), "--host", s.host, "--port", str(port)]
         return cmd + list(s.extra_args)
 
-    def _environment(self, spec: AppSpec) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INFERENCE_IMAGE_DIR), env.get("PYTHONPATH")) if p)
+    @staticmethod
+    def environment(spec: AppSpec, generated: dict[str, str]) -> dict[str, str]:
+        """The server's environment: `INHERITED_ENV` from ours, PYTHONPATH, `spec.env`, then the secrets."""
+        env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith(_INHERITED_PREFIXES)}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INFERENCE_IMAGE_DIR), os.environ.get("PYTHONPATH")) if p)
         env.update(spec.env)
-        env.update({secret_env_name(name): value for name, value in spec.secrets.items()})
+        env.update({secret_env_name(name): value for name, value in {**spec.secrets, **generated}.items()})
         return env
+
+    def _restart(self, state: _ProcessState) -> _ProcessState:
+        self._stop_process(state)
+        spec = _spec_from_dict(state.spec)
+        return self._start(spec, state.spec_hash, revision=state.revision + 1, previous=state)
 
     def _start(
         self, spec: AppSpec, digest: str, revision: int, previous: _ProcessState | None
@@ -165,6 +207,7 @@ class LocalPlatform:
         elif not _port_free(self.settings.host, port):
             raise PlatformError(f"port {port} on {self.settings.host} is in use; cannot start {spec.app!r}")
         command = self.command_for(spec, port)
+        generated = generate_secrets(spec, previous.generated if previous else {})
         Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
         log_path = self._log_path(spec.app)
         with open(log_path, "ab") as log:
@@ -174,7 +217,7 @@ class LocalPlatform:
                 proc = subprocess.Popen(
                     command,
                     cwd=self.settings.cwd,
-                    env=self._environment(spec),
+                    env=self.environment(spec, generated),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -193,13 +236,17 @@ class LocalPlatform:
             started_at=_now(),
             command=command,
             spec=asdict(spec),
+            generated=generated,
         )
         self._save(state)
         self._wait_healthy(state)
         return state
 
+    def _health_url(self, state: _ProcessState) -> str:
+        return f"http://{_connect_host(self.settings.host)}:{state.port}/health"
+
     def _wait_healthy(self, state: _ProcessState) -> None:
-        url = f"http://{_connect_host(self.settings.host)}:{state.port}/health"
+        url = self._health_url(state)
         deadline = time.monotonic() + self.settings.start_timeout
         while time.monotonic() < deadline:
             if not self._alive(state):
@@ -209,16 +256,27 @@ class LocalPlatform:
                         f"{state.app!r}: port {state.port} was taken at start:\n{tail}"
                     )
                 raise PlatformError(f"{state.app!r} exited during start:\n{tail}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if _answers(url, timeout=1):
+                return
             time.sleep(0.1)
         raise TransientPlatformError(
             f"{state.app!r} did not answer /health within {self.settings.start_timeout}s:\n{self._log_tail(state.app)}"
         )
+
+    def _unhealthy(self, state: _ProcessState) -> str | None:
+        """Why the app's process needs a restart, or None when it runs and answers /health."""
+        if not self._alive(state):
+            proc = self._children.get(state.pid)
+            code = proc.returncode if proc is not None else None
+            if code is None:  # started by another host: no exit status to read
+                return f"process {state.pid} has exited"
+            return f"process exited with code {code}{_signal_name(code)}"
+        url = self._health_url(state)
+        for _ in range(_HEALTH_TRIES):
+            if _answers(url, self.settings.health_timeout):
+                return None
+            time.sleep(0.2)
+        return f"process {state.pid} does not answer /health"
 
     def _stop_process(self, state: _ProcessState) -> None:
         """SIGTERM the process group (the server drains), SIGKILL after `stop_timeout`."""
@@ -325,7 +383,28 @@ class LocalPlatform:
 
 
 def _spec_from_dict(data: dict[str, Any]) -> AppSpec:
-    return AppSpec(**{**data, "command": list(data.get("command") or [])})
+    return AppSpec(**{
+        **data,
+        "command": list(data.get("command") or []),
+        "generated_secrets": tuple(data.get("generated_secrets") or ()),
+    })
+
+
+def _signal_name(code: int) -> str:
+    """The signal's name for a negative exit code (-9: ' (SIGKILL)'); '' for a normal exit or an unnamed signal."""
+    try:
+        return f" ({signal.Signals(-code).name})" if code < 0 else ""
+    except ValueError:
+        return ""
+
+
+def _answers(url: str, timeout: float) -> bool:
+    """True when GET `url` answers 200 within `timeout` seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:

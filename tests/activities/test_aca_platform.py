@@ -18,7 +18,7 @@ from activities.platform.aca import (
     ArmOperationFailedError,
     ArmRequestError,
 )
-from activities.platform.base import AppSpec, PlatformError, TransientPlatformError
+from activities.platform.base import ADMIN_KEY_SECRET, AppSpec, PlatformError, TransientPlatformError
 from tests.fakes.fake_arm import FakeArm
 
 SUB = "00000000-0000-0000-0000-000000000001"
@@ -137,10 +137,50 @@ def test_scale_change_is_an_update(platform: AcaPlatform, fake_arm: FakeArm) -> 
 
 def test_removed_secret_is_an_update(platform: AcaPlatform, fake_arm: FakeArm) -> None:
     """Secrets are compared by name: dropping one rewrites the app."""
-    platform.ensure_app(SPEC)
-    result = platform.ensure_app(replace(SPEC, secrets={}))
+    platform.ensure_app(replace(SPEC, secrets={**SPEC.secrets, "other": "x"}))
+    result = platform.ensure_app(SPEC)
     assert result.changed
-    assert fake_arm.resource(APP_PATH)["properties"]["configuration"]["secrets"] == []
+    secrets = fake_arm.resource(APP_PATH)["properties"]["configuration"]["secrets"]
+    assert [s["name"] for s in secrets] == ["inference-api-keys"]
+
+
+@pytest.mark.parametrize("key", [None, "", "  "])
+def test_public_app_without_api_key_is_refused(platform: AcaPlatform, fake_arm: FakeArm, key: str | None) -> None:
+    """The ingress is public: no chat key (missing or blank) means no create and no update, before any ARM call."""
+    keyless = replace(SPEC, secrets={} if key is None else {"inference-api-keys": key})
+    with pytest.raises(PlatformError, match="public and it has no API key"):
+        platform.ensure_app(keyless)
+    assert fake_arm.log == []
+    platform.ensure_app(SPEC)
+    fake_arm.clear_log()
+    with pytest.raises(PlatformError, match="no API key"):
+        platform.ensure_app(replace(keyless, image="example.azurecr.io/inference:2"))
+    assert fake_arm.writes() == []
+
+
+def test_admin_key_is_generated_kept_and_never_a_chat_key(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """The admin key is a generated secret (env INFERENCE_ADMIN_KEY), unlike the chat key, kept across updates."""
+    spec = replace(SPEC, secrets={"inference-api-keys": "chat-a,chat-b"}, generated_secrets=(ADMIN_KEY_SECRET,))
+    platform.ensure_app(spec)
+    (put,) = fake_arm.writes()
+    container = put.body["properties"]["template"]["containers"][0]
+    assert {"name": "INFERENCE_ADMIN_KEY", "secretRef": ADMIN_KEY_SECRET} in container["env"]
+    admin = fake_arm.secret_values(APP_PATH)[ADMIN_KEY_SECRET]
+    assert len(admin) >= 32 and admin not in ("chat-a", "chat-b", "chat-a,chat-b")
+    fake_arm.clear_log()
+    assert not platform.ensure_app(spec).changed
+    assert [r.method for r in fake_arm.log] == ["GET", "GET"]  # no listSecrets when nothing is written
+    result = platform.ensure_app(replace(spec, image="example.azurecr.io/inference:2"))
+    assert result.changed and fake_arm.secret_values(APP_PATH)[ADMIN_KEY_SECRET] == admin
+    assert any(r.method == "POST" and r.path.endswith("/listSecrets") for r in fake_arm.log)
+
+
+def test_existing_app_gets_an_admin_key(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """An app created without an admin key gets one with the next ensure: a new revision carries it."""
+    platform.ensure_app(SPEC)
+    result = platform.ensure_app(replace(SPEC, generated_secrets=(ADMIN_KEY_SECRET,)))
+    assert result.changed and result.state.revision == "chat--r002"
+    assert set(fake_arm.secret_values(APP_PATH)) == {"inference-api-keys", ADMIN_KEY_SECRET}
 
 
 def test_private_registry_app_is_created_with_the_pull_identity(
@@ -307,9 +347,11 @@ def test_secret_values_stay_out_of_logs(
 ) -> None:
     """Creating and updating an app never logs a secret value, even with azure-core logging at DEBUG."""
     caplog.set_level("DEBUG")
-    platform.ensure_app(SPEC)
-    platform.ensure_app(replace(SPEC, image="example.azurecr.io/inference:3"))
+    spec = replace(SPEC, generated_secrets=(ADMIN_KEY_SECRET,))
+    platform.ensure_app(spec)
+    platform.ensure_app(replace(spec, image="example.azurecr.io/inference:3"))
     assert "s3cret-value" not in caplog.text
+    assert fake_arm.secret_values(APP_PATH)[ADMIN_KEY_SECRET] not in caplog.text
 
 
 def test_settings_validate_themselves(platform: AcaPlatform) -> None:
@@ -337,3 +379,48 @@ def test_connection_refused_is_transient(platform: AcaPlatform) -> None:
     arm = replace(platform.settings.arm, base_url=f"https://127.0.0.1:{port}")
     with pytest.raises(TransientPlatformError):
         AcaPlatform(replace(platform.settings, arm=arm)).describe_app("chat")
+
+
+# --- heal --------------------------------------------------------------------------------------------------------
+
+
+def test_heal_restarts_a_revision_with_no_running_replica(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """minReplicas 1 and the latest revision down to 0 replicas: heal restarts it, then finds it running."""
+    platform.ensure_app(replace(SPEC, min_replicas=1))
+    assert platform.heal_app("chat") == {"action": "none"}
+    fake_arm.set_revision(APP_PATH, "chat--r001", replicas=0)
+    fake_arm.clear_log()
+    healed = platform.heal_app("chat")
+    assert healed == {"action": "restarted", "reason": "revision chat--r001 has no running replica (runningState Running)"}
+    assert fake_arm.restarts == ["chat--r001"] and fake_arm.writes() == []
+    assert platform.heal_app("chat") == {"action": "none"}
+    assert fake_arm.restarts == ["chat--r001"]
+
+
+@pytest.mark.parametrize("running_state", ["Failed", "Degraded"])
+def test_heal_restarts_a_failed_revision(platform: AcaPlatform, fake_arm: FakeArm, running_state: str) -> None:
+    """A Failed or Degraded latest revision is restarted even with replicas reported."""
+    platform.ensure_app(replace(SPEC, min_replicas=1))
+    fake_arm.set_revision(APP_PATH, "chat--r001", runningState=running_state)
+    healed = platform.heal_app("chat")
+    assert healed == {"action": "restarted", "reason": f"revision chat--r001 is {running_state}"}
+    assert fake_arm.restarts == ["chat--r001"]
+
+
+@pytest.mark.parametrize(
+    ("min_replicas", "properties"),
+    [
+        (0, {"replicas": 0}),  # scale to zero: no replica is normal
+        (1, {"replicas": 0, "runningState": "Processing"}),  # still starting
+        (1, {"replicas": 0, "active": False, "runningState": "Stopped"}),  # deactivated on purpose
+    ],
+)
+def test_heal_leaves_apps_that_need_nothing(
+    platform: AcaPlatform, fake_arm: FakeArm, min_replicas: int, properties: dict
+) -> None:
+    """Scaled to zero, a revision still starting, a deactivated revision and a missing app: no restart."""
+    platform.ensure_app(replace(SPEC, min_replicas=min_replicas))
+    fake_arm.set_revision(APP_PATH, "chat--r001", **properties)
+    assert platform.heal_app("chat") == {"action": "none"}
+    assert platform.heal_app("nope") == {"action": "none"}
+    assert fake_arm.restarts == []

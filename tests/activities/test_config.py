@@ -26,6 +26,7 @@ TEMPLATE_CONFIG = {
     "ACA_APP_ENDPOINT": "",
 }
 MINIMAL_ENV = {"BASE_MODEL_NAME": "microsoft/Phi-3-mini-4k-instruct"}
+ACA_ENV = {**MINIMAL_ENV, "PLATFORM": "aca", "INFERENCE_API_KEY": "chat-key-123"}
 PULL_IDENTITY = (
     "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-adapters"
     "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-adapters-pull"
@@ -169,7 +170,7 @@ def test_settings_defaults_from_minimal_env() -> None:
 def test_settings_reads_app_settings() -> None:
     """Every documented app setting is read and parsed."""
     env = {
-        **MINIMAL_ENV,
+        **ACA_ENV,
         "PLATFORM": "ACA",
         "INFERENCE_IMAGE": "example.azurecr.io/inference:1",
         "INFERENCE_REGISTRY_SERVER": "Example.azurecr.io",
@@ -222,6 +223,8 @@ def test_settings_reads_app_settings() -> None:
             {"PLATFORM": "aca", "INFERENCE_IMAGE": "cr1.azurecr.io/inference:1"},
             "INFERENCE_PULL_IDENTITY_ID",
         ),
+        ({"PLATFORM": "aca", "INFERENCE_IMAGE": "ghcr.io/org/inference:1"}, "INFERENCE_API_KEY"),
+        ({"PLATFORM": "aca", "INFERENCE_IMAGE": "ghcr.io/org/inference:1", "INFERENCE_API_KEY": " "}, "INFERENCE_API_KEY"),
     ],
 )
 def test_invalid_app_setting_names_the_key(env: dict[str, str], key: str) -> None:
@@ -247,8 +250,7 @@ def test_registry_server_is_explicit_or_the_acr_host_of_the_image(
 ) -> None:
     """INFERENCE_REGISTRY_SERVER wins; else an *.azurecr.io image host is the registry; else none (public image)."""
     env = {
-        **MINIMAL_ENV,
-        "PLATFORM": "aca",
+        **ACA_ENV,
         "INFERENCE_IMAGE": image,
         "INFERENCE_PULL_IDENTITY_ID": PULL_IDENTITY,
     }
@@ -259,12 +261,20 @@ def test_registry_server_is_explicit_or_the_acr_host_of_the_image(
 
 def test_public_image_and_local_platform_need_no_pull_identity() -> None:
     """Only PLATFORM=aca with a private registry requires INFERENCE_PULL_IDENTITY_ID."""
-    public = Settings.from_env(
-        {**MINIMAL_ENV, "PLATFORM": "aca", "INFERENCE_IMAGE": "ghcr.io/org/inference:1"}
-    )
+    public = Settings.from_env({**ACA_ENV, "INFERENCE_IMAGE": "ghcr.io/org/inference:1"})
     assert public.inference_registry_server == "" and public.inference_pull_identity_id == ""
     local = Settings.from_env({**MINIMAL_ENV, "INFERENCE_IMAGE": "cr1.azurecr.io/inference:1"})
     assert local.platform == "local" and local.inference_pull_identity_id == ""
+
+
+def test_aca_without_api_key_is_a_configuration_error() -> None:
+    """PLATFORM=aca (a public ingress) without INFERENCE_API_KEY fails, saying it is missing and why."""
+    env = {**ACA_ENV, "INFERENCE_IMAGE": "ghcr.io/org/inference:1"}
+    assert Settings.from_env(env).inference_api_key == "chat-key-123"
+    del env["INFERENCE_API_KEY"]
+    with pytest.raises(ConfigError, match=r"INFERENCE_API_KEY in environment: missing .*PLATFORM=aca"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "PLATFORM": "local"}).inference_api_key == ""  # local: loopback, open
 
 
 def test_dedicated_workload_profile() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from activities.config import InferenceConfig, ProvisionParameters, Settings, WorkloadProfile
 from activities.platform.aca import ArmOperationFailedError
-from activities.platform.base import TransientPlatformError
+from activities.platform.base import ADMIN_KEY_SECRET, PlatformError, TransientPlatformError
 from activities.provisioning import (
     STEPS,
     FileShareRequest,
@@ -79,6 +79,7 @@ def test_plan_resolves_null_parameters(plan: ProvisionPlan) -> None:
         "inference_server",
     )
     assert plan.container_app.secret_names == ("inference-api-keys",)
+    assert plan.container_app.generated_secret_names == (ADMIN_KEY_SECRET,)
     assert plan.container_app.registry_server == "example.azurecr.io"
     assert plan.container_app.pull_identity_id == PULL_ID
 
@@ -221,7 +222,9 @@ def test_container_app_pulls_from_the_private_registry(
 
 def test_public_image_plan_has_no_registry(provisioner: Provisioner, fake_arm: FakeArm) -> None:
     """A public image plans no registry or identity, and the app is created without them."""
-    public = Settings(base_model_name="tiny-llama", platform="aca", inference_image="ghcr.io/org/inference:1")
+    public = replace(
+        SETTINGS, inference_image="ghcr.io/org/inference:1", inference_registry_server="", inference_pull_identity_id=""
+    )
     plan = provisioner.plan(CONFIG, PARAMS, public)
     assert plan.container_app.registry_server == "" and plan.container_app.pull_identity_id == ""
     for step in STEPS:
@@ -264,6 +267,30 @@ def test_missing_secret_value_is_refused(fake_arm: FakeArm, plan: ProvisionPlan)
     with pytest.raises(MissingSecretError):
         Provisioner(arm).ensure_container_app(plan.container_app)
     assert fake_arm.writes() == []
+
+
+def test_app_without_api_key_is_refused(provisioner: Provisioner, fake_arm: FakeArm) -> None:
+    """Settings without INFERENCE_API_KEY plan no key secret; the container app step then refuses to write."""
+    plan = provisioner.plan(CONFIG, PARAMS, replace(SETTINGS, inference_api_key=""))
+    for step in STEPS[:-1]:
+        provisioner.run_step(step, plan)
+    fake_arm.clear_log()
+    with pytest.raises(PlatformError, match="ingress is public and it has no API key"):
+        provisioner.run_step("container_app", plan)
+    assert fake_arm.writes() == []
+
+
+def test_container_app_gets_a_generated_admin_key(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """The app's admin key is a generated secret, different from the chat key, exposed as INFERENCE_ADMIN_KEY."""
+    provisioner.provision_all(plan)
+    app_path = f"{BASE}/Microsoft.App/containerApps/inference-app"
+    values = fake_arm.secret_values(app_path)
+    assert set(values) == {"inference-api-keys", ADMIN_KEY_SECRET}
+    assert values["inference-api-keys"] == API_KEY and values[ADMIN_KEY_SECRET] != API_KEY
+    env = fake_arm.resource(app_path)["properties"]["template"]["containers"][0]["env"]
+    assert {"name": "INFERENCE_ADMIN_KEY", "secretRef": ADMIN_KEY_SECRET} in env
 
 
 def test_step_result_round_trips() -> None:

@@ -9,8 +9,9 @@ depends on it:
 - long-running PUT / PATCH answer 201 / 202 with an `Azure-AsyncOperation` header; the operation reads InProgress
   once, then Succeeded (or Failed with the scripted error, leaving the resource in provisioningState Failed);
 - write-only fields (container app secret values, a Log Analytics shared key, a storage account key) are not
-  returned by GET;
-- a container app gets a new revision when its template changes; revisions can be listed, read and restarted;
+  returned by GET; a container app's secret values come back only from its `listSecrets` action;
+- a container app gets a new revision when its template changes; revisions can be listed, read and restarted (a
+  restart brings the revision's replicas back); `set_revision(...)` plays the runtime (a crashed replica);
 - a container app's managed identities are checked like ARM does (a registry or identity setting may only name an
   assigned user-assigned identity) and returned with their principal and client ids; identity-based registries
   come back with ARM's empty `username` / `passwordSecretRef`;
@@ -70,6 +71,7 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
         ("revisions", _APP + "/revisions"),
         ("revision", _APP + r"/revisions/(?P<rev>[^/]+)"),
         ("restart", _APP + r"/revisions/(?P<rev>[^/]+)/restart"),
+        ("list_secrets", _APP + "/listsecrets"),
         ("operation", _SUB + r"/providers/fake\.operations/operations/(?P<op>[^/]+)"),
     ]
 ]
@@ -322,6 +324,12 @@ class FakeArm:
         with self._lock:
             return copy.deepcopy(self._state.revisions.get(app_path.lower(), []))
 
+    def set_revision(self, app_path: str, name: str, **properties: Any) -> None:
+        """Set runtime properties of a revision (`replicas`, `runningState`, `healthState`), as a crash would."""
+        with self._lock:
+            revision = next(r for r in self._state.revisions[app_path.lower()] if r["name"] == name)
+            revision["properties"].update(properties)
+
     def secret_values(self, app_path: str) -> dict[str, str]:
         """What the app's write-only secrets hold (tests check values arrive without reading them back)."""
         with self._lock:
@@ -402,7 +410,10 @@ class FakeArm:
                 {},
                 {"primarySharedKey": hashlib.sha256(key.encode()).hexdigest(), "secondarySharedKey": "x"},
             )
-        app_key = key.split("/revisions")[0]
+        app_key = key.split("/revisions")[0].removesuffix("/listsecrets")
+        if kind == "list_secrets" and method == "POST" and self._exists(app_key):
+            values = state.secrets.get(app_key, {})
+            return 200, {}, {"value": [{"name": n, "value": v} for n, v in sorted(values.items())]}
         if kind == "revisions" and method == "GET" and self._exists(app_key):
             return 200, {}, {"value": copy.deepcopy(state.revisions.get(app_key, []))}
         if kind in ("revision", "restart") and self._exists(app_key):
@@ -417,8 +428,13 @@ class FakeArm:
                 return 200, {}, copy.deepcopy(revision)
             if kind == "restart" and method == "POST":
                 state.restarts.append(revision["name"])
+                props = revision["properties"]
+                if props.get("active"):  # its replicas come back
+                    scale = (props.get("template") or {}).get("scale") or {}
+                    props.update(replicas=max(1, scale.get("minReplicas") or 0), runningState="Running",
+                                 healthState="Healthy")
                 return 200, {}, None
-        if kind in ("storage_keys", "shared_keys", "revisions", "revision", "restart"):
+        if kind in ("storage_keys", "shared_keys", "revisions", "revision", "restart", "list_secrets"):
             return 404, {}, _arm_error("ResourceNotFound", f"The parent of '{path}' was not found.")
         return 405, {}, _arm_error("MethodNotAllowed", f"{method} is not supported on {path}")
 

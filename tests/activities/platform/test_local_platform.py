@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from activities.apps import local_spec
+from activities.config import Settings
 from activities.platform.aca import AppNotFoundError
-from activities.platform.base import AppSpec, PlatformError
+from activities.platform.base import ADMIN_KEY_SECRET, AppSpec, PlatformError, generate_secrets
 from activities.platform.local import LocalPlatform, LocalPlatformSettings
 
 STANDIN = Path(__file__).resolve().parents[1] / "standin_server.py"
@@ -141,3 +143,114 @@ def test_failed_start_reports_log(platform: LocalPlatform, settings: LocalPlatfo
         broken.ensure_app(SPEC)
     saved = json.loads((settings.state_dir / "chat.json").read_text())
     assert saved["revision"] == 1
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment process `pid` was started with."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
+
+
+ORCHESTRATOR_SECRETS = {
+    "AdaptersStorage": "DefaultEndpointsProtocol=https;AccountName=st;AccountKey=c2VjcmV0",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "ADAPTER_STORAGE_CONNECTION_STRING": "AccountKey=c2VjcmV0",
+    "AZURE_CLIENT_SECRET": "client-secret",
+    "INFERENCE_API_KEY": "orchestrator-chat-key",
+    "INFERENCE_ADMIN_KEY": "orchestrator-admin-key",
+}
+
+
+def test_server_environment_is_an_allowlist_with_a_generated_admin_key(
+    platform: LocalPlatform, settings: LocalPlatformSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server sees its own settings (and PATH, HF offline...) but none of the orchestrator's secrets; its admin
+    key is generated, not a chat key, kept in the 0600 state file across restarts and never in its command line."""
+    for name, value in {**ORCHESTRATOR_SECRETS, "HF_HUB_OFFLINE": "1", "LC_ALL": "C.UTF-8"}.items():
+        monkeypatch.setenv(name, value)
+    spec = replace(SPEC, generated_secrets=(ADMIN_KEY_SECRET,))
+    pid = health(platform.ensure_app(spec).state.endpoint or "")["pid"]
+    env = environ(pid)
+    assert set(ORCHESTRATOR_SECRETS) & set(env) == {"INFERENCE_ADMIN_KEY"}  # the server's own, not ours
+    assert not set(ORCHESTRATOR_SECRETS.values()) & set(env.values())
+    assert not [k for k in env if k.startswith("AZURE")]
+    assert env["PATH"] == os.environ["PATH"] and env["HF_HUB_OFFLINE"] == "1" and env["LC_ALL"] == "C.UTF-8"
+    assert env["EXTRA"] == "1" and env["INFERENCE_API_KEYS"] == "k1,k2"
+    assert env["PYTHONPATH"].split(os.pathsep)[0].endswith("inference_image")
+    admin = env["INFERENCE_ADMIN_KEY"]
+    assert len(admin) >= 32 and admin not in ("k1", "k2", "orchestrator-admin-key")
+    assert admin not in Path(f"/proc/{pid}/cmdline").read_text()
+    assert json.loads((settings.state_dir / "chat.json").read_text())["generated"] == {ADMIN_KEY_SECRET: admin}
+    restarted = platform.restart_app("chat")
+    assert environ(health(restarted.endpoint or "")["pid"])["INFERENCE_ADMIN_KEY"] == admin
+
+
+def test_generated_secret_is_never_a_given_one() -> None:
+    """A kept value that equals a chat key (any of a comma-separated list) is replaced; another one is kept."""
+    spec = replace(SPEC, generated_secrets=(ADMIN_KEY_SECRET,))
+    assert generate_secrets(spec, {ADMIN_KEY_SECRET: "kept-admin"}) == {ADMIN_KEY_SECRET: "kept-admin"}
+    fresh = generate_secrets(spec, {ADMIN_KEY_SECRET: "k2"})[ADMIN_KEY_SECRET]
+    assert fresh not in ("k1", "k2", "") and len(fresh) >= 32
+    with pytest.raises(ValueError, match="both given and generated"):
+        replace(SPEC, generated_secrets=("inference-api-keys",))
+
+
+def test_local_spec_asks_for_an_admin_key() -> None:
+    """The orchestrator's local apps get a generated admin key next to the chat key."""
+    settings = Settings(base_model_name="tiny-llama", inference_api_key="chat")
+    spec = local_spec(settings, "chat", {}, "inference-api-keys")
+    assert spec.secrets == {"inference-api-keys": "chat"} and spec.generated_secrets == (ADMIN_KEY_SECRET,)
+
+
+# --- heal --------------------------------------------------------------------------------------------------------
+
+
+def wait_dead(platform: LocalPlatform, app: str) -> None:
+    deadline = time.monotonic() + 5
+    while platform.describe_app(app).running and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_heal_restarts_a_killed_server(platform: LocalPlatform, settings: LocalPlatformSettings) -> None:
+    """A SIGKILLed server is started again on the same port with the same store; a healthy one is left alone."""
+    first = platform.ensure_app(SPEC).state
+    pid = health(first.endpoint or "")["pid"]
+    assert platform.heal_app("chat") == {"action": "none"}
+    os.kill(pid, signal.SIGKILL)
+    wait_dead(platform, "chat")
+    assert platform.heal_app("chat") == {"action": "restarted", "reason": "process exited with code -9 (SIGKILL)"}
+    state = platform.describe_app("chat")
+    assert state.running and state.revision == "chat--2" and state.endpoint == first.endpoint
+    info = health(state.endpoint or "")
+    assert info["pid"] != pid and info["api_keys"] == "k1,k2"
+    assert info["argv"][info["argv"].index("--adapter-store") + 1] == str(settings.store_root / "chat")
+    assert platform.heal_app("chat") == {"action": "none"}
+
+
+def test_heal_after_a_host_restart(platform: LocalPlatform, settings: LocalPlatformSettings) -> None:
+    """A new host (no exit status of the old process) still restarts a server that died."""
+    pid = health(platform.ensure_app(SPEC).state.endpoint or "")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_dead(platform, "chat")
+    healed = LocalPlatform(settings).heal_app("chat")
+    assert healed == {"action": "restarted", "reason": f"process {pid} has exited"}
+    assert platform.describe_app("chat").running
+
+
+def test_heal_restarts_a_hung_server(platform: LocalPlatform, settings: LocalPlatformSettings) -> None:
+    """A server that is alive but does not answer /health (stopped) is replaced."""
+    quick = LocalPlatform(replace(settings, health_timeout=0.3, stop_timeout=0.5))
+    pid = health(quick.ensure_app(SPEC).state.endpoint or "")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    assert quick.heal_app("chat") == {"action": "restarted", "reason": f"process {pid} does not answer /health"}
+    assert health(quick.describe_app("chat").endpoint or "")["pid"] != pid
+    quick.stop_all()
+
+
+def test_heal_leaves_an_app_never_started_alone(platform: LocalPlatform) -> None:
+    """No state, no action: heal never starts an app the orchestrator did not start (or stopped)."""
+    assert platform.heal_app("chat") == {"action": "none"}
+    platform.ensure_app(SPEC)
+    platform.stop_app("chat")
+    assert platform.heal_app("chat") == {"action": "none"}
+    assert not platform.describe_app("chat").exists
