@@ -12,22 +12,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from .api_router import create_app
 from .config import ConfigError, ServerConfig
+from .listener import listen
 
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain and stop."""
-    app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=config.drain_timeout_s + 5, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    port = runner.addresses[0][1]
+    listener = await listen(create_app(config), config)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
-    print(f"inference_server listening on http://{host}:{port}", flush=True)
+    print(f"inference_server listening on http://{host}:{listener.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -36,7 +30,7 @@ async def serve(config: ServerConfig) -> None:
         await stop.wait()
         logging.getLogger(__name__).info("draining")
     finally:
-        await runner.cleanup()
+        await listener.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

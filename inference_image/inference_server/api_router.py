@@ -3,6 +3,8 @@
 Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health` (no auth), `GET /ready`, `GET /metrics`,
 `GET /admin/adapters`, `POST /admin/sync` (admin key). Bearer keys are compared with `hmac.compare_digest`.
 With no API keys configured the chat API is open (local use); admin routes then fall back to the API keys.
+`/ready` answers its status code to anyone; with a valid key its body has the details, among them `load_errors`:
+`{"<adapter>": {"version", "sha256", "reason"}}` for each manifest adapter the latest sync could not load.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class KeyChecker:
 
 
 #: Per-request flag: the caller presented a valid API key (set for /ready, which answers without one).
-AUTHORIZED = "authorized"
+AUTHORIZED = web.RequestKey("authorized", bool)
 
 
 def _middleware(checker: KeyChecker) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -94,7 +96,7 @@ async def list_models(request: web.Request) -> web.Response:
     active = registry.active_ref
     data = [
         {**card, "id": base, "root": base, "parent": None, "version": None},
-        {**card, "id": registry.alias, "root": active.name if active else base, "parent": base,
+        {**card, "id": registry.alias, "root": registry.alias_target, "parent": base,
          "version": active.version if active else None},
     ]
     data += [{**card, "id": ref.name, "root": ref.name, "parent": base, "version": ref.version} for ref in registry.refs()]

@@ -53,6 +53,9 @@ class ServerConfig:
     sync_interval_s: float = 10.0
     drain_timeout_s: float = 30.0
     max_queue: int = 64
+    max_context_tokens: int | None = None  # prompt + max_tokens; the model's own context is the limit anyway
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
     sglang: SGLangSettings = field(default_factory=SGLangSettings)
 
     def __post_init__(self) -> None:
@@ -63,6 +66,10 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.sync_interval_s <= 0 or self.drain_timeout_s < 0:
             raise ConfigError("sync_interval_s must be > 0 and drain_timeout_s >= 0")
+        if self.header_timeout_s <= 0 or self.idle_timeout_s <= 0:
+            raise ConfigError("header_timeout_s and idle_timeout_s must be > 0")
+        if self.max_context_tokens is not None and self.max_context_tokens < 1:
+            raise ConfigError("max_context_tokens must be at least 1")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
 
@@ -96,6 +103,9 @@ class ServerConfig:
             sync_interval_s=args.sync_interval,
             drain_timeout_s=args.drain_timeout,
             max_queue=args.max_queue,
+            max_context_tokens=args.max_context_tokens,
+            header_timeout_s=args.header_timeout,
+            idle_timeout_s=args.idle_timeout,
             sglang=sglang,
         )
 
@@ -107,6 +117,10 @@ def _split(value: str | None) -> list[str]:
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     def opt(name: str, default: object = None) -> object:
         return env.get("INFERENCE_" + name, default)
+
+    def opt_int(name: str) -> int | None:
+        value = opt(name)
+        return int(value) if value else None
 
     p = argparse.ArgumentParser(prog="python -m inference_server", description="OpenAI-compatible LoRA server")
     p.add_argument("--engine", choices=ENGINE_KINDS, default=opt("ENGINE", "transformers"))
@@ -123,10 +137,16 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--sync-interval", type=float, default=float(opt("SYNC_INTERVAL_S", 10.0)))
     p.add_argument("--drain-timeout", type=float, default=float(opt("DRAIN_TIMEOUT_S", 30.0)))
     p.add_argument("--max-queue", type=int, default=int(opt("MAX_QUEUE", 64)))
+    p.add_argument("--max-context-tokens", type=int, default=opt_int("MAX_CONTEXT_TOKENS"),
+                   help="limit on prompt + max_tokens tokens, below the model's own (max_position_embeddings)")
+    p.add_argument("--header-timeout", type=float, default=float(opt("HEADER_TIMEOUT_S", 10.0)),
+                   help="seconds a client has to send a whole request head")
+    p.add_argument("--idle-timeout", type=float, default=float(opt("IDLE_TIMEOUT_S", 300.0)),
+                   help="seconds an idle keep-alive connection stays open (keep above the ingress proxy's)")
     p.add_argument("--sglang-command", default=opt("SGLANG_COMMAND"), help="replaces `python -m sglang.launch_server`")
     p.add_argument("--sglang-upstream", default=opt("SGLANG_UPSTREAM"), help="URL of a running SGLang server")
     p.add_argument("--max-loras-per-batch", type=int, default=int(opt("MAX_LORAS_PER_BATCH", 8)))
-    p.add_argument("--max-lora-rank", type=int, default=int(opt("MAX_LORA_RANK")) if opt("MAX_LORA_RANK") else None)
+    p.add_argument("--max-lora-rank", type=int, default=opt_int("MAX_LORA_RANK"))
     p.add_argument("--lora-target-modules", default=opt("LORA_TARGET_MODULES"), help="comma-separated")
     p.add_argument("--sglang-extra-args", default=opt("SGLANG_EXTRA_ARGS"))
     return p

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from .engines.base import ChatRequest, Usage
 
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_STOP = 4
+MAX_SEED = 2**63 - 1
+MAX_JSON_DEPTH = 64
 RETRY_AFTER_S = "2"
 
 
@@ -63,24 +67,70 @@ def unavailable(message: str) -> ApiError:
     return ApiError(503, message, type="server_error", code="unavailable", headers={"Retry-After": RETRY_AFTER_S})
 
 
+def context_exceeded(limit: int, prompt: int | None, completion: int) -> ApiError:
+    """OpenAI's answer to a prompt plus max_tokens over the model's context (`prompt` None: not counted)."""
+    asked = f"{completion} tokens for the completion" if prompt is None else (
+        f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion)")
+    return invalid(f"This model's maximum context length is {limit} tokens. However, you requested {asked}. "
+                   "Please reduce the length of the messages or completion.", "messages", "context_length_exceeded")
+
+
+def adapter_unavailable(model: str, reason: str) -> ApiError:
+    return ApiError(503, f"The model '{model}' is unavailable: {reason}", type="server_error",
+                    code="adapter_unavailable", headers={"Retry-After": RETRY_AFTER_S})
+
+
 def internal_error() -> ApiError:
     return ApiError(500, "The engine failed to generate a response", type="server_error", code="engine_error")
 
 
 @dataclass(frozen=True)
 class ParsedChat:
-    """A validated request: the `model` the client asked for, its stream options, and the engine request."""
+    """A validated request: the `model` the client asked for, its stream options, and the engine request.
+
+    `max_tokens_given`: the client set max_tokens (else the default applies and may be cut to fit the context).
+    """
 
     model: str
     request: ChatRequest
     include_usage: bool = False
+    max_tokens_given: bool = False
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = [{ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}.get(b, 0) for b in range(256)]
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON text nests arrays/objects deeper than `limit`, found without parsing (no recursion).
+
+    Strings are cut out first (their brackets are text), then the depth is a running sum over the brackets, in
+    C-level loops (about 70 ms for 1 MiB of brackets). On invalid JSON the answer may be off, but the parser then
+    fails where it and this scan first disagree, before nesting any deeper.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(name)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 for invalid JSON, NaN/Infinity, over-long integers, or nesting > 64."""
+    if json_too_deep(body):
+        raise invalid(f"Invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid(f"Invalid JSON body: {exc.msg if isinstance(exc, json.JSONDecodeError) else 'not UTF-8'}") from exc
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise invalid(f"Invalid JSON body: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise invalid("Invalid JSON body: not UTF-8") from exc
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an over-long integer; recursion: UTF-16/32 fooled the scan
+        raise invalid("Invalid JSON body: NaN, Infinity, an over-long number or too deep") from exc
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object")
     return data
@@ -92,8 +142,8 @@ def parse_chat_request(data: dict[str, Any], *, max_tokens_cap: int) -> ParsedCh
     if not isinstance(model, str) or not model:
         raise invalid("'model' must be a non-empty string", "model")
     stream = _bool(data, "stream", False)
-    n = data.get("n", 1)
-    if n != 1 or isinstance(n, bool):
+    n = data.get("n")
+    if n is not None and (not _is_int(n) or n != 1):
         raise invalid("Only n=1 is supported", "n")
     request = ChatRequest(
         messages=_messages(data.get("messages")),
@@ -104,7 +154,12 @@ def parse_chat_request(data: dict[str, Any], *, max_tokens_cap: int) -> ParsedCh
         seed=_seed(data.get("seed")),
         stream=stream,
     )
-    return ParsedChat(model=model, request=request, include_usage=stream and _include_usage(data))
+    given = data.get("max_completion_tokens") is not None or data.get("max_tokens") is not None
+    return ParsedChat(model=model, request=request, include_usage=stream and _include_usage(data), max_tokens_given=given)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _bool(data: dict[str, Any], name: str, default: bool) -> bool:
@@ -149,7 +204,7 @@ def _max_tokens(data: dict[str, Any], cap: int) -> int:
     value = data.get(name)
     if value is None:
         return min(256, cap)
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= cap:
+    if not _is_int(value) or not 1 <= value <= cap:
         raise invalid(f"'{name}' must be an integer between 1 and {cap}", name)
     return value
 
@@ -158,7 +213,8 @@ def _number(data: dict[str, Any], name: str, default: float, low: float, high: f
     value = data.get(name)
     if value is None:
         return default
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # ints compare exactly with float bounds; only floats go through isfinite (a huge int would overflow it)
+    ok = _is_int(value) or (isinstance(value, float) and math.isfinite(value))
     if not ok or value > high or value < low or (low_open and value == low):
         bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
         raise invalid(f"'{name}' must be a number in {bounds}", name)
@@ -178,8 +234,8 @@ def _stop(value: Any) -> list[str]:
 def _seed(value: Any) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise invalid("'seed' must be an integer", "seed")
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+        raise invalid(f"'seed' must be an integer between 0 and {MAX_SEED}", "seed")
     return value
 
 

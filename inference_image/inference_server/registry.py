@@ -4,7 +4,8 @@ Lifecycle of an adapter (after SGLang's `lora_registry.py`):
 - load: a frozen `AdapterRef` with a unique id is built, the engine loads it under `ref.engine_name` (unique per
   ref), and only then is the ref committed under its name. A failed load leaves routing exactly as it was.
 - route: `acquire(model)` resolves base name / alias / adapter name and counts the request in flight against the
-  resolved ref until `Lease.release()`.
+  resolved ref until `Lease.release()`. The alias routes to the active adapter, to the base model when there is
+  none, or, while `unavailable` says why (the wanted adapter is not loaded), nowhere: never silently to the base.
 - unload: the ref is unregistered first (no new request can resolve it), then a background task waits for its
   in-flight count to reach zero, then the engine frees it (so a sync never blocks on long streams).
 Load and unload of one name are serialized by a per-name asyncio lock.
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 class UnknownModelError(LookupError):
     """The requested model is neither the base model, the alias nor a served adapter."""
+
+
+class AliasUnavailableError(LookupError):
+    """The alias names an adapter that is not loaded (args: model, reason); it never falls back to the base."""
 
 
 class AliasTargetError(ValueError):
@@ -96,7 +101,8 @@ class AdapterRegistry:
         self._engine = engine
         self.base_model_name = base_model_name
         self.alias = alias
-        self.active: str | None = None  # adapter name the alias routes to; None: base model
+        self.active: str | None = None  # adapter name the alias routes to; None: base model (or unavailable)
+        self.unavailable: str | None = None  # with `active` None: why the alias cannot be served
         self._refs: dict[str, AdapterRef] = {}
         self._inflight: dict[str, _InFlight] = {}  # by ref id
         self._locks: dict[str, asyncio.Lock] = {}
@@ -110,6 +116,8 @@ class AdapterRegistry:
         name = model
         if model == self.alias:
             if self.active is None:
+                if self.unavailable is not None:
+                    raise AliasUnavailableError(model, self.unavailable)
                 return Route(self.base_model_name, None)
             name = self.active
         ref = self._refs.get(name)
@@ -141,6 +149,13 @@ class AdapterRegistry:
     @property
     def active_ref(self) -> AdapterRef | None:
         return self._refs.get(self.active) if self.active else None
+
+    @property
+    def alias_target(self) -> str | None:
+        """What the alias serves: the active adapter's name, the base model's, or None while unavailable."""
+        if self.active is not None:
+            return self.active
+        return None if self.unavailable else self.base_model_name
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def _lock(self, name: str) -> asyncio.Lock:
@@ -210,4 +225,10 @@ class AdapterRegistry:
             raise UnknownModelError(name)
         if alias:
             self.alias = alias
-        self.active = name
+        self.active, self.unavailable = name, None
+
+    def set_unavailable(self, reason: str, alias: str | None = None) -> None:
+        """The alias answers 503 with `reason` until `set_active` (its adapter is not loaded, nothing to fall back on)."""
+        if alias:
+            self.alias = alias
+        self.active, self.unavailable = None, reason

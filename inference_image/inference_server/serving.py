@@ -1,4 +1,9 @@
-"""Chat completions: admission, validation, routing to an adapter, then the streaming or plain path.
+"""Chat completions: validation, context fit, admission, routing to an adapter, then the streaming or plain path.
+
+Everything a client can get wrong is a 400 before anything is queued to the engine: the body (see protocol.py),
+and a prompt whose tokens plus `max_tokens` exceed the context (the model's own, or `--max-context-tokens` if lower);
+without `max_tokens` the default is cut to what fits. Engines that cannot count prompt tokens (SGLang) only get
+the `max_tokens` check here and refuse long prompts themselves (`EngineRequestError`, also a 400).
 
 Engines that speak OpenAI SSE themselves (`open_sse(request, include_usage=...)`, SGLang) are relayed byte for
 byte from the upstream socket to the client's (relay.py); other engines' `ChatDelta`s are encoded here. The hot path
@@ -19,20 +24,23 @@ from typing import Any
 
 from aiohttp import web
 
-from .engines.base import ChatDelta, ChatRequest, EngineError, EngineNotReady, Usage
+from .engines.base import ChatDelta, ChatRequest, EngineError, EngineNotReady, EngineRequestError, Usage
 from .protocol import (
     ApiError,
     ParsedChat,
+    adapter_unavailable,
     chunk_json,
     completion_json,
+    context_exceeded,
     internal_error,
+    invalid,
     parse_chat_request,
     parse_json,
     too_large,
     unavailable,
     unknown_model,
 )
-from .registry import Lease, UnknownModelError
+from .registry import AliasUnavailableError, Lease, UnknownModelError
 from .relay import UpstreamConnection
 from .state import ServerState
 
@@ -58,11 +66,15 @@ class ChatService:
         started = time.perf_counter()
         try:
             parsed = parse_chat_request(parse_json(await self._read_body(request)), max_tokens_cap=state.config.max_tokens_cap)
+            parsed = await self._fit_context(parsed)
             state.check_admission()
             lease = state.registry.acquire(parsed.model)
         except UnknownModelError as exc:
             state.metrics.error("", 400, "model_not_found")  # labels never carry client-chosen strings
             raise unknown_model(exc.args[0]) from exc
+        except AliasUnavailableError as exc:
+            state.metrics.error("", 503, "adapter_unavailable")
+            raise adapter_unavailable(*exc.args) from exc
         except ApiError as exc:
             state.metrics.error("", exc.status, exc.code or exc.type)
             raise
@@ -85,6 +97,21 @@ class ChatService:
         except web.HTTPRequestEntityTooLarge as exc:
             raise too_large(limit) from exc
 
+    async def _fit_context(self, parsed: ParsedChat) -> ParsedChat:
+        """400 when prompt + max_tokens exceed the context; a defaulted max_tokens is cut to what is left."""
+        engine, request = self._state.engine, parsed.request
+        limits = [n for n in (self._state.config.max_context_tokens, engine.context_length) if n is not None]
+        if not limits:
+            return parsed
+        limit = min(limits)
+        prompt = await engine.count_prompt_tokens(request.messages)
+        completion = request.max_tokens if parsed.max_tokens_given else 1
+        if (prompt or 0) + completion > limit:
+            raise context_exceeded(limit, prompt, completion)
+        if prompt is None or parsed.max_tokens_given or request.max_tokens <= limit - prompt:
+            return parsed
+        return replace(parsed, request=replace(request, max_tokens=limit - prompt))
+
     async def _serve(self, request: web.Request, parsed: ParsedChat, lease: Lease, started: float) -> web.StreamResponse:
         route = lease.route
         engine_request = replace(parsed.request, adapter=route.ref.engine_name if route.ref else None)
@@ -98,6 +125,8 @@ class ChatService:
                 upstream = await self._passthrough(engine_request, include_usage=parsed.include_usage)
                 return await self._forward(request, route.served_model, upstream, headers, started)
             return await self._stream(request, parsed, engine_request, headers, started)
+        except EngineRequestError as exc:
+            raise invalid(str(exc), exc.param, exc.code) from exc
         except EngineNotReady as exc:
             log.warning("engine not ready: %s", exc)
             raise unavailable("The engine is busy or restarting") from exc

@@ -110,7 +110,7 @@ class ServerState:
             "engine": {"name": self.engine.name, "ready": health.ready, "detail": health.detail or self.start_error},
             "draining": self.draining,
             "alias": self.registry.alias,
-            "served_model": active.name if active else self.config.base_model_name,
+            "served_model": self.registry.alias_target,
             "served_version": active.version if active else None,
             **self.syncer.status(),
         }

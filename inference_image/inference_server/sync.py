@@ -3,7 +3,12 @@
 One `sync_once()` at a time (a lock): read the manifest, verify and load new or changed adapters (identity =
 sha256 over the folder, checked against the manifest before loading), point the alias at the active adapter,
 then retire adapters the manifest dropped. A bad adapter is skipped: the previous version keeps serving and the
-error is reported by `/ready` until a later sync succeeds. `run()` repeats this on an interval.
+error is reported by `/ready` (`load_errors`, by adapter name) until a later sync loads it or the manifest drops it.
+`run()` repeats this on an interval.
+
+The alias never falls back to the base model silently: from start until the manifest's active adapter is loaded
+(or while it is refused with nothing served before it), the alias is unavailable (503 with the reason). Only a
+manifest without an active adapter, or no manifest at all, makes it mean the base model.
 """
 
 from __future__ import annotations
@@ -55,10 +60,16 @@ class ManifestSyncer:
         self.last_report: SyncReport | None = None
         self.last_error: str | None = None
         self.last_sync_at: float | None = None
+        #: Manifest adapters the latest sync could not load: name → {"version", "sha256", "reason"}.
+        self.load_errors: dict[str, dict[str, str]] = {}
+        if store is not None:
+            registry.set_unavailable("the adapter store has not been read yet")
 
     @property
     def converged(self) -> bool:
         """True when the alias serves the manifest's active adapter at the manifest's digest."""
+        if self.last_report is None:
+            return False
         if self.desired is None:
             return self.last_error is None
         want = self.desired.active
@@ -74,12 +85,21 @@ class ManifestSyncer:
             except (ManifestError, OSError) as exc:
                 self.last_error = f"manifest: {exc}"
                 log.warning("manifest unreadable, keeping the served adapters: %s", exc)
+                if self._registry.unavailable is not None:
+                    self._registry.set_unavailable(f"the manifest is unreadable: {exc}")
                 return self._finish(SyncReport(errors={"manifest": str(exc)}, active=self._registry.active))
             if manifest is None:
-                self.desired = None
+                self.desired, self.load_errors = None, {}
+                if self._registry.active is None:
+                    self._registry.set_active(None)  # no manifest: the alias means the base model
                 return self._finish(SyncReport(active=self._registry.active))
             self.desired = manifest
             report = await self._converge(manifest)
+            self.load_errors = {
+                name: {"version": entry.version, "sha256": entry.sha256, "reason": report.errors[name]}
+                for name, entry in manifest.adapters.items()
+                if name in report.errors
+            }
             return self._finish(report)
 
     def _finish(self, report: SyncReport) -> SyncReport:
@@ -109,6 +129,11 @@ class ManifestSyncer:
         want = manifest.active
         if want is None or (want not in errors and registry.get(want) is not None):
             registry.set_active(want, manifest.alias)
+        elif registry.active is None:  # nothing served before it: the alias answers 503, never the base model
+            reason = errors.get(want, "not loaded yet")
+            registry.set_unavailable(
+                f"adapter '{want}' (version {manifest.adapters[want].version}) is not loaded: {reason}", manifest.alias
+            )
         # else: the new active adapter failed; the alias keeps serving the previous one.
         retired: list[str] = []
         for ref in registry.refs():
@@ -141,4 +166,5 @@ class ManifestSyncer:
             "desired_version": desired.active_version if desired else None,
             "last_sync_at": self.last_sync_at,
             "last_sync_error": self.last_error,
+            "load_errors": self.load_errors,
         }

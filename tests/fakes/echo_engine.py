@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from inference_server.engines.base import (
     AdapterLoadError,
@@ -20,13 +21,18 @@ BAD_MARKER = "BAD"  # an adapter folder holding this file fails to load
 
 
 class EchoEngine(Engine):
-    """Streams `[<adapter>]` then `tokens` numbered words, `delay_s` apart; records loads and unloads."""
+    """Streams `[<adapter>]` then `tokens` numbered words, `delay_s` apart; records loads and unloads.
+
+    A prompt's tokens are its words; `context_length` is unset unless a test sets it. While `load_gate` is set
+    and not open, adapter loads wait for it.
+    """
 
     name = "echo"
 
     def __init__(self, tokens: int = 4, delay_s: float = 0.0) -> None:
         self.tokens = tokens
         self.delay_s = delay_s
+        self.load_gate: asyncio.Event | None = None
         self.ready = False
         self.busy = False  # True: every request is refused as overloaded
         self.adapters: dict[str, Path] = {}
@@ -45,6 +51,8 @@ class EchoEngine(Engine):
 
     async def load_adapter(self, name: str, path: Path) -> None:
         await asyncio.sleep(0)
+        if self.load_gate is not None:
+            await self.load_gate.wait()
         if (path / BAD_MARKER).exists():
             raise AdapterLoadError(f"cannot load {path.name}: tensor shapes do not match")
         self.adapters[name] = path
@@ -57,6 +65,9 @@ class EchoEngine(Engine):
 
     def loaded_adapters(self) -> list[str]:
         return list(self.adapters)
+
+    async def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        return sum(len(m["content"].split()) for m in messages)
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         if self.busy:

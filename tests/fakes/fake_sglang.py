@@ -4,7 +4,8 @@ Run as `python -m tests.fakes.fake_sglang ARGS` or `python tests/fakes/fake_sgla
 launch arguments (unknown ones too), and when `FAKE_SGLANG_LOG` names a file it appends one JSON line per event:
 the launch (argv, pid), and every load, unload and chat request body. Replies are deterministic: the first token
 is `[<adapter or base>]`, then `--tokens` words, `--token-delay` seconds apart, as OpenAI SSE when streaming.
-Adapter folders holding a file named `BAD` fail to load, as SGLang answers a failed load.
+Adapter folders holding a file named `BAD` fail to load, as SGLang answers a failed load. With `--context-length`,
+a prompt of that many words or more is refused with SGLang's 400 (a word stands for a token).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max-lora-rank", type=int)
     p.add_argument("--lora-target-modules", nargs="+", default=[])
     p.add_argument("--lora-paths", nargs="+", default=[])
+    p.add_argument("--context-length", type=int)
     p.add_argument("--tokens", type=int, default=int(os.environ.get("FAKE_SGLANG_TOKENS", 8)))
     p.add_argument("--token-delay", type=float, default=float(os.environ.get("FAKE_SGLANG_TOKEN_DELAY", 0)))
     p.add_argument("--startup-delay", type=float, default=float(os.environ.get("FAKE_SGLANG_STARTUP_DELAY", 0)))
@@ -130,6 +132,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     adapter, error = fake.resolve(body.get("model", ""))
     if error:
         return _error(400, error)
+    context = fake.args.context_length
+    words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    if context is not None and words >= context:
+        return _error(400, f"The input ({words} tokens) is longer than the model's context length ({context} tokens).")
     label, limit = adapter or "base", int(body.get("max_tokens") or 1 << 30)
     if not body.get("stream"):
         toks = fake.tokens(label, limit)

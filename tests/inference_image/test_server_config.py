@@ -36,8 +36,20 @@ def test_model_path_required() -> None:
     assert cfg.sglang.upstream_url == "http://127.0.0.1:1"
 
 
+def test_limits_and_timeouts() -> None:
+    """The context limit and the connection timeouts come from flags or INFERENCE_* variables."""
+    env = {"INFERENCE_MODEL_PATH": "/m", "INFERENCE_MAX_CONTEXT_TOKENS": "4096", "INFERENCE_HEADER_TIMEOUT_S": "2.5",
+           "INFERENCE_IDLE_TIMEOUT_S": "90"}
+    cfg = ServerConfig.from_args(["--idle-timeout", "30"], env)
+    assert (cfg.max_context_tokens, cfg.header_timeout_s, cfg.idle_timeout_s) == (4096, 2.5, 30.0)
+    cfg = ServerConfig.from_args(["--model-path", "/m", "--max-context-tokens", "100", "--header-timeout", "4"], {})
+    assert (cfg.max_context_tokens, cfg.header_timeout_s) == (100, 4.0)
+    assert ServerConfig.from_args([], {"INFERENCE_MODEL_PATH": "/m"}).max_context_tokens is None
+
+
 @pytest.mark.parametrize(("field", "value"), [("engine", "vllm"), ("max_body_bytes", 0), ("port", 70000),
-                                              ("sync_interval_s", 0.0)])
+                                              ("sync_interval_s", 0.0), ("header_timeout_s", 0.0),
+                                              ("idle_timeout_s", -1.0), ("max_context_tokens", 0)])
 def test_invalid_values(field: str, value: object) -> None:
     """Out-of-range settings raise ConfigError naming the field."""
     with pytest.raises(ConfigError, match=field.split("_")[0]):

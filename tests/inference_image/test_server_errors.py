@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -61,6 +62,10 @@ BAD_BODIES = [
     ({"model": "tiny", "messages": MSG, "stop": [1]}, "stop"),
     ({"model": "tiny", "messages": MSG, "seed": "7"}, "seed"),
     ({"model": "tiny", "messages": MSG, "seed": 1.5}, "seed"),
+    ({"model": "tiny", "messages": MSG, "seed": 2**70}, "seed"),
+    ({"model": "tiny", "messages": MSG, "seed": -1}, "seed"),
+    ({"model": "tiny", "messages": MSG, "temperature": 10**400}, "temperature"),
+    ({"model": "tiny", "messages": MSG, "top_p": 10**400}, "top_p"),
     ({"model": "tiny", "messages": MSG, "stream": "yes"}, "stream"),
     ({"model": "tiny", "messages": MSG, "n": 2}, "n"),
     ({"model": "tiny", "messages": MSG, "stream": True, "stream_options": []}, "stream_options"),
@@ -80,6 +85,12 @@ async def test_bad_body_is_400(
     assert engine.requests == []
 
 
+@pytest.fixture
+async def roomy(aiohttp_client, engine: EchoEngine) -> TestClient:
+    """A client whose server takes bodies of up to 1 MiB."""
+    return await start_client(aiohttp_client, server_config(max_body_bytes=1 << 20), engine)
+
+
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
 async def test_invalid_json_is_400(client: TestClient, raw: bytes) -> None:
     """A body that is not a JSON object is a 400."""
@@ -88,6 +99,36 @@ async def test_invalid_json_is_400(client: TestClient, raw: bytes) -> None:
     )
     assert resp.status == 400
     assert_error(await resp.json())
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "tiny", "seed": 1' + b"0" * 5000 + b"}",
+                                 b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "x": NaN}'],
+                         ids=["5000-digit-int", "NaN"])
+async def test_unparsable_numbers_are_400(roomy: TestClient, engine: EchoEngine, raw: bytes) -> None:
+    """An integer over Python's digit limit, or NaN/Infinity (not JSON), is a 400, not a 500."""
+    resp = await roomy.post("/v1/chat/completions", data=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status == 400
+    assert_error(await resp.json())
+    assert engine.requests == []
+
+
+async def test_deep_json_is_400(roomy: TestClient, engine: EchoEngine) -> None:
+    """JSON nested deeper than 64 levels is a 400 before it is parsed (100,000 levels would overflow the parser);
+    64 levels pass, and brackets inside strings do not count."""
+
+    def with_depth(levels: int) -> bytes:  # the body object is one level, `metadata` the rest
+        return (json.dumps(chat_body("tiny"))[:-1] + ', "metadata": ' + "[" * (levels - 1) + "]" * (levels - 1) + "}").encode()
+
+    for raw in (b"[" * 100_000 + b"]" * 100_000, with_depth(65)):
+        resp = await roomy.post("/v1/chat/completions", data=raw, headers={**AUTH, "Content-Type": "application/json"})
+        assert resp.status == 400
+        assert "deeper than 64" in (await resp.json())["error"]["message"]
+    body = chat_body("tiny")
+    body["messages"][0]["content"] = 'a "quoted\\" [{' * 100  # escaped quotes and backslashes inside
+    for ok in (with_depth(64), json.dumps(body).encode()):
+        resp = await roomy.post("/v1/chat/completions", data=ok, headers={**AUTH, "Content-Type": "application/json"})
+        assert resp.status == 200
+    assert len(engine.requests) == 2
 
 
 async def test_unknown_model_is_400(client: TestClient) -> None:

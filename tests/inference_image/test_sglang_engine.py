@@ -265,3 +265,20 @@ async def test_server_503_while_child_restarts(aiohttp_client, log: Path, tmp_pa
         await asyncio.sleep(0.02)
     resp = await client.post("/v1/chat/completions", json=chat_body("tiny", stream=True), headers=AUTH)
     assert resp.status == 200 and (await resp.text()).endswith("data: [DONE]\n\n")
+
+
+async def test_server_over_sglang_context_limits(aiohttp_client, log: Path, tmp_path: Path) -> None:
+    """SGLang's own 400 for a prompt over its context becomes a 400 `context_length_exceeded`, streaming or not
+    (not a 500); a configured limit refuses a max_tokens over it before SGLang sees the request."""
+    eng = SGLangEngine(tmp_path / "model", "tiny", options=options(extra_args=("--context-length", "5")))
+    client: TestClient = await start_client(aiohttp_client, server_config(max_context_tokens=5), eng)
+    long = {"model": "tiny", "messages": [{"role": "user", "content": "a b c d e f"}]}
+    for stream in (False, True):
+        resp = await client.post("/v1/chat/completions", json={**long, "stream": stream}, headers=AUTH)
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
+        assert "longer than the model's context length (5 tokens)" in error["message"]
+    resp = await client.post("/v1/chat/completions", json=chat_body("tiny", max_tokens=6), headers=AUTH)
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "context_length_exceeded"
+    assert len(events(log, "chat")) == 2

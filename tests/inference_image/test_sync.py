@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from inference_server.api_router import STATE
+from inference_server.api_router import STATE, create_app
 from inference_server.registry import AliasTargetError
 from tests.fakes.adapter_store import make_adapter, publish
 from tests.fakes.echo_engine import EchoEngine
 from tests.fakes.harness import ADMIN, AUTH, chat_body, server_config, start_client
+from tests.inference_image.test_server_errors import assert_error
 
 
 @pytest.fixture
@@ -103,12 +105,106 @@ async def test_bad_adapter_keeps_previous(client: TestClient, tmp_path: Path) ->
 
 
 async def test_new_active_failing_keeps_alias(client: TestClient, tmp_path: Path) -> None:
-    """When the new active adapter fails, the alias stays on the old one even though the manifest dropped it."""
+    """When the new active adapter fails, the alias stays on the old one even though the manifest dropped it;
+    /ready is 503 and its load_errors carry the refused entry."""
     make_adapter(tmp_path, "beta-1", "beta", bad=True)
-    publish(tmp_path, {"beta": "beta-1"}, active="beta")
+    manifest = publish(tmp_path, {"beta": "beta-1"}, active="beta")
     report = await sync(client)
     assert report["retired"] == [] and report["active"] == "alpha"
     assert await served(client) == ("alpha-1", "alpha-1-v1")
+    status, body = await ready(client)
+    assert status == 503 and body["served_version"] == "alpha-1-v1"
+    assert body["load_errors"] == {"beta": {"version": "beta-1-v1", "sha256": manifest.adapters["beta"].sha256,
+                                            "reason": "cannot load beta-1: tensor shapes do not match"}}
+
+
+async def test_load_errors_contract(client: TestClient, tmp_path: Path) -> None:
+    """`load_errors` (keyed requests only) lists each manifest adapter the latest sync refused, with the manifest's
+    version and sha256 and the engine's reason; an adapter that loads later leaves it; no key: `ready` alone."""
+    assert (await ready(client))[1]["load_errors"] == {}
+    make_adapter(tmp_path, "alpha-2", "alpha two", bad=True)
+    make_adapter(tmp_path, "beta-1", "beta", bad=True)
+    manifest = publish(tmp_path, {"alpha": "alpha-2", "beta": "beta-1"}, active="alpha", versions={"alpha": "v2"})
+    await sync(client)
+    status, body = await ready(client)
+    assert status == 503
+    assert body["load_errors"] == {
+        name: {"version": entry.version, "sha256": entry.sha256, "reason": f"cannot load {entry.path}: tensor shapes do not match"}
+        for name, entry in manifest.adapters.items()
+    }
+    assert await (await client.get("/ready")).json() == {"ready": False}
+    make_adapter(tmp_path, "alpha-3", "alpha three")
+    publish(tmp_path, {"alpha": "alpha-3", "beta": "beta-1"}, active="alpha", versions={"alpha": "v3"})
+    await sync(client)
+    status, body = await ready(client)
+    assert status == 200 and set(body["load_errors"]) == {"beta"}  # the active one converged; beta still refused
+    publish(tmp_path, {"alpha": "alpha-3"}, active="alpha", versions={"alpha": "v3"})
+    await sync(client)
+    assert (await ready(client))[1]["load_errors"] == {}
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError
+
+
+async def assert_alias_unavailable(client: TestClient, *fragments: str) -> None:
+    """The alias answers 503 in OpenAI's error shape (never the base model); /ready is 503."""
+    resp = await client.post("/v1/chat/completions", json=chat_body("live"), headers=AUTH)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "2"
+    body = await resp.json()
+    assert_error(body, code="adapter_unavailable")
+    assert all(f in body["error"]["message"] for f in fragments), body
+    status, detail = await ready(client)
+    assert status == 503 and detail["served_model"] is None and detail["served_version"] is None
+
+
+async def test_start_with_refused_active_never_serves_base(aiohttp_client, tmp_path: Path) -> None:
+    """After a (re)start whose active adapter is refused, the alias answers 503 naming the adapter and the load
+    error, not the base model; the base model's own name still serves; a good version then serves the alias."""
+    make_adapter(tmp_path, "alpha-1", "alpha", bad=True)
+    publish(tmp_path, {"alpha": "alpha-1"}, active="alpha")
+    client = await start_client(aiohttp_client, server_config(adapter_store=tmp_path), EchoEngine())
+    await assert_alias_unavailable(client, "'live'", "'alpha'", "alpha-1-v1", "tensor shapes do not match")
+    assert (await ready(client))[1]["load_errors"]["alpha"]["version"] == "alpha-1-v1"
+    assert await served(client, "tiny") == ("base", None)
+    make_adapter(tmp_path, "alpha-2", "alpha two")
+    publish(tmp_path, {"alpha": "alpha-2"}, active="alpha", versions={"alpha": "v2"})
+    await sync(client)
+    assert await served(client) == ("alpha-2", "v2")
+    assert (await ready(client))[0] == 200
+
+
+async def test_alias_unavailable_until_first_load(aiohttp_client, tmp_path: Path) -> None:
+    """While the first sync is still loading the active adapter, the alias answers 503 (not the base model)."""
+    make_adapter(tmp_path, "alpha-1", "alpha")
+    publish(tmp_path, {"alpha": "alpha-1"}, active="alpha")
+    engine = EchoEngine()
+    engine.load_gate = asyncio.Event()
+    app = create_app(server_config(adapter_store=tmp_path), engine)
+    client = await aiohttp_client(app)
+    await until(lambda: app[STATE].started)
+    await assert_alias_unavailable(client, "'live'", "not been read yet")
+    engine.load_gate.set()
+    await until(lambda: app[STATE].syncer.last_sync_at is not None)
+    assert await served(client) == ("alpha-1", "alpha-1-v1")
+
+
+async def test_alias_means_base_only_without_active(aiohttp_client, tmp_path: Path) -> None:
+    """An adapter store without a manifest, or a manifest with no active adapter, makes the alias the base model;
+    a refused active adapter after that is not papered over with the base model."""
+    client = await start_client(aiohttp_client, server_config(adapter_store=tmp_path), EchoEngine())
+    assert await served(client) == ("base", None) and (await ready(client))[0] == 200
+    make_adapter(tmp_path, "alpha-1", "alpha", bad=True)
+    publish(tmp_path, {"alpha": "alpha-1"}, active=None)
+    await sync(client)
+    assert await served(client) == ("base", None)
+    publish(tmp_path, {"alpha": "alpha-1"}, active="alpha")
+    await sync(client)
+    await assert_alias_unavailable(client, "'alpha'", "tensor shapes do not match")
 
 
 async def test_digest_mismatch_is_refused(client: TestClient, tmp_path: Path, engine: EchoEngine) -> None:

@@ -31,6 +31,15 @@ class AdapterLoadError(EngineError, ValueError):
     """An adapter could not be loaded; the engine keeps serving what it served before."""
 
 
+class EngineRequestError(EngineError, ValueError):
+    """The engine refused this request as invalid (a 400 for the client), e.g. a prompt over the context."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """A validated chat completion request. `adapter` is None for the base model."""
@@ -75,6 +84,8 @@ class Engine(abc.ABC):
 
     #: Short engine name, as shown in /health and /metrics.
     name: str = "engine"
+    #: Tokens the model attends over (prompt + completion); None while unknown (before `start()`, or not read).
+    context_length: int | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -103,3 +114,7 @@ class Engine(abc.ABC):
     def loaded_adapters(self) -> list[str]:
         """Names of the adapters the engine holds now."""
         return []
+
+    async def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        """Tokens of `messages` after the chat template; None when this engine has no tokenizer at hand."""
+        return None

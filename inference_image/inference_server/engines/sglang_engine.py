@@ -11,6 +11,10 @@ its SSE bytes unparsed and `chat()` parses them into `ChatDelta`s. Adapters load
 `POST /load_lora_adapter {"lora_name", "lora_path"}` and `POST /unload_lora_adapter {"lora_name"}`, both answering
 `{"success", "error_message", "loaded_adapters"}`. Every call goes through one keep-alive `UpstreamPool` (relay.py);
 it sends no cookies, so nothing an upstream sets leaks between clients.
+
+Prompt length: this engine holds no tokenizer, so the server cannot count prompt tokens before queueing (it only
+refuses a `max_tokens` over `--max-context-tokens`). SGLang counts them itself and answers 400 "... context
+length ..."; that answer becomes `EngineRequestError` (a 400 `context_length_exceeded` for the client), not a 500.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .base import (
     EngineError,
     EngineHealth,
     EngineNotReady,
+    EngineRequestError,
     Usage,
 )
 
@@ -306,6 +311,8 @@ class SGLangEngine(Engine):
             conn.release()
         if conn.status in BUSY_STATUSES:
             raise EngineNotReady(f"SGLang is busy ({conn.status})")
+        if conn.status == 400 and "context length" in text.lower():
+            raise EngineRequestError(_error_message(text), param="messages", code="context_length_exceeded")
         raise EngineError(f"SGLang answered {conn.status}: {text[:300]}")
 
     async def open_sse(self, request: ChatRequest, *, include_usage: bool = False) -> UpstreamConnection:
@@ -356,6 +363,15 @@ class SGLangEngine(Engine):
 def _json_bytes(body: dict[str, Any]) -> bytes:
     """Compact JSON, as SGLang's request body."""
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _error_message(text: str) -> str:
+    """The `message` of SGLang's error body (`{"object": "error", "message", ...}`), else the text, cut short."""
+    with contextlib.suppress(json.JSONDecodeError):
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            return data["message"][:300]
+    return text[:300]
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:

@@ -14,6 +14,9 @@ iterating (client disconnect, `aclose()`) sets the job's cancel flag, which the 
 Adapters are served under public names mapped to internal PEFT adapter names: a (re)load goes in under a fresh
 internal name and the mapping is switched only after it succeeded, so a failed load leaves serving unchanged and a
 reload replaces the old weights atomically.
+
+`count_prompt_tokens` tokenizes on a thread of its own, beside the worker: it only encodes (no truncation or
+padding is ever set, so the fast tokenizer is never mutated), which is safe to run concurrently.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .base import (
     EngineError,
     EngineHealth,
     EngineNotReady,
+    EngineRequestError,
     Usage,
 )
 
@@ -54,8 +58,11 @@ class AdapterNotLoadedError(EngineError, LookupError):
     """A request named an adapter that the engine does not hold (it was never loaded, or was unloaded)."""
 
 
-class PromptTooLongError(EngineError, ValueError):
+class PromptTooLongError(EngineRequestError):
     """The prompt alone fills the model's context window."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="messages", code="context_length_exceeded")
 
 
 @dataclass
@@ -190,7 +197,6 @@ class TransformersEngine(Engine):
         self._active: str | None = None
         self._internal_names = (f"adapter_{i}" for i in itertools.count())
         self._eos_ids: set[int] = set()
-        self._context_len: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -263,6 +269,13 @@ class TransformersEngine(Engine):
                     return
         finally:
             job.cancelled.set()
+
+    async def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        """Prompt tokens after the chat template (None before `start()`), counted off the event loop."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            return None
+        return len(await asyncio.to_thread(_prompt_ids, tokenizer, messages))
 
     def _require_started(self) -> None:
         if self._thread is None or self._stopping.is_set():
@@ -340,7 +353,7 @@ class TransformersEngine(Engine):
         model.to(self.device).eval()
         eos = model.generation_config.eos_token_id
         self._eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
-        self._context_len = getattr(model.config, "max_position_embeddings", None)
+        self.context_length = getattr(model.config, "max_position_embeddings", None)
         self._model, self._tokenizer = model, tokenizer
 
     def _check_adapter_folder(self, name: str, path: Path) -> None:
@@ -451,18 +464,14 @@ class TransformersEngine(Engine):
         import torch
 
         tokenizer = self._tokenizer
-        prompt = list(
-            tokenizer.apply_chat_template(
-                request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
+        prompt = _prompt_ids(tokenizer, request.messages)
         budget = request.max_tokens
-        if self._context_len is not None:
-            if len(prompt) >= self._context_len:
+        if self.context_length is not None:
+            if len(prompt) >= self.context_length:
                 raise PromptTooLongError(
-                    f"prompt of {len(prompt)} tokens fills the context of {self._context_len}"
+                    f"prompt of {len(prompt)} tokens fills the context of {self.context_length}"
                 )
-            budget = min(budget, self._context_len - len(prompt))
+            budget = min(budget, self.context_length - len(prompt))
         generator = torch.Generator(device=self.device)
         if request.seed is not None:
             generator.manual_seed(request.seed)
@@ -495,6 +504,11 @@ class TransformersEngine(Engine):
         if hit:
             finish = "stop"
         yield ChatDelta(finish_reason=finish, usage=Usage(len(prompt), generated))
+
+
+def _prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of the chat prompt, generation prompt included."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
 def _lora_shape_fits(kind: str, shape: list[int], module: Any) -> bool:
