@@ -1,9 +1,11 @@
 """Start and stop the Azurite storage emulator (npm `azurite`, pinned in package.json) for the devhost and tests.
 
-`Azurite` runs `node_modules/.bin/azurite-blob` (and `azurite-queue` when asked) in memory, on loopback, waits
-until each service answers HTTP, and exposes the endpoints plus a connection string built from them with the
-emulator's well-known `devstoreaccount1` key. Port 0 lets Azurite pick a free port (read back from its output);
-a port already in use raises `PortInUseError` naming it. Stopping terminates, then kills after a grace period.
+`Azurite` runs `node_modules/.bin/azurite-blob` (and `azurite-queue` when asked) on loopback, in memory or, with
+`location`, keeping its data in that folder (a later start on the same folder sees it again), waits until each
+service answers HTTP, and exposes the endpoints plus a connection string built from them with the emulator's
+well-known `devstoreaccount1` key. Port 0 lets Azurite pick a free port (read back from its output); a port
+already in use raises `PortInUseError` naming it. Stopping terminates, then kills after a grace period;
+`restart()` starts again on the ports already bound, so endpoints and connection strings stay valid.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class _Service:
 
 
 class Azurite:
-    """Context manager running Azurite blob (and optionally queue) in memory on `host`."""
+    """Context manager running Azurite blob (and optionally queue) on `host`, in memory unless `location` is set."""
 
     def __init__(
         self,
@@ -61,12 +63,15 @@ class Azurite:
         *,
         queue_port: int | None = None,
         host: str = "127.0.0.1",
+        location: Path | None = None,
         bin_dir: Path | None = None,
         startup_timeout: float = 30.0,
         stop_timeout: float = 5.0,
     ) -> None:
-        """`queue_port` None: no queue service; 0: a free port. `bin_dir` defaults to the repo's node_modules/.bin."""
+        """`queue_port` None: no queue service; 0: a free port. `location`: the data folder (created if missing);
+        None keeps everything in memory. `bin_dir` defaults to the repo's node_modules/.bin."""
         self.host = host
+        self.location = Path(location).resolve() if location else None
         self.bin_dir = Path(bin_dir) if bin_dir else REPO_ROOT / "node_modules" / ".bin"
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -108,6 +113,14 @@ class Azurite:
         """True while every service process is alive."""
         return all(s.process is not None and s.process.poll() is None for s in self._services)
 
+    def poll(self) -> int | None:
+        """None while every service runs; else the exit status of one that ended (-1: not started)."""
+        for svc in self._services:
+            code = -1 if svc.process is None else svc.process.poll()
+            if code is not None:
+                return code
+        return None
+
     @property
     def pids(self) -> list[int]:
         """Process ids of the running services (for diagnostics)."""
@@ -131,10 +144,14 @@ class Azurite:
             if not found:
                 raise AzuriteError(f"{exe} not found; run `npm install` in {REPO_ROOT}")
             exe = Path(found)
+        if self.location:
+            self.location.mkdir(parents=True, exist_ok=True)
+        storage = ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
         cmd = [
-            str(exe), "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent",
+            str(exe), *storage, "--skipApiVersionCheck", "--disableTelemetry", "--silent",
             f"--{svc.name}Host", self.host, f"--{svc.name}Port", str(svc.port),
         ]  # fmt: skip
+        svc.output.clear()
         svc.process = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -142,6 +159,7 @@ class Azurite:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=REPO_ROOT,
+            start_new_session=True,  # a terminal's Ctrl-C or hangup reaches only our process; stop() ends it cleanly
         )
         svc.reader = threading.Thread(target=self._pump, args=(svc,), daemon=True, name=f"azurite-{svc.name}")
         svc.reader.start()
@@ -188,6 +206,14 @@ class Azurite:
         if svc.process.poll() is None:
             raise AzuriteError(f"Azurite {svc.name} did not answer within {self.startup_timeout}s:\n{text}")
         raise AzuriteError(f"Azurite {svc.name} exited with {svc.process.returncode}:\n{text}")
+
+    def restart(self) -> Azurite:
+        """Stop (whatever still runs) and start again on the ports bound before, with the same `location`."""
+        ports = [svc.bound_port or svc.port for svc in self._services]
+        self.stop()
+        for svc, port in zip(self._services, ports, strict=True):
+            svc.port = port
+        return self.start()
 
     def stop(self) -> None:
         """Terminate each process, then kill it if it has not exited after `stop_timeout` seconds."""

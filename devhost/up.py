@@ -3,13 +3,18 @@
 Builds the tiny model kit if missing, starts Azurite and the local Durable host running `function_app:app`
 (as a child process, with the local platform: the inference server runs as a process too), uploads adapter
 `alpha`, waits until it is live, chats, then does the same with `beta`, and prints a table of stage timings.
-Then it keeps serving with the URLs printed until Ctrl-C (`--once`: exit after the table), and stops every
-child process it started.
+Then it keeps serving with the URLs printed until Ctrl-C, SIGTERM or SIGHUP (`--once`: exit after the table),
+starting again a child that exits (`devhost.supervisor`), and stops every child process it started.
+
+Everything lives in the state folder (Azurite's blobs, the Durable history, the adapter store, logs, the chat API
+key), marked as ours by a `.devhost-state` file: a later `up` on it resumes (orchestrations continue where they
+were); `--fresh` starts over. A non-empty folder without the mark is neither used nor deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import secrets
@@ -26,9 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from devhost.cli import Subcommand, register
+from devhost.supervisor import Supervisor, Watched
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MESSAGE = "Hello! Who are you?"
+STATE_MARKER = ".devhost-state"
+
+
+class StateDirError(OSError):
+    """The state folder cannot be used: not ours and not empty, or in use by another `up`."""
 
 
 @dataclass
@@ -46,7 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--azurite-port", type=int, default=0, help="Azurite blob port (default: a free one)")
     parser.add_argument("--inference-port", type=int, default=0, help="chat API port (default: a free one)")
     parser.add_argument("--chat-page-port", type=int, default=7860, help="Gradio chat page port (0: none)")
-    parser.add_argument("--state-dir", default=".devhost/up", help="state folder (wiped at start)")
+    parser.add_argument("--state-dir", default=".devhost/up",
+                        help="state folder, resumed when an earlier `up` made it (default %(default)s)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: delete the state folder first (only one made by `up`)")
     parser.add_argument("--kit-dir", default="build/tinykit/llama", help="tiny model kit folder")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each rollout")
     parser.add_argument("--once", action="store_true", help="exit after the timing table")
@@ -86,13 +100,45 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def child(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """A child process stopped on exit."""
-    proc = _spawn(cmd, env, log_path)
+def child(name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[Watched]:
+    """A child process stopped on exit, as a `Watched` that starts it again with the same command."""
+    procs = [_spawn(cmd, env, log_path)]
     try:
-        yield proc
+        yield Watched(name, lambda: procs[-1].poll(), lambda: procs.append(_spawn(cmd, env, log_path)))
     finally:
-        _stop(proc)
+        _stop(procs[-1])
+
+
+@contextmanager
+def claim_state(state_dir: Path, fresh: bool = False) -> Iterator[bool]:
+    """Hold `state_dir` for one stack (a lock on its marker file); yields True when earlier state is resumed.
+
+    A folder with our marker is resumed, or emptied first with `fresh`; a missing or empty one is made ours;
+    anything else raises `StateDirError` and is left untouched."""
+    marker = state_dir / STATE_MARKER
+    if not marker.is_file() and state_dir.exists() and (not state_dir.is_dir() or any(state_dir.iterdir())):
+        raise StateDirError(f"state folder {state_dir} is not empty and was not made by `devhost up` (no "
+                            f"{STATE_MARKER}): not using or deleting it; pass a new or empty --state-dir")
+    resumed = marker.is_file()
+    if resumed and fresh:
+        with _locked(marker):
+            shutil.rmtree(state_dir)
+        resumed = False
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        marker.write_text("state of `python -m devhost up`, resumed by the next `up`; `up --fresh` deletes it\n")
+    with _locked(marker):
+        yield resumed
+
+
+@contextmanager
+def _locked(marker: Path) -> Iterator[None]:
+    with open(marker) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateDirError(f"state folder {marker.parent} is in use by another `devhost up`") from None
+        yield
 
 
 def _free_port(port: int) -> int:
@@ -122,8 +168,9 @@ def deploy_and_chat(api, store, app: str, name: str, folder: Path, key: str, tim
     marker = store.upload_adapter_folder(folder, app, name)
     print(f"\n→ uploaded {name} ({marker.sha256[:12]}) to {app}; rollout:", flush=True)
     rollout = find_rollout(api, app, marker.sha256, timeout, interval=0.1, since=marker.uploaded_at)
-    if rollout is None:
-        raise RuntimeError(f"{name} was already live: the state folder was not fresh")
+    if rollout is None:  # live already (a resumed state): deploy it again, which starts its server if need be
+        print("   (already live: deploying it again)", flush=True)
+        rollout = api.deploy(app, name)
     record = follow(api, rollout["id"], timeout, lambda e: print(f"   {e['stage']:<13} +{_seconds(started, e['at']):6.2f}s",
                                                                      flush=True), interval=0.1)
     live_s = time.time() - started
@@ -160,6 +207,7 @@ class LocalStack:
     host: subprocess.Popen
     host_cmd: list[str]
     azurite: Any = None
+    resumed: bool = False
 
     def process_ids(self) -> list[int]:
         """Every process of the stack: Azurite, the host and what it started (inference servers included)."""
@@ -186,22 +234,25 @@ class LocalStack:
 
 @contextmanager
 def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int = 0,
-                inference_port: int = 0, extra_env: dict[str, str] | None = None) -> Iterator[LocalStack]:
-    """Azurite + the devhost running `function_app:app` with the local platform; all stopped on exit."""
+                inference_port: int = 0, extra_env: dict[str, str] | None = None,
+                fresh: bool = False) -> Iterator[LocalStack]:
+    """Azurite + the devhost running `function_app:app` with the local platform; all stopped on exit.
+
+    Their state stays in `state_dir` and is resumed by a later stack (`fresh`: started over), see `claim_state`."""
     from activities.adapter_store import AdapterStore, BlobStoreSettings
     from adapterctl.api import OrchestratorApi
     from devhost.azurite import Azurite
     from tinykit import build_kit
 
     state_dir, kit_dir = Path(state_dir).resolve(), Path(kit_dir).resolve()
-    shutil.rmtree(state_dir, ignore_errors=True)
-    state_dir.mkdir(parents=True)
-    print(f"building the tiny model kit in {kit_dir} (skipped when already built)…", flush=True)
-    kit = build_kit(kit_dir)
-    api_key = secrets.token_urlsafe(24)
-    host_port = _free_port(port)
     with ExitStack() as stack:
-        azurite = stack.enter_context(Azurite(blob_port=azurite_port))
+        resumed = stack.enter_context(claim_state(state_dir, fresh))
+        print(f"{'resuming the' if resumed else 'new'} state in {state_dir}", flush=True)
+        print(f"building the tiny model kit in {kit_dir} (skipped when already built)…", flush=True)
+        kit = build_kit(kit_dir)
+        api_key = _api_key(state_dir / "api-key")
+        host_port = _free_port(port)
+        azurite = stack.enter_context(Azurite(blob_port=azurite_port, location=state_dir / "azurite"))
         env = {
             **os.environ,
             "AdaptersStorage": azurite.connection_string,
@@ -222,7 +273,7 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
                     "--state-dir", str(state_dir / "durable"), "--poll-interval", "0.2"]
         stack.callback(_stop_local_apps, env)
         up = LocalStack(f"http://127.0.0.1:{host_port}", None, None, kit, api_key, state_dir, env,
-                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite)
+                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite, resumed)
         stack.callback(lambda: _stop(up.host))
         url = up.url
         _wait_http(f"{url}/api/apps", 60, up.host)
@@ -234,10 +285,22 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
         yield up
 
 
+def _api_key(path: Path) -> str:
+    """The chat API key kept in `path` (0600), made on first use: a resumed stack keeps its key."""
+    if path.is_file():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(24)
+    path.touch(0o600)
+    path.write_text(key)
+    return key
+
+
 def run_up(args: argparse.Namespace) -> int:
-    """`up`; exit 2 with a one-line reason when a port is taken, 1 when the demo does not reach its end."""
+    """`up`; exit 2 with a one-line reason when a port is taken or the state folder is refused, 1 when the demo
+    does not reach its end or a child keeps exiting."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # `kill`, a closed terminal: as clean a stop as Ctrl-C
+        signal.signal(sig, _interrupt)
     try:
         return _demo(args)
     except KeyboardInterrupt:  # Ctrl-C at any point: _demo's exit stack has stopped every child by now
@@ -262,7 +325,7 @@ def _demo(args: argparse.Namespace) -> int:
         _free_port(args.chat_page_port)
     with ExitStack() as stack:
         up = stack.enter_context(local_stack((ROOT / args.state_dir).resolve(), ROOT / args.kit_dir, args.port,
-                                             args.azurite_port, args.inference_port))
+                                             args.azurite_port, args.inference_port, fresh=args.fresh))
         rows = []
         for name in ("alpha", "beta"):
             row = deploy_and_chat(up.api, up.store, args.app_name, name, up.kit.adapters[name], up.api_key,
@@ -273,21 +336,22 @@ def _demo(args: argparse.Namespace) -> int:
         print_table(rows)
         endpoint = up.api.app(args.app_name)["endpoint"]
         key_file = up.state / "api-key"
-        key_file.write_text(up.api_key)
-        key_file.chmod(0o600)
         print(f"\nstatus API: {up.url}/api/apps/{args.app_name}\nchat API:   {endpoint}/v1/chat/completions "
               f"(model 'live'; API key in {key_file})", flush=True)
         if args.once:
             return 0
+        watched = [Watched("Azurite", up.azurite.poll, up.azurite.restart),
+                   Watched("devhost serve", lambda: up.host.poll(), up.start_host)]
         if args.chat_page_port:
             page_cmd = [sys.executable, "-m", "chat_page", "--api-url", endpoint, "--api-key-env", "INFERENCE_API_KEY",
                         "--port", str(args.chat_page_port), "--host", "127.0.0.1"]
-            stack.enter_context(child(page_cmd, up.env, up.state / "chat_page.log"))
+            watched.append(stack.enter_context(child("chat page", page_cmd, up.env, up.state / "chat_page.log")))
             print(f"chat page:  http://127.0.0.1:{args.chat_page_port}", flush=True)
         print("serving until Ctrl-C…", flush=True)
-        while up.host.poll() is None:
-            time.sleep(0.5)
-        print(f"devhost exited with {up.host.returncode}; see {up.state / 'devhost.log'}", file=sys.stderr)
+        try:
+            Supervisor(watched).run()
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; stopped everything (logs in {up.state})") from exc
     return 1
 
 

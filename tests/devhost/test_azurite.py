@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -48,3 +49,28 @@ def test_missing_install_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(AzuriteError, match="npm install"):
         Azurite(bin_dir=tmp_path).start()
+
+
+def test_location_keeps_blobs_across_restarts(tmp_path: Path) -> None:
+    """With `location` the data lives in that folder: a crash (SIGKILL) and `restart()` keep the port and the blobs,
+    and a new emulator on the same folder sees them too."""
+    from azure.storage.blob import BlobServiceClient
+
+    emulator = Azurite(blob_port=0, location=tmp_path / "blobs")
+    with emulator:
+        endpoint = emulator.blob_endpoint
+        client = BlobServiceClient.from_connection_string(emulator.connection_string)
+        client.get_container_client("keep").create_container()
+        client.get_blob_client("keep", "a.txt").upload_blob(b"first")
+        emulator.restart()  # a clean stop writes everything out; the same port again
+        assert emulator.poll() is None
+        os.kill(emulator.pids[0], signal.SIGKILL)
+        emulator._services[0].process.wait()
+        assert emulator.poll() == -signal.SIGKILL and not emulator.running
+        emulator.restart()
+        assert emulator.blob_endpoint == endpoint and emulator.poll() is None
+        assert client.get_blob_client("keep", "a.txt").download_blob().readall() == b"first"
+    assert (tmp_path / "blobs").is_dir() and emulator.poll() == -1
+    with Azurite(location=tmp_path / "blobs") as again:
+        client = BlobServiceClient.from_connection_string(again.connection_string)
+        assert client.get_blob_client("keep", "a.txt").download_blob().readall() == b"first"
