@@ -8,10 +8,11 @@ content file first and the marker last; the marker is JSON
 `{"files": {name: {"size": int, "sha256": hex}}, "sha256": <adapter digest>}` where the digest is
 `manifest.digest_of_files` over the listed (name, sha256) pairs. An adapter is complete when the marker parses,
 its digest matches its file list, and every listed blob exists with the listed size. Blobs not listed (hidden or
-stray files) are ignored. The sha256 of each file is re-checked while staging, so a blob replaced after the
-marker was written is caught before it is served. Among complete adapters, the newest marker wins: its
-last-modified time (server clock, whole seconds), then the optional `"uploaded_at"` field our uploader adds
-(ISO 8601 with microseconds) to order uploads within the same second.
+stray files) are ignored. Each marker becomes a deployment record (`activities.records`), ordered by the
+marker's last-modified time (the storage service's clock, never the uploader's).
+
+The bytes that go live are the bytes that were validated: staging hashes every file while copying it (refusing
+any difference from the marker) and validates the staged copy before it is renamed into place.
 
 Staging layout (a `StagingTarget`): `<root>/<app>/adapters/<adapter>/<sha256>/<file>`, written under a temporary
 `.tmp-*` directory then renamed, so a version directory that exists is whole. Staging is idempotent (an existing
@@ -25,16 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from activities.validation import (
+    AdapterFile,
     AdapterReport,
+    AdapterValidationError,
+    LocalFile,
     ValidationRules,
     check_file_name,
     check_name,
@@ -57,6 +62,9 @@ MARKER_NAME = "_COMPLETE"
 DEFAULT_CONTAINER = "adapters"
 CHUNK_BYTES = 4 << 20  # also Azure Files' largest range per upload_range call
 DEFAULT_MAX_FILE_BYTES = 2 << 30
+MAX_MARKER_FILES = 256
+MAX_MARKER_FILE_BYTES = 1 << 40
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class AdapterStoreError(RuntimeError):
@@ -110,55 +118,62 @@ class CompletionMarker:
 
     files: dict[str, MarkerFile]
     sha256: str
-    uploaded_at: str = ""
 
     def to_json(self) -> str:
-        data: dict[str, Any] = {
-            "files": {n: asdict(f) for n, f in sorted(self.files.items())},
-            "sha256": self.sha256,
-        }
-        if self.uploaded_at:
-            data["uploaded_at"] = self.uploaded_at
+        data = {"files": {n: asdict(f) for n, f in sorted(self.files.items())}, "sha256": self.sha256}
         return json.dumps(data, indent=1)
 
     @classmethod
-    def for_files(cls, files: Mapping[str, MarkerFile], uploaded_at: str = "") -> CompletionMarker:
-        return cls(dict(files), digest_of_files((n, f.sha256) for n, f in files.items()), uploaded_at)
+    def for_files(cls, files: Mapping[str, MarkerFile]) -> CompletionMarker:
+        return cls(dict(files), digest_of_files((n, f.sha256) for n, f in files.items()))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CompletionMarker:
-        """Parse and check the marker (names safe, digest consistent with the file list)."""
+        """Parse and check the marker: names safe, sizes whole numbers within `MAX_MARKER_FILE_BYTES`, sha256s hex,
+        at most `MAX_MARKER_FILES` files, digest consistent with the file list. Other keys are ignored (older
+        uploaders wrote `uploaded_at`: nothing orders uploads by the uploader's clock)."""
         try:
             data = json.loads(text)
-            files = {
-                check_file_name(name): MarkerFile(int(entry["size"]), str(entry["sha256"]))
-                for name, entry in data["files"].items()
-            }
-            digest = str(data["sha256"])
-            uploaded_at = str(data.get("uploaded_at") or "")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+                raise ValueError("expected an object with a 'files' object")
+            if len(data["files"]) > MAX_MARKER_FILES:
+                raise ValueError(f"{len(data['files'])} files listed, at most {MAX_MARKER_FILES}")
+            files = {check_file_name(name): _marker_file(name, entry) for name, entry in data["files"].items()}
+            digest = data.get("sha256")
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise ValueError("'sha256' must be 64 lowercase hex digits")
+        except (ValueError, RecursionError, AdapterValidationError) as exc:
             raise InvalidMarkerError(f"{MARKER_NAME} is not a valid marker: {exc}") from exc
-        marker = cls(files, digest, uploaded_at)
+        marker = cls(files, digest)
         if not files or marker.sha256 != cls.for_files(files).sha256:
             raise InvalidMarkerError(f"{MARKER_NAME} digest {digest} does not match its file list")
         return marker
 
 
+def _marker_file(name: str, entry: Any) -> MarkerFile:
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry of {name!r} must be an object")
+    size, sha256 = entry.get("size"), entry.get("sha256")
+    if type(size) is not int or not 0 <= size <= MAX_MARKER_FILE_BYTES:
+        raise ValueError(f"size of {name!r} must be a whole number of bytes up to {MAX_MARKER_FILE_BYTES}")
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise ValueError(f"sha256 of {name!r} must be 64 lowercase hex digits")
+    return MarkerFile(size, sha256)
+
+
 @dataclass(frozen=True)
 class CompleteAdapter:
-    """A complete upload; `completed_at` is the marker's last-modified time (ISO 8601, UTC), `uploaded_at`
-    the uploader's finer timestamp when it wrote one."""
+    """A complete upload; `completed_at` is the marker's last-modified time (ISO 8601, UTC, the service's clock)."""
 
     app: str
     adapter: str
     sha256: str
     completed_at: str
     files: dict[str, MarkerFile] = field(default_factory=dict)
-    uploaded_at: str = ""
 
     @classmethod
     def of(cls, app: str, adapter: str, marker: CompletionMarker, modified: datetime) -> CompleteAdapter:
-        return cls(app, adapter, marker.sha256, modified.isoformat(), marker.files, marker.uploaded_at)
+        return cls(app, adapter, marker.sha256, modified.isoformat(), marker.files)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,7 +187,6 @@ class CompleteAdapter:
             data["sha256"],
             data["completed_at"],
             files,
-            data.get("uploaded_at", ""),
         )
 
 
@@ -329,28 +343,8 @@ class AdapterStore:
     def get_complete(self, app: str, adapter: str) -> CompleteAdapter:
         """The adapter when complete; `AdapterNotFoundError` / `IncompleteAdapterError` otherwise."""
         marker, modified = self.read_marker(app, adapter)
-        _check_sizes(app, adapter, marker, self.list_adapter_blobs(app, adapter))
+        check_sizes(app, adapter, marker, self.list_adapter_blobs(app, adapter))
         return CompleteAdapter.of(app, adapter, marker, modified)
-
-    def find_complete_adapters(self, app: str) -> list[CompleteAdapter]:
-        """Complete adapters of an app, newest marker first (one listing plus one marker read each)."""
-        prefix = f"{self.settings.prefix}{check_name('app', app)}/"
-        sizes: dict[str, dict[str, int]] = {}
-        for blob in self.container.list_blobs(name_starts_with=prefix):
-            adapter, _, rest = blob.name[len(prefix) :].partition("/")
-            sizes.setdefault(adapter, {})[rest] = blob.size
-        found: list[CompleteAdapter] = []
-        for adapter, blobs in sorted(sizes.items()):
-            if MARKER_NAME not in blobs:
-                continue
-            try:
-                check_name("adapter", adapter)
-                marker, modified = self.read_marker(app, adapter)
-                _check_sizes(app, adapter, marker, blobs)
-            except (AdapterStoreError, ValueError):
-                continue  # not complete (or not ours): the next upload of this name is seen again
-            found.append(CompleteAdapter.of(app, adapter, marker, modified))
-        return sorted(found, key=lambda a: (a.completed_at, a.uploaded_at, a.adapter), reverse=True)
 
     def adapter_files(self, app: str, adapter: str) -> dict[str, BlobFile]:
         """The complete adapter's files as `validation.AdapterFile` readers."""
@@ -368,8 +362,8 @@ class AdapterStore:
         return validate_adapter_files(self.adapter_files(request.app, request.adapter), request.rules)
 
     # -- writing (CLI and devhost) ----------------------------------------------------------------------------
-    def upload_adapter_folder(self, folder: Path, app: str, adapter: str) -> CompletionMarker:
-        """Upload a folder's content files, then the marker last. Returns the marker written."""
+    def upload_adapter_folder(self, folder: Path, app: str, adapter: str) -> UploadedAdapter:
+        """Upload a folder's content files, then the marker last. Returns the marker as the service stored it."""
         check_name("app", app)
         check_name("adapter", adapter)
         files = folder_files(Path(folder))
@@ -382,14 +376,35 @@ class AdapterStore:
                     self.blob_name(app, adapter, name), fh, length=f.size, overwrite=True
                 )
             entries[name] = MarkerFile(f.size, f.sha256())
-        marker = CompletionMarker.for_files(entries, datetime.now(UTC).isoformat(timespec="microseconds"))
-        self.container.upload_blob(
-            self.blob_name(app, adapter, MARKER_NAME), marker.to_json(), overwrite=True
+        marker = CompletionMarker.for_files(entries)
+        written = self.container.get_blob_client(self.blob_name(app, adapter, MARKER_NAME)).upload_blob(
+            marker.to_json(), overwrite=True
         )
-        return marker
+        return UploadedAdapter(app, adapter, marker, str(written["etag"]), written["last_modified"])
 
 
-def _check_sizes(app: str, adapter: str, marker: CompletionMarker, blobs: Mapping[str, int]) -> None:
+@dataclass(frozen=True)
+class UploadedAdapter:
+    """An upload as the storage service recorded its marker: `deployment_id` names its deployment record."""
+
+    app: str
+    adapter: str
+    marker: CompletionMarker
+    etag: str
+    modified: datetime
+
+    @property
+    def sha256(self) -> str:
+        return self.marker.sha256
+
+    @property
+    def deployment_id(self) -> str:
+        from activities.records import upload_record_id
+
+        return upload_record_id(self.app, self.adapter, self.etag, self.modified)
+
+
+def check_sizes(app: str, adapter: str, marker: CompletionMarker, blobs: Mapping[str, int]) -> None:
     for name, f in sorted(marker.files.items()):
         if name not in blobs:
             raise IncompleteAdapterError(f"{app}/{adapter}: {name!r} is listed in {MARKER_NAME} but missing")
@@ -443,9 +458,15 @@ class StagingTarget(Protocol):
 
     def has_version(self, app: str, adapter: str, sha256: str) -> bool: ...
 
-    def write_version(self, app: str, adapter: str, sha256: str, files: Sequence[StagedFile]) -> bool:
-        """Write under a temporary name, then rename into place. False when another writer got there first.
-        On any error (a `DigestMismatchError` from the chunks included) nothing is left in place."""
+    def write_version(self, app: str, adapter: str, sha256: str, files: Sequence[StagedFile],
+                      check: StagedCheck) -> bool:
+        """Write under a temporary name, run `check` on the written copy, then rename into place. False when
+        another writer got there first. On any error (a `DigestMismatchError` from the chunks, or `check`
+        raising) nothing is left in place."""
+        ...
+
+    def version_files(self, app: str, adapter: str, sha256: str) -> dict[str, AdapterFile]:
+        """Readers of a staged version's files (their sha256 as the version's name vouches)."""
         ...
 
     def touch_version(self, app: str, adapter: str, sha256: str) -> None:
@@ -458,7 +479,9 @@ class StagingTarget(Protocol):
 
     def read_manifest(self, app: str) -> Manifest | None: ...
 
-    def write_manifest(self, app: str, manifest: Manifest) -> None: ...
+    def write_manifest(self, app: str, manifest: Manifest | None) -> None:
+        """Replace the app's manifest atomically; None removes it."""
+        ...
 
 
 class LocalFolderTarget:
@@ -476,7 +499,8 @@ class LocalFolderTarget:
     def has_version(self, app: str, adapter: str, sha256: str) -> bool:
         return self._version_dir(app, adapter, sha256).is_dir()
 
-    def write_version(self, app: str, adapter: str, sha256: str, files: Sequence[StagedFile]) -> bool:
+    def write_version(self, app: str, adapter: str, sha256: str, files: Sequence[StagedFile],
+                      check: StagedCheck) -> bool:
         final = self._version_dir(app, adapter, sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{sha256[:12]}-{uuid.uuid4().hex[:8]}"
@@ -489,6 +513,7 @@ class LocalFolderTarget:
                         fh.write(chunk)
                     fh.flush()
                     os.fsync(fh.fileno())
+            check({f.name: _Staged(LocalFile(tmp / f.name), f.sha256) for f in files})
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -498,6 +523,9 @@ class LocalFolderTarget:
             return True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def version_files(self, app: str, adapter: str, sha256: str) -> dict[str, AdapterFile]:
+        return dict(folder_files(self._version_dir(app, adapter, sha256)))
 
     def touch_version(self, app: str, adapter: str, sha256: str) -> None:
         os.utime(self._version_dir(app, adapter, sha256))
@@ -518,8 +546,11 @@ class LocalFolderTarget:
     def read_manifest(self, app: str) -> Manifest | None:
         return read_manifest(self.app_root(app))
 
-    def write_manifest(self, app: str, manifest: Manifest) -> None:
-        write_manifest(self.app_root(app), manifest)
+    def write_manifest(self, app: str, manifest: Manifest | None) -> None:
+        if manifest is None:
+            (self.app_root(app) / MANIFEST_NAME).unlink(missing_ok=True)
+        else:
+            write_manifest(self.app_root(app), manifest)
 
 
 @dataclass(frozen=True)
@@ -626,7 +657,8 @@ class AzureFileShareTarget:
         path = f"{self._adapter_dir(app, adapter)}/{_check_sha(sha256)}"
         return bool(self.share.get_directory_client(path).exists())
 
-    def write_version(self, app: str, adapter: str, sha256: str, files: Sequence[StagedFile]) -> bool:
+    def write_version(self, app: str, adapter: str, sha256: str, files: Sequence[StagedFile],
+                      check: StagedCheck) -> bool:
         from azure.core.exceptions import ResourceExistsError
 
         parent = self._adapter_dir(app, adapter)
@@ -644,6 +676,7 @@ class AzureFileShareTarget:
                 for chunk in _rechunk(f.verified_chunks(), CHUNK_BYTES):
                     client.upload_range(chunk, offset=offset, length=len(chunk))
                     offset += len(chunk)
+            check({f.name: _Staged(_ShareFile(self.share, f"{tmp}/{f.name}", f.size), f.sha256) for f in files})
             try:
                 self.share.get_directory_client(tmp).rename_directory(final)
             except ResourceExistsError:
@@ -651,6 +684,20 @@ class AzureFileShareTarget:
             return True
         finally:
             self._remove_tree(tmp)  # a no-op after a successful rename
+
+    def version_files(self, app: str, adapter: str, sha256: str) -> dict[str, AdapterFile]:
+        root = f"{self._adapter_dir(app, adapter)}/{_check_sha(sha256)}"
+        found: dict[str, AdapterFile] = {}
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            for item in self.share.get_directory_client(f"{root}/{rel}".rstrip("/")).list_directories_and_files():
+                name = f"{rel}/{item['name']}".lstrip("/")
+                if item["is_directory"]:
+                    pending.append(name)
+                else:
+                    found[name] = _ShareFile(self.share, f"{root}/{name}", int(item["size"]))
+        return found
 
     def touch_version(self, app: str, adapter: str, sha256: str) -> None:
         path = f"{self._adapter_dir(app, adapter)}/{_check_sha(sha256)}"
@@ -683,13 +730,63 @@ class AzureFileShareTarget:
             return None
         return Manifest.from_json(text.decode("utf-8"))
 
-    def write_manifest(self, app: str, manifest: Manifest) -> None:
+    def write_manifest(self, app: str, manifest: Manifest | None) -> None:
         """Upload under a temporary name, then rename over the manifest (readers see old or new, never half)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
         app_dir = self._path(check_name("app", app))
+        if manifest is None:
+            try:
+                self.share.get_file_client(f"{app_dir}/{MANIFEST_NAME}").delete_file()
+            except ResourceNotFoundError:
+                pass
+            return
         self._makedirs(app_dir)
         tmp = self.share.get_file_client(f"{app_dir}/.{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.upload_file(manifest.to_json().encode("utf-8"))
         tmp.rename_file(f"{app_dir}/{MANIFEST_NAME}", overwrite=True)
+
+
+StagedCheck = Callable[[Mapping[str, "AdapterFile"]], None]
+
+
+class _Staged:
+    """A staged file whose sha256 was computed while it was written (no second read to hash it)."""
+
+    def __init__(self, inner: AdapterFile, sha256: str) -> None:
+        self._inner, self._sha256 = inner, sha256
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._inner.read(offset, length)
+
+    def sha256(self) -> str:
+        return self._sha256
+
+
+class _ShareFile:
+    """A file on the Azure Files share, read by ranges (`validation.AdapterFile`); sha256 by reading it all."""
+
+    def __init__(self, share: ShareClient, path: str, size: int) -> None:
+        self._client = share.get_file_client(path)
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self._size - offset))
+        return self._client.download_file(offset=offset, length=length).readall() if length else b""
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for chunk in self._client.download_file().chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 def _check_sha(sha256: str) -> str:
@@ -751,6 +848,7 @@ class StageResult:
     path: str
     copied: bool
     pruned: tuple[str, ...] = ()
+    report: dict[str, Any] = field(default_factory=dict)  # validation of the staged copy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -760,14 +858,21 @@ class StageResult:
         return cls(**{**data, "pruned": tuple(data.get("pruned") or ())})
 
 
-def stage_adapter(store: AdapterStore, target: StagingTarget, request: StageInput) -> StageResult:
-    """Stage one version (idempotent), re-checking every file's sha256, then prune old versions."""
+def stage_adapter(
+    store: AdapterStore, target: StagingTarget, request: StageInput, rules: ValidationRules
+) -> StageResult:
+    """Stage one version (idempotent): copy it while hashing every file against the marker, validate the staged
+    copy with `rules` before it is put in place (an existing version is validated again), then prune old versions.
+    The result's `report` describes the staged bytes: the ones that will be served."""
     app, adapter, sha = check_name("app", request.app), check_name("adapter", request.adapter), request.sha256
     _check_sha(sha)
-    if target.has_version(app, adapter, sha):
-        target.touch_version(app, adapter, sha)
-        copied = False
-    else:
+    reports: list[AdapterReport] = []
+
+    def check(files: Mapping[str, AdapterFile]) -> None:
+        reports.append(validate_adapter_files(files, rules))
+
+    copied = False
+    if not target.has_version(app, adapter, sha):
         done = store.get_complete(app, adapter)
         if done.sha256 != sha:
             raise DigestMismatchError(
@@ -777,9 +882,16 @@ def stage_adapter(store: AdapterStore, target: StagingTarget, request: StageInpu
             StagedFile(name, f.size, f.sha256, _lazy_chunks(store, app, adapter, name, f.size))
             for name, f in sorted(done.files.items())
         ]
-        copied = target.write_version(app, adapter, sha, files)
+        copied = target.write_version(app, adapter, sha, files, check)
+    if not copied:  # staged before (or by a concurrent writer): the copy in place is what will be served
+        target.touch_version(app, adapter, sha)
+        check(target.version_files(app, adapter, sha))
+    report = reports[-1]
+    if report.sha256 != sha:
+        raise DigestMismatchError(f"{app}/{adapter}: the staged copy is {report.sha256}, not the accepted {sha}")
     pruned = prune_versions(target, app, adapter, keep=request.keep_versions, protect={sha})
-    return StageResult(app, adapter, sha, version_path(adapter, sha), copied, pruned)
+    report_json = json.loads(json.dumps(report.to_dict()))  # plain JSON types, as it crosses the activity boundary
+    return StageResult(app, adapter, sha, version_path(adapter, sha), copied, pruned, report_json)
 
 
 def _lazy_chunks(store: AdapterStore, app: str, adapter: str, name: str, size: int) -> Iterator[bytes]:

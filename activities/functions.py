@@ -29,12 +29,13 @@ SMOKE_PROMPT = "Say hello."
 MAX_PROBE_ROUNDS = 10
 
 
-def _failure(code: str, reason: str) -> dict[str, Any]:
-    return {"ok": False, "code": code, "reason": reason}
+def _failure(code: str, reason: str, cause: str) -> dict[str, Any]:
+    return {"ok": False, "code": code, "reason": reason, "cause": cause}
 
 
 def permanent_failures(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
-    """Turn permanent errors into `ok: false` results; let transient ones raise (after Retry-After)."""
+    """Turn permanent errors into `ok: false` results with their cause (`content`: the adapter or its upload is
+    at fault; `platform`: the platform refused the request); let transient ones raise (after Retry-After)."""
 
     @functools.wraps(fn)
     def wrapper(payload: dict) -> Any:
@@ -45,20 +46,27 @@ def permanent_failures(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
         try:
             return fn(payload)
         except AdapterValidationError as exc:
-            return _failure(exc.code, f"{exc.code}: {exc.reason}")
+            return _failure(exc.code, f"{exc.code}: {exc.reason}", "content")
         except TransientPlatformError as exc:
             if exc.retry_after:
                 time.sleep(min(float(exc.retry_after), MAX_RETRY_AFTER_S))
             raise
-        except (AdapterStoreError, PlatformError) as exc:
-            return _failure(getattr(exc, "code", type(exc).__name__), str(exc))
+        except AdapterStoreError as exc:
+            return _failure(exc.code, str(exc), "content")
+        except PlatformError as exc:
+            return _failure(getattr(exc, "code", type(exc).__name__), str(exc), "platform")
 
     return wrapper
 
 
-@bp.activity_trigger(input_name="payload", activity=Activity.RESOLVE_DESIRED)
-def resolve_desired(payload: dict) -> dict | None:
-    return services().desired.resolve(payload["app"])
+@bp.activity_trigger(input_name="payload", activity=Activity.INGEST_RECORDS)
+def ingest_records(payload: dict) -> list[dict]:
+    return services().records.ingest(payload["app"])
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.UPDATE_RECORD)
+def update_record(payload: dict) -> dict:
+    return services().records.update(payload["app"], payload["id"], payload["changes"])
 
 
 @bp.activity_trigger(input_name="payload", activity=Activity.VALIDATE_ADAPTER)
@@ -78,7 +86,8 @@ def stage_adapter(payload: dict) -> dict:
     from activities.adapter_store import stage_adapter as stage
 
     svc = services()
-    result = stage(svc.store, svc.target, StageInput(payload["app"], payload["adapter"], payload["sha256"]))
+    request = StageInput(payload["app"], payload["adapter"], payload["sha256"])
+    result = stage(svc.store, svc.target, request, svc.rules())
     return {"ok": True, **result.to_dict()}
 
 
@@ -89,9 +98,11 @@ def read_manifest(payload: dict) -> dict | None:
 
 @bp.activity_trigger(input_name="payload", activity=Activity.WRITE_MANIFEST)
 def write_manifest(payload: dict) -> dict:
+    """Write the app's manifest; `manifest` None removes it (a rollback to "there was none")."""
     from inference_image.inference_server.manifest import Manifest
 
-    services().target.write_manifest(payload["app"], Manifest.from_dict(payload["manifest"]))
+    raw = payload["manifest"]
+    services().target.write_manifest(payload["app"], Manifest.from_dict(raw) if raw is not None else None)
     return {"ok": True}
 
 

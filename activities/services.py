@@ -2,7 +2,7 @@
 
 `services()` is the single place that turns settings into clients: the upload store (blobs), the staging
 target (Azure Files share in Azure, a local folder in devhost), the container platform (ACA or a local process)
-and the desired-state reader. Built on first use, never at import (importing the app stays fast).
+and the deployment records. Built on first use, never at import (importing the app stays fast).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from activities.adapter_store import AdapterStore, BlobStoreSettings, LocalFolderTarget, StagingTarget
 from activities.apps import AcaApps, Apps, LocalApps, local_spec
 from activities.config import Settings
-from activities.desired_state import DesiredState
+from activities.records import DeploymentRecords
 from activities.validation import ValidationRules
 
 API_KEYS_SECRET = "inference-api-keys"  # the platform secret the server reads as INFERENCE_API_KEYS
@@ -30,7 +30,7 @@ class Services:
     store: AdapterStore
     target: StagingTarget
     apps: Apps
-    desired: DesiredState
+    records: DeploymentRecords
     alias: str = "live"
 
     def rules(self) -> ValidationRules:
@@ -74,7 +74,7 @@ def build_services(env: Mapping[str, str]) -> Services:
 
         target = AzureFileShareTarget(ShareSettings.from_env(env))
         apps = AcaApps(settings)
-    return Services(settings, store, target, apps, DesiredState(store))
+    return Services(settings, store, target, apps, DeploymentRecords(store))
 
 
 @functools.cache

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -47,22 +48,27 @@ class OrchestratorApi:
         return self._call("GET", "apps")["apps"]
 
     def app(self, app: str) -> dict[str, Any]:
-        return self._call("GET", f"apps/{app}")
+        return self._call("GET", f"apps/{_seg(app)}")
 
     def deployments(self, app: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"apps/{app}/deployments")["deployments"]
+        return self._call("GET", f"apps/{_seg(app)}/deployments")["deployments"]
 
     def deployment(self, deployment_id: str) -> dict[str, Any]:
-        return self._call("GET", f"deployments/{deployment_id}")
+        return self._call("GET", f"deployments/{_seg(deployment_id)}")
 
     def deploy(self, app: str, adapter: str, force_restart: bool = False) -> dict[str, Any]:
-        return self._call("POST", f"apps/{app}/deployments", {"adapter": adapter, "force_restart": force_restart})
+        return self._call("POST", f"apps/{_seg(app)}/deployments", {"adapter": adapter, "force_restart": force_restart})
 
     def provision(self, app: str) -> dict[str, Any]:
-        return self._call("POST", f"apps/{app}/provision")
+        return self._call("POST", f"apps/{_seg(app)}/provision")
 
     def restart(self, app: str) -> dict[str, Any]:
-        return self._call("POST", f"apps/{app}/restart")
+        return self._call("POST", f"apps/{_seg(app)}/restart")
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: every character that could end or change the path is escaped."""
+    return quote(value, safe="")
 
 
 def stream_chat(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import ApiError, OrchestratorApi, stream_chat
-from .follow import find_rollout, follow, succeeded
+from .follow import follow, succeeded
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
 
@@ -79,17 +79,13 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     out.line(f"{adapter}: valid (sha256 {report.sha256[:12]}, rank {report.rank}); uploading to app {args.app}")
     store = AdapterStore(BlobStoreSettings(connection_string=args.storage_connection, account_url=args.account_url))
-    marker = store.upload_adapter_folder(folder, args.app, adapter)
+    uploaded = store.upload_adapter_folder(folder, args.app, adapter)
     if args.no_wait:
-        out.result({"ok": True, "app": args.app, "adapter": adapter, "sha256": report.sha256}, "uploaded")
+        out.result({"ok": True, "id": uploaded.deployment_id, "app": args.app, "adapter": adapter,
+                    "sha256": report.sha256}, f"uploaded; deployment {uploaded.deployment_id}")
         return EXIT_OK
-    rollout = find_rollout(api, args.app, report.sha256, args.timeout, since=marker.uploaded_at)
-    if rollout is None:
-        out.result({"ok": True, "app": args.app, "adapter": adapter, "sha256": report.sha256, "stage": "live",
-                    "already_live": True}, f"{adapter}@{report.sha256[:12]} is already live on {args.app}")
-        return EXIT_OK
-    out.line(f"rollout {rollout['id']}")
-    return _finish(out, follow(api, rollout["id"], args.timeout, _stage_printer(out)))
+    out.line(f"deployment {uploaded.deployment_id}")
+    return _finish(out, follow(api, uploaded.deployment_id, args.timeout, _stage_printer(out)))
 
 
 def _declared_base_model(folder: Path) -> str:

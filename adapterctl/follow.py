@@ -8,7 +8,7 @@ from typing import Any
 
 from .api import OrchestratorApi
 
-TERMINAL = {"live", "rolled_back", "failed"}
+TERMINAL = {"live", "rolled_back", "failed", "superseded"}
 RUNTIME_DONE = {"Completed", "Failed", "Terminated"}
 
 
@@ -39,33 +39,4 @@ def follow(
             return record
         if time.monotonic() > deadline:
             raise TimeoutError(f"deployment {deployment_id} still at {record.get('stage')!r} after {timeout:.0f}s")
-        time.sleep(interval)
-
-
-def _started_at(record: dict[str, Any]) -> str:
-    """When the rollout started: its `received` stage time (finer than the runtime's created time)."""
-    history = record.get("history") or []
-    return (history[0].get("at") if history else None) or record.get("created_at") or ""
-
-
-def find_rollout(
-    api: OrchestratorApi, app: str, sha256: str, timeout: float, interval: float = 0.5,
-    since: str | None = None, grace: float = 5.0,
-) -> dict | None:
-    """The rollout of content `sha256` on `app` started at or after `since` (ISO time of the upload); None when
-    that content is live already; after `grace` seconds with neither, an earlier rollout of the same content
-    (content rejected before is not retried)."""
-    started = time.monotonic()
-    while True:
-        records = [r for r in api.deployments(app) if r.get("sha256") == sha256]
-        fresh = [r for r in records if since is None or _started_at(r) >= since]
-        if fresh:
-            return fresh[0]
-        if (api.app(app).get("served") or {}).get("sha256") == sha256:
-            return None
-        waited = time.monotonic() - started
-        if records and waited > grace:
-            return records[0]
-        if waited > timeout:
-            raise TimeoutError(f"no rollout of {sha256[:12]} on {app!r} started within {timeout:.0f}s")
         time.sleep(interval)

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adapterctl.follow import find_rollout, follow  # noqa: E402
+from adapterctl.follow import follow  # noqa: E402
 from devhost.up import local_stack  # noqa: E402
 
 APP = "bench"
@@ -46,9 +46,8 @@ def variant(src: Path, dest: Path, revision: int) -> Path:
 
 def upload_to_live(stack, folder: Path, name: str, label: str) -> Sample:
     started = time.perf_counter()
-    marker = stack.store.upload_adapter_folder(folder, APP, name)
-    rollout = find_rollout(stack.api, APP, marker.sha256, 300, interval=0.05, since=marker.uploaded_at)
-    record = follow(stack.api, rollout["id"], 300, lambda _: None, interval=0.05)
+    uploaded = stack.store.upload_adapter_folder(folder, APP, name)
+    record = follow(stack.api, uploaded.deployment_id, 300, lambda _: None, interval=0.05)
     return Sample(label, time.perf_counter() - started, record["stage"], record.get("activation"))
 
 

@@ -66,7 +66,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="exit after the timing table")
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, expect_ok: bool = False) -> None:
+    """Wait until `url` answers (with `expect_ok`: answers 200)."""
     import requests
 
     deadline = time.monotonic() + timeout
@@ -74,11 +75,12 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before answering at {url}")
         try:
-            requests.get(url, timeout=2)
-            return
+            if requests.get(url, timeout=2).ok or not expect_ok:
+                return
         except requests.RequestException:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing answered at {url} within {timeout:.0f}s")
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing answered{' 200' if expect_ok else ''} at {url} within {timeout:.0f}s")
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -162,22 +164,21 @@ def _seconds(since: float, stamp: str) -> float:
 def deploy_and_chat(api, store, app: str, name: str, folder: Path, key: str, timeout: float) -> RolloutTiming:
     """Upload one adapter, follow its rollout to the end, and chat with the live alias."""
     from adapterctl.api import stream_chat
-    from adapterctl.follow import find_rollout, follow
+    from adapterctl.follow import follow
 
     started = time.time()
-    marker = store.upload_adapter_folder(folder, app, name)
-    print(f"\n→ uploaded {name} ({marker.sha256[:12]}) to {app}; rollout:", flush=True)
-    rollout = find_rollout(api, app, marker.sha256, timeout, interval=0.1, since=marker.uploaded_at)
-    if rollout is None:  # live already (a resumed state): deploy it again, which starts its server if need be
-        print("   (already live: deploying it again)", flush=True)
-        rollout = api.deploy(app, name)
-    record = follow(api, rollout["id"], timeout, lambda e: print(f"   {e['stage']:<13} +{_seconds(started, e['at']):6.2f}s",
+    uploaded = store.upload_adapter_folder(folder, app, name)
+    print(f"\n→ uploaded {name} ({uploaded.sha256[:12]}) to {app}; deployment {uploaded.deployment_id}:", flush=True)
+    record = follow(api, uploaded.deployment_id, timeout, lambda e: print(f"   {e['stage']:<13} +{_seconds(started, e['at']):6.2f}s",
                                                                      flush=True), interval=0.1)
     live_s = time.time() - started
     stages = {e["stage"]: _seconds(started, e["at"]) for e in record.get("history", [])}
     if record.get("stage") != "live":
         raise RuntimeError(f"rollout of {name} ended {record.get('stage')}: {record.get('reason')}")
+    if record.get("already_live"):  # on a resumed state the server may still be coming back (heal)
+        print(f"   {name} was live already", flush=True)
     endpoint = api.app(app)["endpoint"]
+    _wait_http(f"{endpoint}/ready", timeout, expect_ok=True)
     reply = "".join(stream_chat(endpoint, key, "live", DEMO_MESSAGE, temperature=0, max_tokens=32))
     print(f"   chat ({name} live): {DEMO_MESSAGE!r} → {reply!r}", flush=True)
     return RolloutTiming(name, live_s, stages, record["stage"], reply)
@@ -356,11 +357,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _stop_local_apps(env: dict[str, str]) -> None:
-    """Stop the inference servers the host started (they outlive a killed host by design)."""
+    """Stop the inference servers the host started (they outlive a killed host by design), keeping their state:
+    on a resumed stack the reconcilers' heal pass starts them again."""
     from activities.platform.local import LocalPlatform, LocalPlatformSettings
 
     state = Path(env["DEVHOST_STATE_DIR"])
-    LocalPlatform(LocalPlatformSettings(state_dir=state / "platform", store_root=Path(env["ADAPTER_STORE_PATH"]))).stop_all()
+    LocalPlatform(LocalPlatformSettings(state_dir=state / "platform", store_root=Path(env["ADAPTER_STORE_PATH"]))).stop_all(forget=False)
 
 
 register(Subcommand("up", "run the whole loop locally: deploy adapters A then B and chat", configure, run_up))

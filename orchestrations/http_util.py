@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import azure.functions as func
 
-#: Container Apps' own rule for app names (lowercase letters, digits, '-'; 2-32 chars; starts with a letter).
-APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+from activities.validation import APP_NAME_PATTERN as APP_NAME
 
 
 class BadRequest(ValueError):
@@ -34,7 +32,7 @@ def error_response(message: str, status: int) -> func.HttpResponse:
 
 def app_name(req: func.HttpRequest) -> str:
     app = req.route_params.get("app", "")
-    if not APP_NAME.match(app):
+    if not APP_NAME.fullmatch(app):
         raise BadRequest(f"invalid app name {app!r}: use 2-32 lowercase letters, digits and '-', starting with a letter")
     return app
 

@@ -49,6 +49,7 @@ class RolloutTiming:
     restart_timeout_s: float = 900.0
     verify_attempts: int = 3
     heal_interval_s: float = 300.0
+    retry_base_s: float = 15.0  # the reconciler's first retry of a transient failure (×4 per attempt)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -64,6 +65,7 @@ class RolloutTiming:
             "restart_timeout_s": "ROLLOUT_RESTART_TIMEOUT_S",
             "verify_attempts": "ROLLOUT_VERIFY_ATTEMPTS",
             "heal_interval_s": "RECONCILE_HEAL_INTERVAL_S",
+            "retry_base_s": "RECONCILE_RETRY_BASE_S",
         }
         values: dict[str, Any] = {}
         for field_name, key in keys.items():

@@ -1,16 +1,21 @@
-"""Reconcile orchestration: one per app (instance id `reconcile-<app>`), level-triggered.
+"""Reconcile orchestration: one per app (instance id `reconcile-<app>`), driven by the app's deployment records.
 
-Each pass reads the desired adapter (the newest accepted upload or deploy request) and the served manifest; if
-they differ it runs one rollout as a sub-orchestration (so one rollout at a time per app), then looks again.
-With nothing to do it waits for a `wake` event (sent by the blob trigger and the HTTP starters) or the heal
-timer, then continues as new, which keeps its history short. Content already live, or already rejected, is
-not rolled out again: the same sha256 uploaded twice is one deployment.
+Each pass makes records for new uploads (`activities.records`), then takes the open records in arrival order:
+the newest wins and every older open record ends `superseded` (naming the winner). The winner is rolled out as
+a sub-orchestration (one rollout at a time per app) and its record gets the outcome: `live`, `rolled_back` or
+`failed`. A rollout that failed for a transient cause (storage, platform, timeout) is retried with backoff
+(`retrying`, up to `MAX_ATTEMPTS`); content failures are final for that record, and a new upload or deploy
+request of the same content tries again. An upload of the content already live ends `live` at once.
+
+With nothing open it heals (the platform restarts a server that died), then waits for a `wake` event (blob
+trigger, HTTP starters) or the heal timer; after a storage failure it looks again after `retry_base_s`.
+Every pass ends with `continue_as_new`, which keeps the history short.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
@@ -24,17 +29,18 @@ bp = df.Blueprint()
 
 RECONCILE_ORCHESTRATOR = "reconcile"
 WAKE_EVENT = "wake"
-#: Rejected contents remembered per app (so a bad upload is not retried in a loop).
-REJECTED_MEMORY = 32
+#: Attempts of one record's rollout when it keeps failing for a transient cause (retried after
+#: `RolloutTiming.retry_base_s`, ×4 per attempt; the same wait follows a failure of the reconciler's own reads).
+MAX_ATTEMPTS = 4
+
+
+def _utc(when: datetime) -> datetime:
+    """An aware UTC time (the orchestration clock may be naive UTC)."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def reconcile_instance_id(app: str) -> str:
     return f"reconcile-{app}"
-
-
-def deployment_id(app: str, started: datetime) -> str:
-    """Rollout id `<app>.<time>`: app names have no '.', so `<app>.` lists exactly one app's rollouts."""
-    return f"{app}.{started:%Y%m%dT%H%M%S%f}"
 
 
 @dataclass
@@ -43,64 +49,129 @@ class ReconcileState:
 
     app: str
     timing: dict[str, Any] = field(default_factory=dict)
-    rejected: list[str] = field(default_factory=list)  # sha256s whose rollout failed or rolled back
-    handled_requests: list[str] = field(default_factory=list)  # accepted_at of explicit deploy requests done
     rollouts: int = 0
+    heals: int = 0
+    last_heal: dict[str, Any] | None = None  # {at, action, reason} of the newest restart the heal pass made
 
 
-def _needs_rollout(state: ReconcileState, desired: dict | None, served: dict | None) -> bool:
-    if not desired:
-        return False
-    explicit = desired.get("request_id")
-    if explicit:  # an explicit deploy request runs once even for content already live
-        return explicit not in state.handled_requests
-    if desired["sha256"] in state.rejected:
+def _already_live(record: dict[str, Any], served: dict | None) -> bool:
+    """An upload (not an explicit request, which always runs) of exactly the content being served."""
+    if record.get("source") != "upload" or record.get("attempts"):
         return False
     active = (served or {}).get("active")
     entry = (served or {}).get("adapters", {}).get(active or "", {})
-    return not (active == desired["adapter"] and entry.get("sha256") == desired["sha256"])
+    return active == record["adapter"] and entry.get("sha256") == record.get("sha256")
+
+
+class _Pass:
+    """One reconcile pass; generator methods to `yield from`."""
+
+    def __init__(self, context: df.DurableOrchestrationContext, state: ReconcileState) -> None:
+        self.ctx = context
+        self.state = state
+        self.timing = RolloutTiming.from_dict(state.timing)
+        self.retry = IO_RETRY.options()
+
+    def activity(self, name: Activity, **payload: Any) -> Any:
+        return self.ctx.call_activity_with_retry(name, self.retry, {"app": self.state.app, **payload})
+
+    def show(self, phase: str, **extra: Any) -> None:
+        self.ctx.set_custom_status({"app": self.state.app, "phase": phase, "rollouts": self.state.rollouts,
+                                    "heals": self.state.heals, "last_heal": self.state.last_heal, **extra})
+
+    def update(self, record: dict[str, Any], **changes: Any) -> Any:
+        return self.activity(Activity.UPDATE_RECORD, id=record["id"], changes=changes)
+
+    def run(self) -> Any:
+        self.show("checking")
+        try:
+            open_records = yield self.activity(Activity.INGEST_RECORDS)
+        except Exception as exc:  # noqa: BLE001 - storage still failing after retries: look again soon
+            self.show("error", reason=str(exc))
+            yield from self.wait(self.timing.retry_base_s)
+            return
+        served = None
+        if open_records:
+            try:
+                served = yield self.activity(Activity.READ_MANIFEST)
+            except Exception:  # noqa: BLE001 - unknown: roll out; the rollout's own read reports the fault
+                served = None
+        if not open_records:
+            yield from self.heal()
+            self.show("idle")
+            yield from self.wait(self.timing.heal_interval_s)
+            return
+        winner = open_records[-1]
+        try:
+            for older in open_records[:-1]:
+                yield self.update(older, stage="superseded", superseded_by=winner["id"],
+                                  reason=f"superseded by {winner['id']} ({winner['adapter']})")
+            if _already_live(winner, served):
+                yield self.update(winner, stage="live", already_live=True, reason="this content is already live")
+                return
+            retry_at = _utc(datetime.fromisoformat(winner["retry_at"])) if winner.get("retry_at") else None
+            if retry_at and retry_at > _utc(self.ctx.current_utc_datetime):
+                self.show("waiting_retry", deployment_id=winner["id"], retry_at=retry_at.isoformat())
+                yield from self.wait_until(retry_at)
+                return
+            yield from self.roll_out(winner)
+        except Exception as exc:  # noqa: BLE001 - a record write failed after retries: the next pass redoes it
+            self.show("error", reason=str(exc))
+            yield from self.wait(self.timing.retry_base_s)
+
+    def roll_out(self, record: dict[str, Any]) -> Any:
+        attempt = int(record.get("attempts") or 0) + 1
+        instance_id = record["id"] if attempt == 1 else f"{record['id']}~{attempt}"
+        yield self.update(record, attempts=attempt, instance_id=instance_id, retry_at=None)
+        request = RolloutRequest(
+            deployment_id=record["id"], app=self.state.app, adapter=record["adapter"], sha256=record.get("sha256"),
+            force_restart=bool(record.get("force_restart")), timing=self.state.timing,
+        )
+        self.show("rolling_out", deployment_id=record["id"], instance_id=instance_id)
+        try:
+            outcome = yield self.ctx.call_sub_orchestrator(ROLLOUT_ORCHESTRATOR, request.to_dict(), instance_id)
+        except Exception as exc:  # noqa: BLE001 - the rollout orchestration itself failed: a bug, not the content
+            outcome = {"stage": "failed", "reason": f"rollout crashed: {exc}", "cause": "transient", "history": []}
+        self.state.rollouts += 1
+        result = {k: outcome.get(k) for k in ("version", "activation", "reason", "cause") if k in outcome}
+        result["history"] = record.get("history", [])[:1] + (outcome.get("history") or [])[1:]
+        if outcome.get("stage") != "live" and outcome.get("cause") == "transient" and attempt < MAX_ATTEMPTS:
+            delay = self.timing.retry_base_s * 4 ** (attempt - 1)
+            retry_at = _utc(self.ctx.current_utc_datetime) + timedelta(seconds=delay)
+            yield self.update(record, stage="retrying", retry_at=retry_at.isoformat(), **result)
+        else:
+            if outcome.get("stage") != "live" and outcome.get("cause") == "transient":
+                result["reason"] = f"gave up after {attempt} attempts: {outcome.get('reason')}"
+            yield self.update(record, stage=outcome.get("stage") or "failed", **result)
+
+    def heal(self) -> Any:
+        """Let the platform restart the app's server when it died (recorded in the custom status)."""
+        try:
+            healed = yield self.activity(Activity.HEAL_APP)
+        except Exception:  # noqa: BLE001 - healing is best effort; the next pass tries again
+            return
+        if isinstance(healed, dict) and healed.get("action") not in (None, "none"):
+            self.state.heals += 1
+            self.state.last_heal = {"at": self.ctx.current_utc_datetime.isoformat(), "action": healed["action"],
+                                    "reason": healed.get("reason")}
+
+    def wait(self, seconds: float) -> Any:
+        yield from self.wait_until(self.ctx.current_utc_datetime + timedelta(seconds=seconds))
+
+    def wait_until(self, when: datetime) -> Any:
+        """Until `when` or a `wake` event, whichever comes first."""
+        wake = self.ctx.wait_for_external_event(WAKE_EVENT)
+        timer = self.ctx.create_timer(when if self.ctx.current_utc_datetime.tzinfo else when.replace(tzinfo=None))
+        winner = yield self.ctx.task_any([wake, timer])
+        if winner is wake and not timer.is_completed:
+            timer.cancel()
 
 
 @bp.orchestration_trigger(context_name="context", orchestration=RECONCILE_ORCHESTRATOR)
 def reconcile(context: df.DurableOrchestrationContext):
-    """Converge one app's served adapter on its desired adapter, one rollout at a time, forever."""
-    state = ReconcileState(**context.get_input())
-    timing = RolloutTiming.from_dict(state.timing)
-    retry = IO_RETRY.options()
-    context.set_custom_status({"app": state.app, "phase": "checking", "rollouts": state.rollouts})
-    error = None
-    try:
-        desired = yield context.call_activity_with_retry(Activity.RESOLVE_DESIRED, retry, {"app": state.app})
-        served = yield context.call_activity_with_retry(Activity.READ_MANIFEST, retry, {"app": state.app})
-    except Exception as exc:  # noqa: BLE001 - storage still failing after retries: wait and look again, do not die
-        desired, served, error = None, None, str(exc)
-    if _needs_rollout(state, desired, served):
-        explicit = desired.get("request_id")
-        request = RolloutRequest(
-            deployment_id=explicit or deployment_id(state.app, context.current_utc_datetime),
-            app=state.app,
-            adapter=desired["adapter"],
-            sha256=desired["sha256"],
-            force_restart=bool(desired.get("force_restart")),
-            timing=state.timing,
-        )
-        context.set_custom_status({"app": state.app, "phase": "rolling_out", "deployment_id": request.deployment_id})
-        try:
-            outcome = yield context.call_sub_orchestrator(ROLLOUT_ORCHESTRATOR, request.to_dict(), request.deployment_id)
-        except Exception as exc:  # noqa: BLE001 - the rollout itself crashed: count it as rejected
-            outcome = {"stage": "failed", "reason": str(exc)}
-        state.rollouts += 1
-        if explicit:
-            state.handled_requests = (state.handled_requests + [explicit])[-REJECTED_MEMORY:]
-        if outcome.get("stage") != "live":
-            state.rejected = (state.rejected + [desired["sha256"]])[-REJECTED_MEMORY:]
-    else:
-        context.set_custom_status({"app": state.app, "phase": "error" if error else "idle", "reason": error,
-                                   "rollouts": state.rollouts})
-        wake = context.wait_for_external_event(WAKE_EVENT)
-        heal = context.create_timer(context.current_utc_datetime + timedelta(seconds=timing.heal_interval_s))
-        winner = yield context.task_any([wake, heal])
-        if winner is wake and not heal.is_completed:
-            heal.cancel()
+    """Converge one app on its newest deployment record, one rollout at a time, forever."""
+    data = dict(context.get_input())
+    state = ReconcileState(**{k: v for k, v in data.items() if k in ReconcileState.__dataclass_fields__})
+    yield from _Pass(context, state).run()
     context.continue_as_new(asdict(state))
     return None

@@ -1,8 +1,10 @@
 """Rollout orchestration: one adapter version of one app from upload to live (or back).
 
-Covers: validate → stage → provision → activate (hot swap through the manifest, restart as fallback) →
-verify (readiness + smoke chat) → live; on a failed gate the previous manifest is restored (`rolled_back`);
-a permanent error before activation ends `failed` with the served adapter untouched. No I/O here.
+Covers: validate → stage (the staged copy validated again) → provision → activate (hot swap through the manifest;
+a restart only when the server did not take the new version and did not refuse it) → verify (readiness + smoke
+chat) → live. Once the manifest is replaced, any failure restores exactly the manifest it replaced (`rolled_back`);
+a failure before that ends `failed` with nothing changed. Every failure names its cause (`rollout_status.Cause`):
+the reconciler retries transient ones and never retries content ones. No I/O here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from inference_image.inference_server.manifest import AdapterEntry, Manifest
 from .health_gate import serves, wait_until_serving
 from .manifest_plan import activate, adapter_version
 from .policies import IO_RETRY, RolloutTiming
-from .rollout_status import RolloutStatus, Stage
+from .rollout_status import Cause, RolloutStatus, Stage
 
 bp = df.Blueprint()
 
@@ -47,7 +49,11 @@ class RolloutRequest:
 
 
 class RolloutFailed(Exception):
-    """A permanent failure: the rollout stops with this reason."""
+    """A failure that ends the rollout; `cause` says whose fault it is (see `rollout_status.Cause`)."""
+
+    def __init__(self, reason: str, cause: Cause) -> None:
+        super().__init__(reason)
+        self.cause = cause
 
 
 class _Rollout:
@@ -59,14 +65,18 @@ class _Rollout:
         self.timing = RolloutTiming.from_dict(request.timing)
         self.status = RolloutStatus(request.deployment_id, request.app, request.adapter, sha256=request.sha256)
 
-    def enter(self, stage: Stage, reason: str | None = None) -> None:
-        self.status.enter(stage, self.ctx.current_utc_datetime, reason)
+    def enter(self, stage: Stage, reason: str | None = None, cause: Cause | None = None) -> None:
+        self.status.enter(stage, self.ctx.current_utc_datetime, reason, cause)
         self.ctx.set_custom_status(self.status.to_dict())
 
     def call(self, activity: Activity, **payload: Any) -> Generator[Any, Any, Any]:
-        result = yield self.ctx.call_activity_with_retry(activity, IO_RETRY.options(), payload)
+        """Call an activity with retries: its `ok: false` answer, or its failure after the retries, ends the rollout."""
+        try:
+            result = yield self.ctx.call_activity_with_retry(activity, IO_RETRY.options(), payload)
+        except Exception as exc:  # noqa: BLE001 - still failing after the retries: storage, platform or network
+            raise RolloutFailed(f"{activity}: {exc}", Cause.TRANSIENT) from exc
         if isinstance(result, dict) and result.get("ok") is False:
-            raise RolloutFailed(result.get("reason") or f"{activity} failed")
+            raise RolloutFailed(result.get("reason") or f"{activity} failed", Cause(result.get("cause") or "content"))
         return result
 
     def sleep(self, seconds: float) -> Generator[Any, Any, None]:
@@ -75,37 +85,56 @@ class _Rollout:
     def wait_for_version(self, version: str | None, timeout_s: float) -> Generator[Any, Any, dict]:
         return (yield from wait_until_serving(self.ctx, self.req.app, version, timeout_s, self.timing.poll_interval_s))
 
-    def restart(self, version: str | None) -> Generator[Any, Any, dict]:
-        yield from self.call(Activity.RESTART_APP, app=self.req.app)
-        return (yield from self.wait_for_version(version, self.timing.restart_timeout_s))
+    def gate(self, probe: dict, waited: str) -> bool:
+        """True when the probe shows the new version served; raises when the engine refused it."""
+        if probe.get("refused"):
+            raise RolloutFailed(f"the inference engine refused the adapter: {probe['refused']}", Cause.CONTENT)
+        if serves(probe, self.status.version):
+            return True
+        if waited == "restart":
+            reason = probe.get("error") or f"endpoint still serves {probe.get('served_version')!r}"
+            raise RolloutFailed(f"not serving after the restart: {reason}", Cause.TRANSIENT)
+        return False
 
-    def verify(self) -> Generator[Any, Any, str | None]:
-        """The health gate: None when the smoke chat passed, else the last reason."""
+    def activate(self) -> Generator[Any, Any, None]:
+        """Hot swap through the manifest; restart only when the server did not take it (and did not refuse it)."""
+        if not self.req.force_restart:
+            self.status.activation = "hot_swap"
+            probe = yield from self.wait_for_version(self.status.version, self.timing.hot_swap_timeout_s)
+            if self.gate(probe, "hot_swap"):
+                return
+        self.status.activation = "restart"
+        yield from self.call(Activity.RESTART_APP, app=self.req.app)
+        self.gate((yield from self.wait_for_version(self.status.version, self.timing.restart_timeout_s)), "restart")
+
+    def verify(self) -> Generator[Any, Any, None]:
+        """The health gate: the smoke chat must answer from the new version."""
         reason = "no probe ran"
         for attempt in range(self.timing.verify_attempts):
             probe = yield from self.call(
                 Activity.PROBE_ENDPOINT, app=self.req.app, expect_version=self.status.version, smoke=True
             )
             if serves(probe, self.status.version) and probe.get("reply"):
-                return None
+                return
             reason = probe.get("error") or f"endpoint serves {probe.get('served_version')!r}"
             if attempt + 1 < self.timing.verify_attempts:
                 yield from self.sleep(self.timing.poll_interval_s)
-        return reason
+        raise RolloutFailed(f"smoke chat failed: {reason}", Cause.CONTENT)
 
     def run(self) -> Generator[Any, Any, dict]:
         req = self.req
         self.enter(Stage.RECEIVED)
-        previous: Manifest | None = None
+        replaced: _Replaced | None = None
         try:
             self.enter(Stage.VALIDATING)
             report = yield from self.call(Activity.VALIDATE_ADAPTER, app=req.app, adapter=req.adapter)
             if req.sha256 and report["sha256"] != req.sha256:
-                raise RolloutFailed(f"adapter content changed since upload (sha256 {report['sha256'][:12]})")
+                raise RolloutFailed(f"adapter content changed since upload (sha256 {report['sha256'][:12]})",
+                                    Cause.CONTENT)
             self.status.sha256 = report["sha256"]
             self.status.version = adapter_version(req.adapter, report["sha256"])
 
-            self.enter(Stage.STAGING)
+            self.enter(Stage.STAGING)  # the staged copy is validated again: its report is what will be served
             staged = yield from self.call(Activity.STAGE_ADAPTER, app=req.app, adapter=req.adapter, sha256=report["sha256"])
 
             self.enter(Stage.PROVISIONING)
@@ -115,46 +144,40 @@ class _Rollout:
             raw = yield from self.call(Activity.READ_MANIFEST, app=req.app)
             previous = Manifest.from_dict(raw) if raw else None
             entry = AdapterEntry(staged["path"], report["sha256"], self.status.version)
-            desired = activate(previous, req.adapter, entry, self.ctx.current_utc_datetime, report.get("base_model"))
+            base_model = (staged.get("report") or report).get("base_model")
+            desired = activate(previous, req.adapter, entry, self.ctx.current_utc_datetime, base_model)
+            replaced = _Replaced(previous)  # from here on a failure restores exactly `previous`
             yield from self.call(Activity.WRITE_MANIFEST, app=req.app, manifest=asdict(desired))
-            restart_first = req.force_restart
-            probe: dict = {}
-            if not restart_first:
-                self.status.activation = "hot_swap"
-                probe = yield from self.wait_for_version(self.status.version, self.timing.hot_swap_timeout_s)
-            if restart_first or not serves(probe, self.status.version):
-                self.status.activation = "restart"
-                probe = yield from self.restart(self.status.version)
-            if not serves(probe, self.status.version):
-                raise _GateFailed(probe.get("error") or f"endpoint still serves {probe.get('served_version')!r}")
+            yield from self.activate()
 
             self.enter(Stage.VERIFYING)
-            failure = yield from self.verify()
-            if failure:
-                raise _GateFailed(failure)
+            yield from self.verify()
             self.enter(Stage.LIVE)
-        except _GateFailed as exc:
-            yield from self.roll_back(previous, f"health gate failed: {exc}")
-        except Exception as exc:  # noqa: BLE001 - activity failures arrive as plain exceptions
-            if self.status.stage in (Stage.ACTIVATING, Stage.VERIFYING):
-                yield from self.roll_back(previous, str(exc))
+        except RolloutFailed as exc:
+            if replaced is None:
+                self.enter(Stage.FAILED, reason=str(exc), cause=exc.cause)
             else:
-                self.enter(Stage.FAILED, reason=str(exc))
+                yield from self.roll_back(replaced.manifest, exc)
         return self.status.to_dict()
 
-    def roll_back(self, previous: Manifest | None, reason: str) -> Generator[Any, Any, None]:
-        """Restore the manifest that served before; the rollout ends `rolled_back` (or `failed` if that fails)."""
+    def roll_back(self, previous: Manifest | None, failure: RolloutFailed) -> Generator[Any, Any, None]:
+        """Restore exactly the manifest that was replaced (None: remove the new one, there was none); the rollout
+        ends `rolled_back`, or `failed` when the restore itself fails."""
         try:
-            restored = previous or Manifest()
-            yield from self.call(Activity.WRITE_MANIFEST, app=self.req.app, manifest=asdict(restored))
-            yield from self.wait_for_version(restored.active_version, self.timing.hot_swap_timeout_s)
-            self.enter(Stage.ROLLED_BACK, reason=reason)
-        except Exception as exc:  # noqa: BLE001
-            self.enter(Stage.FAILED, reason=f"{reason}; rollback failed: {exc}")
+            restored = asdict(previous) if previous is not None else None
+            yield from self.call(Activity.WRITE_MANIFEST, app=self.req.app, manifest=restored)
+            active = previous.active_version if previous is not None else None
+            yield from self.wait_for_version(active, self.timing.hot_swap_timeout_s)
+            self.enter(Stage.ROLLED_BACK, reason=str(failure), cause=failure.cause)
+        except RolloutFailed as exc:
+            self.enter(Stage.FAILED, reason=f"{failure}; rollback failed: {exc}", cause=Cause.TRANSIENT)
 
 
-class _GateFailed(Exception):
-    """The new version did not become ready / did not pass the smoke chat."""
+@dataclass(frozen=True)
+class _Replaced:
+    """The manifest a rollout replaced (None: there was none)."""
+
+    manifest: Manifest | None
 
 
 @bp.orchestration_trigger(context_name="context", orchestration=ROLLOUT_ORCHESTRATOR)

@@ -32,6 +32,14 @@ class Stage(StrEnum):
 TERMINAL_STAGES = frozenset({Stage.LIVE, Stage.ROLLED_BACK, Stage.FAILED})
 
 
+class Cause(StrEnum):
+    """Why a rollout did not go live: decides whether the same content is tried again."""
+
+    CONTENT = "content"  # the adapter or its upload (validation, engine refusal, smoke chat): never retried as is
+    PLATFORM = "platform"  # the platform refused a request (configuration): not retried
+    TRANSIENT = "transient"  # storage, network, platform or a timeout: the reconciler retries with backoff
+
+
 @dataclass(frozen=True)
 class StageEntry:
     stage: Stage
@@ -51,13 +59,16 @@ class RolloutStatus:
     history: list[StageEntry] = field(default_factory=list)
     reason: str | None = None
     activation: str | None = None  # "hot_swap" | "restart"
+    cause: str | None = None  # a `Cause`, when the rollout did not go live
 
-    def enter(self, stage: Stage, at: datetime, reason: str | None = None) -> None:
+    def enter(self, stage: Stage, at: datetime, reason: str | None = None, cause: str | None = None) -> None:
         """Move to `stage` at `at` (the orchestration's deterministic clock)."""
         self.stage = stage
         self.history.append(StageEntry(stage, at.isoformat()))
         if reason is not None:
             self.reason = reason
+        if cause is not None:
+            self.cause = str(cause)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

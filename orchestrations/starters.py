@@ -2,9 +2,11 @@
 
 Covers:
 - blob trigger on `adapters/{app}/{adapter}/_COMPLETE` (the completion marker our uploader writes last, see
-  activities/adapter_store.py; Event Grid source in Azure, a container poller in devhost) → wake the reconciler;
-- `POST /api/apps/{app}/deployments` (deploy a stored adapter; `force_restart` optional) → a deploy request,
-  then wake the reconciler; 202 with the deployment's status URL;
+  activities/adapter_store.py; Event Grid source in Azure, a container poller in devhost) → the upload's
+  deployment record (activities/records.py), then wake the reconciler; a folder whose name breaks the app-name
+  rule is not an app and is ignored (logged);
+- `POST /api/apps/{app}/deployments` (deploy a stored adapter; `force_restart` optional) → a deploy request's
+  record, then wake the reconciler; 202 with the record's id and status URL;
 - `POST /api/apps/{app}/provision` and `POST /api/apps/{app}/restart` → their orchestrations; 202 with the status URL;
 - a timer every 5 minutes that wakes (or starts) the reconciler of every app in the upload container, so an upload
   whose event was lost, or an app whose reconciler was terminated, is still reconciled.
@@ -15,22 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from activities.services import services
+from activities.validation import check_name
 
 from .http_util import APP_NAME, BadRequest, answers_bad_requests, app_name, json_body, json_response
 from .policies import RolloutTiming
 from .provision import PROVISION_ORCHESTRATOR, RESTART_ORCHESTRATOR
-from .reconcile import (
-    RECONCILE_ORCHESTRATOR,
-    WAKE_EVENT,
-    ReconcileState,
-    deployment_id,
-    reconcile_instance_id,
-)
+from .reconcile import RECONCILE_ORCHESTRATOR, WAKE_EVENT, ReconcileState, reconcile_instance_id
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
@@ -59,7 +57,7 @@ async def wake_reconciler(client: df.DurableOrchestrationClient, app: str, reaso
 
 def _status_url(req: func.HttpRequest, instance_id: str) -> str:
     base = req.url.split("/api/", 1)[0]
-    return f"{base}/api/deployments/{instance_id}"
+    return f"{base}/api/deployments/{quote(instance_id, safe='')}"
 
 
 @bp.blob_trigger(arg_name="marker", path=MARKER_PATH, connection=ADAPTERS_CONNECTION, source=func.BlobSource.EVENT_GRID)
@@ -71,18 +69,24 @@ async def on_adapter_uploaded(marker: func.InputStream, client: df.DurableOrches
         log.warning("ignoring blob %r: not an adapter completion marker", marker.name)
         return
     app = parts[-3]
+    if not APP_NAME.fullmatch(app):
+        log.warning("ignoring upload %r: %r is not a valid app name", marker.name, app)
+        return
+    try:
+        await asyncio.to_thread(services().records.ingest, app)  # the record exists before anyone asks
+    except Exception:  # noqa: BLE001 - storage hiccup: the reconciler's own pass makes the record
+        log.warning("could not record upload %r now; the reconciler will", marker.name, exc_info=True)
     instance_id = await wake_reconciler(client, app, f"upload {parts[-2]}")
-    log.info("adapter %s/%s uploaded; reconciler %s woken", app, parts[-2], instance_id)
+    log.info("adapter upload %r recorded; reconciler %s woken", parts[-2], instance_id)
 
 
 @bp.timer_trigger(arg_name="timer", schedule=HEAL_SCHEDULE)
 @bp.durable_client_input(client_name="client")
 async def heal_reconcilers(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
     """Wake every app's reconciler: the level-triggered safety net under the blob trigger."""
-    apps = await asyncio.to_thread(services().desired.list_apps)
+    apps = await asyncio.to_thread(services().records.list_apps)
     for app in apps:
-        if APP_NAME.match(app):
-            await wake_reconciler(client, app, "heal timer")
+        await wake_reconciler(client, app, "heal timer")
     log.info("heal timer woke %d reconcilers", len(apps))
 
 
@@ -99,18 +103,21 @@ async def start_deployment(req: func.HttpRequest, client: df.DurableOrchestratio
     force = body.get("force_restart", False)
     if not isinstance(force, bool):
         raise BadRequest("'force_restart' must be true or false")
-    request_id = deployment_id(app, datetime.now(UTC))
-    await asyncio.to_thread(services().desired.request_deployment, app, adapter, request_id, force)
-    await wake_reconciler(client, app, f"deploy request {request_id}")
-    url = _status_url(req, request_id)
-    return json_response({"id": request_id, "app": app, "adapter": adapter, "status_url": url}, 202,
+    try:
+        check_name("adapter", adapter)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    record = await asyncio.to_thread(services().records.create_request, app, adapter, force)
+    await wake_reconciler(client, app, f"deploy request {record['id']}")
+    url = _status_url(req, record["id"])
+    return json_response({"id": record["id"], "app": app, "adapter": adapter, "status_url": url}, 202,
                          {"Location": url})
 
 
 @answers_bad_requests
 async def _start(req: func.HttpRequest, client: df.DurableOrchestrationClient, orchestrator: str) -> func.HttpResponse:
     app = app_name(req)
-    instance_id = f"{orchestrator}-{deployment_id(app, datetime.now(UTC))}"
+    instance_id = f"{orchestrator}-{app}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     payload = {"app": app, "timing": RolloutTiming.from_env().to_dict()}
     await client.start_new(orchestrator, instance_id, payload)
     url = _status_url(req, instance_id)

@@ -1,9 +1,11 @@
-"""The status API: what callers poll while rollouts run.
+"""The status API: what callers poll while rollouts run. It reads the deployment records (activities/records.py),
+never Durable instance listings (the real host pages those at 100 and the Python SDK does not follow them).
 
-Covers `GET /api/deployments/{id}` (stage, stage history with times, reason on failure — any instance id our
-starters returned), `GET /api/apps/{app}/deployments` (recent rollouts, newest first), `GET /api/apps/{app}`
-(desired vs served adapter, endpoint, replicas, last rollout, the template's inference.config.json shape) and
-`GET /api/apps` (apps with uploads or a reconciler).
+Covers `GET /api/deployments/{id}` (a record: stage, stage history with times, reason and cause on failure,
+`superseded_by`; provision / restart ids are Durable instances, read by id), `GET /api/apps/{app}/deployments`
+(`?limit=`, newest records first), `GET /api/apps/{app}` (open and served adapter, endpoint, replicas, last
+record, the template's inference.config.json shape) and `GET /api/apps` (apps in the upload container). An open
+record shows its rollout's current stage, read from the rollout instance by id.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities.records import TERMINAL, app_of
 from activities.services import services
 
-from .http_util import APP_NAME, answers_bad_requests, app_name, error_response, json_response
-from .reconcile import RECONCILE_ORCHESTRATOR, reconcile_instance_id
-from .rollout import ROLLOUT_ORCHESTRATOR
+from .http_util import APP_NAME, BadRequest, answers_bad_requests, app_name, error_response, json_response
+from .reconcile import reconcile_instance_id
 
 bp = df.Blueprint()
 
 RECENT_LIMIT = 50
+MAX_LIMIT = 200
+#: What an open record takes from its running rollout's custom status.
+_LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause")
 
 
 def describe_instance(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
@@ -42,84 +47,110 @@ def describe_instance(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
     return record
 
 
-async def app_rollouts(client: df.DurableOrchestrationClient, app: str) -> list[dict[str, Any]]:
-    """The app's rollouts, newest first."""
-    statuses = await client.get_status_by(instance_id_prefix=f"{app}.")
-    rollouts = [describe_instance(s) for s in statuses if s.name == ROLLOUT_ORCHESTRATOR]
-    rollouts.sort(key=lambda r: r["created_at"] or "", reverse=True)
-    return rollouts[:RECENT_LIMIT]
+async def _with_progress(client: df.DurableOrchestrationClient, record: dict[str, Any]) -> dict[str, Any]:
+    """An open record with its rollout's current stage and history (a terminal record is final as it is)."""
+    if record.get("stage") in TERMINAL or not record.get("instance_id"):
+        return record
+    status = await client.get_status(record["instance_id"])
+    progress = status.custom_status if status and isinstance(status.custom_status, dict) else {}
+    merged = {**record, **{k: progress[k] for k in _LIVE_FIELDS if progress.get(k) is not None}}
+    if progress.get("history"):
+        merged["history"] = record.get("history", [])[:1] + progress["history"][1:]
+    if merged.get("stage") in TERMINAL:  # the rollout ended; the reconciler has not written the record yet
+        merged["stage"] = "finishing"
+    return merged
+
+
+async def app_rollouts(client: df.DurableOrchestrationClient, app: str, limit: int = RECENT_LIMIT) -> list[dict]:
+    """The app's newest deployment records, newest first."""
+    records = await asyncio.to_thread(services().records.recent, app, limit)
+    return list(await asyncio.gather(*(_with_progress(client, r) for r in records)))
+
+
+async def _find_record(deployment_id: str) -> dict[str, Any] | None:
+    """A record by id; an upload's record is made on the spot if its marker was not seen yet."""
+    app = app_of(deployment_id)
+    if not APP_NAME.fullmatch(app):
+        return None
+    records = services().records
+    record = await asyncio.to_thread(records.get, app, deployment_id)
+    if record is None and "-u" in deployment_id:
+        await asyncio.to_thread(records.ingest, app)
+        record = await asyncio.to_thread(records.get, app, deployment_id)
+    return record
 
 
 @bp.route(route="deployments/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def get_deployment(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """One rollout (or provision / restart) by id."""
-    instance_id = req.route_params.get("id", "")
-    status = await client.get_status(instance_id)
-    if status:
+    """One deployment record (or provision / restart instance) by id."""
+    deployment_id = req.route_params.get("id", "")
+    record = await _find_record(deployment_id)
+    if record is not None:
+        return json_response(await _with_progress(client, record))
+    status = await client.get_status(deployment_id) if deployment_id.startswith(("provision-", "restart-")) else None
+    if status and status.runtime_status is not None:
         return json_response(describe_instance(status))
-    pending = await asyncio.to_thread(_pending_request, instance_id)
-    if pending:
-        return json_response(pending)
-    return error_response(f"no deployment {instance_id!r}", 404)
+    return error_response(f"no deployment {deployment_id!r}", 404)
 
 
-def _pending_request(deployment_id: str) -> dict[str, Any] | None:
-    """A deploy request the reconciler has not started yet (ids are `<app>.<time>`)."""
-    app = deployment_id.split(".", 1)[0]
-    if not APP_NAME.match(app):
-        return None
-    request = services().desired.last_request(app)
-    if request is None or request.request_id != deployment_id:
-        return None
-    return {"id": deployment_id, "app": app, "adapter": request.adapter, "kind": ROLLOUT_ORCHESTRATOR,
-            "stage": "received", "runtime_status": "Pending", "history": [], "created_at": request.requested_at}
+def _limit(req: func.HttpRequest) -> int:
+    raw = req.params.get("limit")
+    if raw is None:
+        return RECENT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"'limit' must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
 
 
 @bp.route(route="apps/{app}/deployments", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 @answers_bad_requests
 async def list_deployments(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """Recent rollouts of one app, newest first."""
+    """The app's newest deployment records, newest first."""
     app = app_name(req)
-    return json_response({"app": app, "deployments": await app_rollouts(client, app)})
+    return json_response({"app": app, "deployments": await app_rollouts(client, app, _limit(req))})
 
 
 @bp.route(route="apps/{app}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 @answers_bad_requests
 async def get_app(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """Desired vs served adapter, endpoint, replicas and the last rollout of one app."""
+    """Open and served adapter, endpoint, replicas and the newest deployment record of one app."""
     app = app_name(req)
     svc = services()
-    desired, served, platform = await asyncio.gather(
-        asyncio.to_thread(svc.desired.resolve, app),
-        asyncio.to_thread(svc.read_manifest, app),
+    (served, manifest_error), platform, rollouts = await asyncio.gather(
+        asyncio.to_thread(_manifest, app),
         asyncio.to_thread(svc.apps.describe, app),
+        app_rollouts(client, app, 20),
     )
-    rollouts = await app_rollouts(client, app)
     reconciler = await client.get_status(reconcile_instance_id(app))
     active = (served or {}).get("active")
     return json_response({
         "app": app,
-        "desired": desired,
+        "open": [r for r in rollouts if r.get("stage") not in TERMINAL],
         "served": {"adapter": active, **((served or {}).get("adapters", {}).get(active) or {})} if served else None,
         "manifest": served,
+        "manifest_error": manifest_error,
         "endpoint": platform.endpoint,
         "replicas": platform.replicas,
         "running": platform.running,
         "revision": platform.revision,
         "last_rollout": rollouts[0] if rollouts else None,
-        "reconciler": describe_instance(reconciler) if reconciler else None,
+        "reconciler": describe_instance(reconciler) if reconciler and reconciler.runtime_status else None,
         "inference_config": svc.apps.inference_config(app, platform),
     })
 
 
+def _manifest(app: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The app's manifest, or why it cannot be read (the status API reports it; it never answers 500 for it)."""
+    try:
+        return services().read_manifest(app), None
+    except (OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 @bp.route(route="apps", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-@bp.durable_client_input(client_name="client")
-async def list_apps(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """Apps known from uploads or from a running reconciler."""
-    stored = await asyncio.to_thread(services().desired.list_apps)
-    reconcilers = await client.get_status_by(instance_id_prefix="reconcile-")
-    running = {s.instance_id.removeprefix("reconcile-") for s in reconcilers if s.name == RECONCILE_ORCHESTRATOR}
-    return json_response({"apps": sorted(set(stored) | running)})
+async def list_apps(req: func.HttpRequest) -> func.HttpResponse:
+    """Apps with anything in the upload container."""
+    return json_response({"apps": await asyncio.to_thread(services().records.list_apps)})

@@ -25,6 +25,7 @@ def local_stack(tiny_kit: KitPaths, tmp_path_factory: pytest.TempPathFactory):
     """
     from devhost.up import local_stack as start
 
-    extra = {"MAX_ADAPTER_MB": "1", "MAX_LORA_RANK": "16", "ROLLOUT_HOT_SWAP_TIMEOUT_S": "20"}
+    extra = {"MAX_ADAPTER_MB": "1", "MAX_LORA_RANK": "16", "ROLLOUT_HOT_SWAP_TIMEOUT_S": "20",
+             "ROLLOUT_RESTART_TIMEOUT_S": "90", "RECONCILE_RETRY_BASE_S": "1", "RECONCILE_HEAL_INTERVAL_S": "3"}
     with start(tmp_path_factory.mktemp("stack"), tiny_kit.root, extra_env=extra) as stack:
         yield stack

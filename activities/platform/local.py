@@ -151,20 +151,21 @@ class LocalPlatform:
             self._restart(state)
             return {"action": "restarted", "reason": reason}
 
-    def stop_app(self, app: str) -> None:
-        """Stop the app's process and forget its state (idempotent)."""
+    def stop_app(self, app: str, forget: bool = True) -> None:
+        """Stop the app's process (idempotent); `forget` also drops its state, else `heal_app` starts it again."""
         app = check_name("app", app)
         with self._locked(app):
             state = self._load(app)
             if state:
                 self._stop_process(state)
-                self._state_path(app).unlink(missing_ok=True)
+                if forget:
+                    self._state_path(app).unlink(missing_ok=True)
 
-    def stop_all(self) -> list[str]:
-        """Stop every app this state dir knows; returns their names."""
+    def stop_all(self, forget: bool = True) -> list[str]:
+        """Stop every app this state dir knows; returns their names (`forget`: as in `stop_app`)."""
         apps = sorted(p.stem for p in Path(self.settings.state_dir).glob("*.json"))
         for app in apps:
-            self.stop_app(app)
+            self.stop_app(app, forget)
         return apps
 
     # -- processes -----------------------------------------------------------------------------------------

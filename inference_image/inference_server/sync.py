@@ -14,6 +14,7 @@ manifest without an active adapter, or no manifest at all, makes it mean the bas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from .manifest import Manifest, ManifestError, adapter_digest, read_manifest
 from .registry import AdapterRegistry
 
 log = logging.getLogger(__name__)
+#: How long a sync waits for retired adapters' in-flight requests before loading new ones.
+RETIRE_WAIT_S = 10.0
 
 
 class AdapterVerifyError(AdapterLoadError):
@@ -113,6 +116,10 @@ class ManifestSyncer:
         assert store is not None
         loaded: list[str] = []
         errors: dict[str, str] = {}
+        retired = await self._retire(manifest)  # first, so the engine has room for what the manifest adds
+        if retired:
+            with contextlib.suppress(TimeoutError):  # their in-flight requests end first (bounded)
+                await asyncio.wait_for(registry.wait_freed(), RETIRE_WAIT_S)
         for name, entry in manifest.adapters.items():
             current = registry.get(name)
             if current is not None and current.sha256 == entry.sha256 and current.version == entry.version:
@@ -135,12 +142,17 @@ class ManifestSyncer:
                 f"adapter '{want}' (version {manifest.adapters[want].version}) is not loaded: {reason}", manifest.alias
             )
         # else: the new active adapter failed; the alias keeps serving the previous one.
-        retired: list[str] = []
-        for ref in registry.refs():
-            if ref.name not in manifest.adapters and ref.name != registry.active:
-                await registry.unload(ref.name)
-                retired.append(ref.name)
+        retired += await self._retire(manifest)
         return SyncReport(loaded=loaded, retired=retired, errors=errors, active=registry.active)
+
+    async def _retire(self, manifest: Manifest) -> list[str]:
+        """Unload the adapters the manifest dropped, except the one the alias serves now."""
+        retired: list[str] = []
+        for ref in self._registry.refs():
+            if ref.name not in manifest.adapters and ref.name != self._registry.active:
+                await self._registry.unload(ref.name)
+                retired.append(ref.name)
+        return retired
 
     @staticmethod
     async def _verify(path: Path, sha256: str) -> None:

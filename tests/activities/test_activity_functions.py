@@ -22,14 +22,15 @@ def raising(exc: Exception):
 def test_validation_error_is_a_value_with_its_code() -> None:
     """A bad adapter is not retried: the result names the code and reason."""
     out = raising(AdapterValidationError("rank_too_large", "r=64 > 16"))({})
-    assert out == {"ok": False, "code": "rank_too_large", "reason": "rank_too_large: r=64 > 16"}
+    assert out == {"ok": False, "code": "rank_too_large", "reason": "rank_too_large: r=64 > 16", "cause": "content"}
 
 
-@pytest.mark.parametrize("exc", [PlatformError("ARM said no: InvalidTemplate"), DigestMismatchError("sha differs")])
-def test_permanent_platform_and_store_errors_are_values(exc: Exception) -> None:
-    """ARM refusals and store integrity errors end the rollout with the message, without retries."""
+@pytest.mark.parametrize(("exc", "cause"), [(PlatformError("ARM said no: InvalidTemplate"), "platform"),
+                                            (DigestMismatchError("sha differs"), "content")])
+def test_permanent_platform_and_store_errors_are_values(exc: Exception, cause: str) -> None:
+    """ARM refusals and store integrity errors end the rollout with the message and its cause, without retries."""
     out = raising(exc)({})
-    assert out["ok"] is False and out["reason"] == str(exc)
+    assert out["ok"] is False and out["reason"] == str(exc) and out["cause"] == cause
 
 
 def test_transient_error_raises_after_retry_after() -> None:

@@ -54,6 +54,7 @@ def test_upload_then_complete(store: AdapterStore, tmp_path: Path) -> None:
     folder = make_folder(tmp_path, "a")
     marker = store.upload_adapter_folder(folder, "chat", "a1")
     assert marker.sha256 == adapter_digest(folder)
+    assert marker.deployment_id.startswith(f"chat.{marker.modified:%Y%m%dT%H%M%S}")
     done = store.get_complete("chat", "a1")
     assert done.sha256 == marker.sha256
     assert set(done.files) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
@@ -62,11 +63,10 @@ def test_upload_then_complete(store: AdapterStore, tmp_path: Path) -> None:
 
 
 def test_files_without_marker_not_listed(store: AdapterStore, tmp_path: Path) -> None:
-    """An upload still in progress (no marker) is neither listed nor found."""
+    """An upload still in progress (no marker) is not found."""
     folder = make_folder(tmp_path, "b")
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         store.container.upload_blob(store.blob_name("chat", "partial", name), (folder / name).read_bytes())
-    assert store.find_complete_adapters("chat") == []
     with pytest.raises(AdapterNotFoundError):
         store.get_complete("chat", "partial")
 
@@ -80,28 +80,16 @@ def test_marker_with_missing_or_resized_blob_not_listed(store: AdapterStore, tmp
     store.container.upload_blob(store.blob_name("chat", "c1", "README.md"), b"another length", overwrite=True)
     with pytest.raises(IncompleteAdapterError, match="bytes"):
         store.get_complete("chat", "c1")
-    assert store.find_complete_adapters("chat") == []
 
 
 def test_bad_marker_rejected(store: AdapterStore, tmp_path: Path) -> None:
-    """A marker whose digest disagrees with its file list is invalid, and the adapter is not listed."""
+    """A marker whose digest disagrees with its file list is invalid."""
     store.upload_adapter_folder(make_folder(tmp_path, "d"), "chat", "d1")
     data = json.loads(store.container.download_blob(store.blob_name("chat", "d1", MARKER_NAME)).readall())
     data["sha256"] = "0" * 64
     store.container.upload_blob(store.blob_name("chat", "d1", MARKER_NAME), json.dumps(data), overwrite=True)
     with pytest.raises(InvalidMarkerError):
         store.get_complete("chat", "d1")
-    assert store.find_complete_adapters("chat") == []
-
-
-def test_newest_marker_first(store: AdapterStore, tmp_path: Path) -> None:
-    """find_complete_adapters lists the app's complete adapters, newest marker first, other apps excluded."""
-    store.upload_adapter_folder(make_folder(tmp_path, "old"), "chat", "older")
-    store.upload_adapter_folder(make_folder(tmp_path, "new"), "chat", "newer")
-    store.upload_adapter_folder(make_folder(tmp_path, "x"), "other", "elsewhere")
-    found = store.find_complete_adapters("chat")
-    assert [a.adapter for a in found] == ["newer", "older"]
-    assert found[0].completed_at >= found[1].completed_at
 
 
 def test_validate_on_blobs_matches_folder(store: AdapterStore, tmp_path: Path) -> None:
@@ -127,14 +115,14 @@ def test_stage_copies_then_is_idempotent(store: AdapterStore, tmp_path: Path) ->
     folder = make_folder(tmp_path, "s")
     sha = store.upload_adapter_folder(folder, "chat", "s1").sha256
     target = LocalFolderTarget(tmp_path / "staged")
-    result = stage_adapter(store, target, StageInput("chat", "s1", sha))
+    result = stage_adapter(store, target, StageInput("chat", "s1", sha), RULES)
     version = tmp_path / "staged" / "chat" / result.path
-    assert result.copied and result.path == f"adapters/s1/{sha}"
+    assert result.copied and result.path == f"adapters/s1/{sha}" and result.report["sha256"] == sha
     assert adapter_digest(version) == sha
     assert (version / "adapter_model.safetensors").read_bytes() == (
         folder / "adapter_model.safetensors"
     ).read_bytes()
-    again = stage_adapter(store, target, StageInput("chat", "s1", sha))
+    again = stage_adapter(store, target, StageInput("chat", "s1", sha), RULES)
     assert not again.copied
     assert StageResult.from_dict(json.loads(json.dumps(again.to_dict()))) == again
     assert [p.name for p in version.parent.iterdir()] == [sha]
@@ -152,7 +140,7 @@ def test_stage_detects_sha_mismatch(store: AdapterStore, tmp_path: Path) -> None
     )
     target = LocalFolderTarget(tmp_path / "staged")
     with pytest.raises(DigestMismatchError, match="adapter_config.json"):
-        stage_adapter(store, target, StageInput("chat", "m1", sha))
+        stage_adapter(store, target, StageInput("chat", "m1", sha), RULES)
     assert list((tmp_path / "staged" / "chat" / "adapters" / "m1").iterdir()) == []
 
 
@@ -161,7 +149,7 @@ def test_stage_refuses_replaced_adapter(store: AdapterStore, tmp_path: Path) -> 
     accepted = store.upload_adapter_folder(make_folder(tmp_path, "one"), "chat", "r1").sha256
     store.upload_adapter_folder(make_folder(tmp_path, "two"), "chat", "r1")
     with pytest.raises(DigestMismatchError, match="newer upload"):
-        stage_adapter(store, LocalFolderTarget(tmp_path / "staged"), StageInput("chat", "r1", accepted))
+        stage_adapter(store, LocalFolderTarget(tmp_path / "staged"), StageInput("chat", "r1", accepted), RULES)
 
 
 def test_prune_keeps_newest_and_manifest_versions(store: AdapterStore, tmp_path: Path) -> None:
@@ -171,7 +159,7 @@ def test_prune_keeps_newest_and_manifest_versions(store: AdapterStore, tmp_path:
     for seed in ("p0", "p1", "p2", "p3"):
         sha = store.upload_adapter_folder(make_folder(tmp_path, seed), "chat", "p")
         shas.append(sha.sha256)
-        result = stage_adapter(store, target, StageInput("chat", "p", sha.sha256, keep_versions=2))
+        result = stage_adapter(store, target, StageInput("chat", "p", sha.sha256, keep_versions=2), RULES)
         if seed == "p0":
             entry = AdapterEntry(result.path, sha.sha256, "v0")
             target.write_manifest("chat", Manifest(adapters={"p": entry}, active="p"))
@@ -195,7 +183,59 @@ def test_unsafe_names_refused(store: AdapterStore, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unsafe_name"):
         store.upload_adapter_folder(tmp_path / "does-not-matter", "../x", "a")
     with pytest.raises(ValueError, match="unsafe_name"):
-        stage_adapter(store, LocalFolderTarget(tmp_path), StageInput("chat", "A B", "1" * 64))
+        stage_adapter(store, LocalFolderTarget(tmp_path), StageInput("chat", "A B", "1" * 64), RULES)
+
+
+def test_stage_validates_the_staged_copy(store: AdapterStore, tmp_path: Path) -> None:
+    """Content that passes the marker's hashes but breaks the rules (rank 9999, e.g. swapped in after validation
+    read the blobs) is refused by staging, and nothing is put in place."""
+    folder = write_adapter(tmp_path / "big", adapter_files(seed="big", r=9999))
+    sha = store.upload_adapter_folder(folder, "chat", "big").sha256
+    target = LocalFolderTarget(tmp_path / "staged")
+    with pytest.raises(ValueError, match="rank_too_large"):
+        stage_adapter(store, target, StageInput("chat", "big", sha), RULES)
+    assert not target.has_version("chat", "big", sha)
+
+
+def test_staged_version_changed_in_place_is_refused(store: AdapterStore, tmp_path: Path) -> None:
+    """A version already staged is validated again before reuse: a tampered staged copy is refused."""
+    folder = make_folder(tmp_path, "t")
+    sha = store.upload_adapter_folder(folder, "chat", "t1").sha256
+    target = LocalFolderTarget(tmp_path / "staged")
+    result = stage_adapter(store, target, StageInput("chat", "t1", sha), RULES)
+    (tmp_path / "staged" / "chat" / result.path / "adapter_config.json").write_bytes(b"{}")
+    with pytest.raises(ValueError):
+        stage_adapter(store, target, StageInput("chat", "t1", sha), RULES)
+
+
+@pytest.mark.parametrize("files", [
+    {"a.json": {"size": 1e400, "sha256": "0" * 64}},
+    {"a.json": {"size": -1, "sha256": "0" * 64}},
+    {"a.json": {"size": True, "sha256": "0" * 64}},
+    {"a.json": {"size": 2, "sha256": "not hex"}},
+    {"a.json": "nope"},
+    {"../a.json": {"size": 2, "sha256": "0" * 64}},
+])
+def test_forged_marker_fields_are_invalid(files: dict) -> None:
+    """Out-of-range, wrongly typed or unsafe marker fields are `InvalidMarkerError`, never another exception."""
+    text = json.dumps({"files": files, "sha256": "0" * 64}).replace('"1e400"', "1e400")
+    with pytest.raises(InvalidMarkerError):
+        CompletionMarker.from_json(text.replace("Infinity", "1e400"))
+
+
+def test_deeply_nested_marker_is_invalid() -> None:
+    """A marker of 100,000 nested lists is `InvalidMarkerError` (not a RecursionError)."""
+    with pytest.raises(InvalidMarkerError):
+        CompletionMarker.from_json("[" * 100_000 + "]" * 100_000)
+
+
+def test_manifest_removed_by_writing_none(tmp_path: Path) -> None:
+    """Writing None removes the manifest (a rollback to "there was none"); removing a missing one is fine."""
+    target = LocalFolderTarget(tmp_path)
+    target.write_manifest("chat", Manifest(adapters={}, active=None))
+    target.write_manifest("chat", None)
+    target.write_manifest("chat", None)
+    assert target.read_manifest("chat") is None
 
 
 def test_marker_json_shape() -> None:
@@ -203,7 +243,7 @@ def test_marker_json_shape() -> None:
     marker = CompletionMarker.for_files({})
     with pytest.raises(InvalidMarkerError):
         CompletionMarker.from_json(marker.to_json())
-    text = json.dumps({"files": {"a.json": {"size": 2, "sha256": "ab"}}, "sha256": "x"})
+    text = json.dumps({"files": {"a.json": {"size": 2, "sha256": "ab" * 32}}, "sha256": "0" * 64})
     with pytest.raises(InvalidMarkerError, match="digest"):
         CompletionMarker.from_json(text)
 

@@ -237,9 +237,13 @@ def test_unsafe_app_names(name: str) -> None:
 
 
 def test_safe_names_accepted() -> None:
-    """Typical names pass."""
-    assert check_name("app", "chat-1.v2_x") == "chat-1.v2_x"
+    """Typical names pass; app names follow Container Apps' rule (no '.' or '_'), adapter names are wider."""
+    assert check_name("app", "chat-1") == "chat-1"
+    assert check_name("adapter", "chat-1.v2_x") == "chat-1.v2_x"
     assert check_name("adapter", "a" * 63) == "a" * 63
+    for app in ("chat-1.v2_x", "demo.x", "Demo", "a", "-a", "a-", "a" * 33):
+        with pytest.raises(ValueError, match="app name"):
+            check_name("app", app)
 
 
 def test_invalid_config_json() -> None:

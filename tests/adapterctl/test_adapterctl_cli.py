@@ -44,7 +44,7 @@ def test_deploy_status_apps_chat(local_stack) -> None:
     code, reply, text = adapterctl(local_stack, "chat", "cli", "Hello!", "--temperature", "0", "--max-tokens", "24")
     assert code == 0 and PHRASES["alpha"] in reply["reply"], text
     code, again, _ = adapterctl(local_stack, "deploy", str(local_stack.kit.adapters["alpha"]), "--app", "cli")
-    assert code == 0 and again.get("already_live") is True
+    assert code == 0 and again["stage"] == "live" and again.get("already_live") is True, again
 
 
 def test_deploy_of_bad_adapters_exits_non_zero_with_reason(local_stack, tmp_path: Path) -> None:

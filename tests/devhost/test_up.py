@@ -19,9 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from activities.adapter_store import AdapterStore, BlobStoreSettings, CompletionMarker
+from activities.adapter_store import AdapterStore, BlobStoreSettings, UploadedAdapter
 from adapterctl.api import ApiError, OrchestratorApi
-from adapterctl.follow import find_rollout, follow
+from adapterctl.follow import follow
 from devhost.azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from tinykit import PHRASES
 
@@ -174,11 +174,9 @@ def store_at(connection: str) -> AbstractContextManager[AdapterStore]:
     return closing(AdapterStore(BlobStoreSettings(connection_string=connection)))
 
 
-def rollout_of(url: str, app: str, marker: CompletionMarker) -> dict:
-    """The rollout of an upload, followed to its end."""
-    api = OrchestratorApi(url)
-    rollout = find_rollout(api, app, marker.sha256, 60, interval=0.1, since=marker.uploaded_at)
-    return follow(api, rollout["id"], 60, lambda _: None, interval=0.1)
+def rollout_of(url: str, app: str, uploaded: UploadedAdapter) -> dict:
+    """The deployment record of an upload, followed to its end."""
+    return follow(OrchestratorApi(url), uploaded.deployment_id, 60, lambda _: None, interval=0.1)
 
 
 @pytest.mark.parametrize("fresh", [False, True], ids=["plain", "fresh"])

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterctl.api import stream_chat
-from adapterctl.follow import find_rollout, follow
+from adapterctl.follow import follow
 
 TIMEOUT = 180.0
 
@@ -25,19 +25,17 @@ def variant(src: Path, dest: Path, **config_changes: Any) -> Path:
 
 
 def deploy(stack, app: str, folder: Path, name: str | None = None) -> dict[str, Any]:
-    """Upload a folder and follow its rollout to its terminal stage; returns the final record."""
-    marker = stack.store.upload_adapter_folder(folder, app, name or folder.name)
-    rollout = find_rollout(stack.api, app, marker.sha256, TIMEOUT, interval=0.1, since=marker.uploaded_at)
-    assert rollout is not None, "content already live"
-    return follow(stack.api, rollout["id"], TIMEOUT, lambda _: None, interval=0.1)
+    """Upload a folder and follow its deployment record to its terminal stage; returns the final record."""
+    uploaded = stack.store.upload_adapter_folder(folder, app, name or folder.name)
+    return follow(stack.api, uploaded.deployment_id, TIMEOUT, lambda _: None, interval=0.1)
 
 
 def rollout_of_adapter(stack, app: str, adapter: str, after: str = "") -> dict[str, Any]:
-    """Wait for the newest rollout of `adapter` created after `after` (ISO), then follow it to its end."""
+    """Wait for the newest record of `adapter` accepted after `after` (ISO), then follow it to its end."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         for record in stack.api.deployments(app):
-            if record.get("adapter") == adapter and (record.get("created_at") or "") > after:
+            if record.get("adapter") == adapter and (record.get("accepted_at") or "") > after:
                 return follow(stack.api, record["id"], TIMEOUT, lambda _: None, interval=0.1)
         time.sleep(0.1)
     raise TimeoutError(f"no rollout of {adapter} on {app}")

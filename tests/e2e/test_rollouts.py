@@ -77,7 +77,7 @@ def test_traversal_and_broken_markers_fail(local_stack) -> None:
     deploy(local_stack, "markers", local_stack.kit.adapters["beta"])
     before = local_stack.api.app("markers")["served"]
     marker = {"files": {"../../escape.json": {"size": 2, "sha256": "0" * 64}}, "sha256": "0" * 64}
-    created = local_stack.api.deployments("markers")[0]["created_at"]
+    created = local_stack.api.deployments("markers")[0]["accepted_at"]
     container.upload_blob("markers/traversal/_COMPLETE", json.dumps(marker), overwrite=True)
     record = rollout_of_adapter(local_stack, "markers", "traversal", after=created)
     assert record["stage"] == "failed" and "escape" in record["reason"]
@@ -85,7 +85,8 @@ def test_traversal_and_broken_markers_fail(local_stack) -> None:
 
 
 def test_burst_of_uploads_ends_with_newest_one_at_a_time(local_stack, tmp_path: Path) -> None:
-    """5 uploads in a burst: the newest ends served, and no two rollouts of the app ever overlap."""
+    """5 uploads in a burst: the newest ends served, every upload's record ends (older ones `superseded` naming
+    the winner, unless rolled out first), and no two rollouts of the app ever overlap."""
     kit = local_stack.kit
     names = []
     for i in range(5):
@@ -94,11 +95,20 @@ def test_burst_of_uploads_ends_with_newest_one_at_a_time(local_stack, tmp_path: 
         local_stack.store.upload_adapter_folder(folder, "burst", f"burst{i}")
         names.append(folder)
     newest_sha = local_stack.store.get_complete("burst", "burst4").sha256
-    rollout_of_adapter(local_stack, "burst", "burst4")
+    winner = rollout_of_adapter(local_stack, "burst", "burst4")
     info = wait_idle(local_stack, "burst")
     assert info["served"]["adapter"] == "burst4" and info["served"]["sha256"] == newest_sha
     assert PHRASES["alpha"] in chat(local_stack, "burst")  # burst4 carries alpha's weights
-    spans = sorted((r["history"][0]["at"], r["history"][-1]["at"]) for r in local_stack.api.deployments("burst"))
+    records = local_stack.api.deployments("burst")
+    assert sorted(r["adapter"] for r in records) == [f"burst{i}" for i in range(5)]
+    for record in records:
+        assert record["stage"] in ("live", "superseded"), record
+        if record["stage"] == "superseded":
+            newer = {r["id"] for r in records if r["accepted_at"] >= record["accepted_at"] and r is not record}
+            assert record["superseded_by"] in newer, record
+    assert winner["stage"] == "live"
+    rolled = [[h["at"] for h in r["history"] if h["stage"] != "received"] for r in records]
+    spans = sorted((at[0], at[-1]) for at in rolled if at and len(at) > 1)
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)), spans
 
 

@@ -29,9 +29,10 @@ class EchoEngine(Engine):
 
     name = "echo"
 
-    def __init__(self, tokens: int = 4, delay_s: float = 0.0) -> None:
+    def __init__(self, tokens: int = 4, delay_s: float = 0.0, max_adapters: int | None = None) -> None:
         self.tokens = tokens
         self.delay_s = delay_s
+        self.max_adapters = max_adapters  # like an engine's max_loras: a load beyond it is refused
         self.load_gate: asyncio.Event | None = None
         self.ready = False
         self.busy = False  # True: every request is refused as overloaded
@@ -55,6 +56,8 @@ class EchoEngine(Engine):
             await self.load_gate.wait()
         if (path / BAD_MARKER).exists():
             raise AdapterLoadError(f"cannot load {path.name}: tensor shapes do not match")
+        if self.max_adapters is not None and len(self.adapters) >= self.max_adapters:
+            raise AdapterLoadError(f"cannot load {path.name}: already holding {self.max_adapters} adapters")
         self.adapters[name] = path
         self.events.append(("load", name))
 

@@ -78,6 +78,20 @@ async def test_retired_adapter_is_unloaded(client: TestClient, tmp_path: Path, e
     assert len(engine.adapters) == 1
 
 
+async def test_dropped_adapters_make_room_before_new_ones_load(aiohttp_client, tmp_path: Path) -> None:
+    """An engine full to its limit takes the manifest's new adapter: what the manifest dropped is freed first
+    (found by bench/soak.py: with 8 adapters every new deploy was refused)."""
+    engine = EchoEngine(max_adapters=2)
+    for label in ("alpha", "beta", "gamma"):
+        make_adapter(tmp_path, f"{label}-1", label)
+    publish(tmp_path, {"alpha": "alpha-1", "beta": "beta-1"}, active="beta")
+    client = await start_client(aiohttp_client, server_config(adapter_store=tmp_path), engine)
+    publish(tmp_path, {"beta": "beta-1", "gamma": "gamma-1"}, active="gamma")
+    report = await sync(client)
+    assert report["errors"] == {} and report["retired"] == ["alpha"] and report["loaded"] == ["gamma"]
+    assert await served(client) == ("gamma-1", "gamma-1-v1")
+
+
 async def test_alias_to_base(client: TestClient, tmp_path: Path) -> None:
     """`active: null` routes the alias to the base model."""
     publish(tmp_path, {"alpha": "alpha-1"}, active=None)

@@ -248,6 +248,18 @@ async def test_reload_replaces_the_adapter(engine: TransformersEngine, tiny_kit:
     assert engine.loaded_adapters() == ["alpha", "beta"]
 
 
+async def test_loading_another_adapter_does_not_change_what_a_name_answers(
+    engine: TransformersEngine, tiny_kit: KitPaths
+) -> None:
+    """Loading (or unloading) an adapter while another one is in use leaves every name answering with its own
+    weights (peft makes a freshly loaded adapter the applied one: found by bench/soak.py)."""
+    assert (await collect(engine, ask("alpha")))[0] == PHRASES["alpha"]
+    await engine.load_adapter("beta-v2", tiny_kit.adapters["beta"])
+    assert (await collect(engine, ask("alpha")))[0] == PHRASES["alpha"]
+    await engine.unload_adapter("beta-v2")
+    assert (await collect(engine, ask("alpha")))[0] == PHRASES["alpha"]
+
+
 async def test_unloaded_adapter_is_gone(engine: TransformersEngine) -> None:
     """After unload the adapter is refused by name; the others and, with none left, the base model still serve."""
     await engine.unload_adapter("alpha")

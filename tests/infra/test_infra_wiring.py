@@ -160,6 +160,7 @@ OPTIONAL_SETTINGS: dict[str, str] = {
     "ROLLOUT_RESTART_TIMEOUT_S": "RolloutTiming default (900 s) covers a GPU replica restart",
     "ROLLOUT_VERIFY_ATTEMPTS": "RolloutTiming default",
     "RECONCILE_HEAL_INTERVAL_S": "RolloutTiming default",
+    "RECONCILE_RETRY_BASE_S": "RolloutTiming default",
     "SUBSCRIPTION_ID": "InferenceConfig.from_env only; the app reads infra/inference.config.json (INFERENCE_CONFIG_PATH)",
     "RESOURCE_GROUP_NAME": "InferenceConfig.from_env only; read from INFERENCE_CONFIG_PATH",
     "ACA_APP_NAME": "InferenceConfig.from_env only; the app name comes from the route / blob path",

@@ -15,8 +15,8 @@ from activities import functions as activity_functions
 from activities.adapter_store import AdapterStore, BlobStoreSettings, LocalFolderTarget
 from activities.apps import AcaApps
 from activities.config import InferenceConfig, Settings
-from activities.desired_state import DesiredState
 from activities.provisioning import STEPS, Provisioner
+from activities.records import DeploymentRecords
 from activities.services import Services
 from devhost.host import DevHost
 from tests.fakes.fake_arm import FakeArm
@@ -40,7 +40,7 @@ async def aca_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         arm = fake.connection(SUB, RG)
         apps = AcaApps(settings, Provisioner(arm, secrets={"inference-api-keys": settings.inference_api_key}))
         store = AdapterStore(BlobStoreSettings(connection_string="UseDevelopmentStorage=true"))
-        svc = Services(settings, store, LocalFolderTarget(tmp_path / "store"), apps, DesiredState(store))
+        svc = Services(settings, store, LocalFolderTarget(tmp_path / "store"), apps, DeploymentRecords(store))
         monkeypatch.setattr(activity_functions, "services", lambda: svc)
         host = DevHost(function_app.app, state_dir=tmp_path / "durable", port=0)
         await host.start()

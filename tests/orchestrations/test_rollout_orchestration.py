@@ -12,14 +12,16 @@ import azure.durable_functions as df
 import pytest
 
 from activities.catalog import Activity
+from activities.records import TERMINAL
 from devhost.executor import replay_episodes
 from devhost.host import DevHost
+from orchestrations.health_gate import bp as health_gate
 from orchestrations.reconcile import bp as reconciling
 from orchestrations.rollout import bp as rollouts
 
 SHA = "a" * 64
 TIMING = {"poll_interval_s": 0.05, "hot_swap_timeout_s": 0.3, "restart_timeout_s": 1.0, "verify_attempts": 2,
-          "heal_interval_s": 60.0}
+          "heal_interval_s": 60.0, "retry_base_s": 0.2}
 PREVIOUS = {"adapters": {"old": {"path": "adapters/old/" + "b" * 64, "sha256": "b" * 64, "version": "old@bbbbbbbbbbbb"}},
             "active": "old", "alias": "live", "base_model": "tiny", "updated_at": None, "schema": 1}
 
@@ -32,6 +34,8 @@ class Scenario:
     manifest: dict[str, Any] | None = None
     hot_swap_works: bool = True
     smoke_ok: bool = True
+    refused: str | None = None  # the engine's load error for the new version
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployment records by id
     flaky: dict[str, int] = field(default_factory=dict)  # activity -> failures before success
     calls: list[str] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)
@@ -41,9 +45,17 @@ class Scenario:
         m = self.manifest
         if not m or not m.get("active"):
             return None
+        if self.refused and m["active"] == "new":
+            return PREVIOUS["adapters"]["old"]["version"]
         if self.hot_swap_works or self.restarted:
             return m["adapters"][m["active"]]["version"]
         return PREVIOUS["adapters"]["old"]["version"]
+
+    def add_record(self, record_id: str, adapter: str = "new", sha256: str = SHA, source: str = "upload") -> None:
+        self.records[record_id] = {"id": record_id, "app": "app", "adapter": adapter, "sha256": sha256,
+                                   "source": source, "accepted_at": record_id.split(".", 1)[1], "stage": "received",
+                                   "history": [{"stage": "received", "at": "2026-01-01T00:00:00+00:00"}],
+                                   "attempts": 0}
 
 
 def stand_in_app(s: Scenario) -> df.DFApp:
@@ -94,16 +106,31 @@ def stand_in_app(s: Scenario) -> df.DFApp:
         record("probe_endpoint")
         version = s.served_version()
         smoke_failed = payload["smoke"] and not s.smoke_ok
+        refused = s.refused if payload.get("expect_version") == "new@" + SHA[:12] else None
         return {"ready": True, "served_version": version, "reply": None if smoke_failed else "hi",
-                "error": "smoke chat answered 500" if smoke_failed else None}
+                "error": "smoke chat answered 500" if smoke_failed else None, "refused": refused}
 
-    @bp.activity_trigger(input_name="payload", activity=Activity.RESOLVE_DESIRED)
-    def resolve_desired(payload: dict) -> dict | None:
-        record("resolve_desired")
-        return {"adapter": "new", "sha256": SHA, "accepted_at": "2026-01-01T00:00:00+00:00"}
+    @bp.activity_trigger(input_name="payload", activity=Activity.INGEST_RECORDS)
+    def ingest_records(payload: dict) -> list[dict]:
+        record("ingest_records")
+        open_records = [r for r in s.records.values() if r["stage"] not in TERMINAL]
+        return sorted(open_records, key=lambda r: r["accepted_at"])
+
+    @bp.activity_trigger(input_name="payload", activity=Activity.UPDATE_RECORD)
+    def update_record(payload: dict) -> dict:
+        record("update_record")
+        found = s.records[payload["id"]]
+        if found["stage"] not in TERMINAL:
+            found.update(payload["changes"])
+        return found
+
+    @bp.activity_trigger(input_name="payload", activity=Activity.HEAL_APP)
+    def heal_app(payload: dict) -> dict:
+        record("heal_app")
+        return {"ok": True, "action": "none"}
 
     app = df.DFApp()
-    for blueprint in (rollouts, reconciling, bp):
+    for blueprint in (rollouts, reconciling, health_gate, bp):
         app.register_functions(blueprint)
     return app
 
@@ -189,11 +216,118 @@ async def test_same_history_replays_to_the_same_actions(run_rollout) -> None:
     assert first[-1].is_done and first[-1].output["stage"] == out["stage"]
 
 
+async def test_failed_manifest_read_writes_nothing(run_rollout) -> None:
+    """The manifest read fails past its retries while activating: the rollout fails (transient) and writes no
+    manifest at all; it never invents an empty one."""
+    s = Scenario(manifest=PREVIOUS, flaky={"read_manifest": 4})  # IO_RETRY makes 4 attempts
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "failed" and out["cause"] == "transient" and "read_manifest" in out["reason"]
+    assert s.writes == [] and s.manifest == PREVIOUS
+
+
+async def test_refused_adapter_rolls_back_without_a_restart(run_rollout) -> None:
+    """The engine refuses the new version: the gate sees it at once, restores the manifest, no restart."""
+    s = Scenario(manifest=PREVIOUS, refused="base model mismatch: tiny-llama/ != tiny-llama")
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "rolled_back" and out["cause"] == "content" and "tiny-llama/" in out["reason"]
+    assert "restart_app" not in s.calls and s.manifest == PREVIOUS
+
+
+async def test_rollback_of_a_first_deploy_removes_the_manifest(run_rollout) -> None:
+    """With no manifest before, a failed gate restores exactly that: no manifest (not an empty one)."""
+    s = Scenario(manifest=None, smoke_ok=False)
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "rolled_back" and s.writes[-1] is None and s.manifest is None
+
+
+async def _reconcile_until(host: DevHost, s: Scenario, done, timeout: float = 20.0) -> None:
+    import asyncio
+
+    if host.store.get("reconcile-app") is None:
+        host.worker.start_new("reconcile", "reconcile-app", json.dumps({"app": "app", "timing": TIMING}))
+    for _ in range(int(timeout / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"reconciler never got there: {s.records}")
+
+
+@pytest.fixture
+async def host_for(tmp_path) -> AsyncIterator[Any]:
+    hosts: list[DevHost] = []
+
+    async def start(s: Scenario) -> DevHost:
+        host = DevHost(stand_in_app(s), state_dir=tmp_path / f"state{len(hosts)}", port=0)
+        hosts.append(host)
+        await host.start()
+        return host
+
+    yield start
+    for host in hosts:
+        await host.stop()
+
+
+async def test_newest_record_wins_and_older_ones_are_superseded(host_for) -> None:
+    """Three open records: the newest is rolled out and ends live; the two older end `superseded` naming it."""
+    s = Scenario(manifest=PREVIOUS)
+    for stamp in ("20260101T000001000000-u1", "20260101T000002000000-r2", "20260101T000003000000-u3"):
+        s.add_record(f"app.{stamp}")
+    host = await host_for(s)
+    await _reconcile_until(host, s, lambda: all(r["stage"] in TERMINAL for r in s.records.values()))
+    stages = {k: r["stage"] for k, r in s.records.items()}
+    newest = "app.20260101T000003000000-u3"
+    assert stages == {"app.20260101T000001000000-u1": "superseded", "app.20260101T000002000000-r2": "superseded",
+                      newest: "live"}
+    assert all(r["superseded_by"] == newest for k, r in s.records.items() if k != newest)
+    assert s.calls.count("validate_adapter") == 1
+
+
+async def test_upload_of_live_content_ends_live_without_a_rollout(host_for) -> None:
+    """An upload of exactly the served content is live already: its record ends `live`, no rollout runs."""
+    s = Scenario(manifest=PREVIOUS)
+    s.add_record("app.20260101T000001000000-u1", adapter="old", sha256="b" * 64)
+    host = await host_for(s)
+    await _reconcile_until(host, s, lambda: s.records["app.20260101T000001000000-u1"]["stage"] == "live")
+    assert "validate_adapter" not in s.calls and "already live" in s.records["app.20260101T000001000000-u1"]["reason"]
+
+
+async def test_transient_failure_is_retried_then_goes_live(host_for) -> None:
+    """Staging fails past its retries (storage down): the record waits `retrying`, is rolled out again, ends live."""
+    s = Scenario(manifest=PREVIOUS, flaky={"stage_adapter": 4})
+    s.add_record("app.20260101T000001000000-u1")
+    host = await host_for(s)
+    seen: list[str] = []
+    await _reconcile_until(host, s, lambda: seen.append(s.records["app.20260101T000001000000-u1"]["stage"])
+                           or seen[-1] == "live")
+    assert "retrying" in seen and s.records["app.20260101T000001000000-u1"]["attempts"] == 2
+
+
+async def test_content_failure_is_final_but_a_new_upload_tries_again(host_for) -> None:
+    """A validation failure ends the record `failed` (cause content) and is not retried; a later record of the
+    same content is rolled out again."""
+    import asyncio
+
+    bad = {"ok": False, "code": "rank_too_large", "reason": "rank_too_large: r=64", "cause": "content"}
+    s = Scenario(manifest=PREVIOUS, validate=bad)
+    s.add_record("app.20260101T000001000000-u1")
+    host = await host_for(s)
+    await _reconcile_until(host, s, lambda: s.records["app.20260101T000001000000-u1"]["stage"] == "failed")
+    assert s.records["app.20260101T000001000000-u1"]["cause"] == "content"
+    host.worker.raise_event("reconcile-app", "wake", json.dumps({"reason": "test"}))
+    await asyncio.sleep(0.5)
+    assert s.calls.count("validate_adapter") == 1
+    s.validate = {"ok": True, "sha256": SHA, "base_model": "tiny"}
+    s.add_record("app.20260101T000009000000-u2")
+    host.worker.raise_event("reconcile-app", "wake", json.dumps({"reason": "test"}))
+    await _reconcile_until(host, s, lambda: s.records["app.20260101T000009000000-u2"]["stage"] == "live")
+
+
 async def test_reconciler_rolls_out_once_then_idles(tmp_path) -> None:
     """The reconciler runs one rollout for new desired content, then idles: the same content is not redeployed."""
     import asyncio
 
     s = Scenario(manifest=PREVIOUS)
+    s.add_record("app.20260101T000001000000-u1")
     host = DevHost(stand_in_app(s), state_dir=tmp_path / "state", port=0)
     await host.start()
     try:
@@ -210,7 +344,7 @@ async def test_reconciler_rolls_out_once_then_idles(tmp_path) -> None:
         assert s.calls.count("validate_adapter") == 1  # one rollout, then idle on equal content
         host.worker.raise_event("reconcile-app", "wake", json.dumps({"reason": "test"}))
         await asyncio.sleep(0.5)
-        assert s.calls.count("validate_adapter") == 1 and s.calls.count("resolve_desired") >= 3
+        assert s.calls.count("validate_adapter") == 1 and s.calls.count("ingest_records") >= 3
     finally:
         await host.stop()
 
@@ -220,7 +354,8 @@ async def test_reconciler_survives_storage_failures(tmp_path) -> None:
     the next wake-up rolls out as usual (it never dies, so no event is lost for good)."""
     import asyncio
 
-    s = Scenario(manifest=PREVIOUS, flaky={"resolve_desired": 4})  # IO_RETRY makes 4 attempts
+    s = Scenario(manifest=PREVIOUS, flaky={"ingest_records": 4})  # IO_RETRY makes 4 attempts
+    s.add_record("app.20260101T000001000000-u1")
     host = DevHost(stand_in_app(s), state_dir=tmp_path / "state", port=0)
     await host.start()
 
@@ -235,7 +370,7 @@ async def test_reconciler_survives_storage_failures(tmp_path) -> None:
     try:
         host.worker.start_new("reconcile", "reconcile-app", json.dumps({"app": "app", "timing": TIMING}))
         first = await phase("error")
-        assert first["phase"] == "error" and "transient fault in resolve_desired" in first["reason"]
+        assert first["phase"] == "error" and "transient fault in ingest_records" in first["reason"]
         assert host.store.get("reconcile-app").status not in ("Failed", "Completed")
         host.worker.raise_event("reconcile-app", "wake", json.dumps({"reason": "test"}))
         second = await phase("idle")

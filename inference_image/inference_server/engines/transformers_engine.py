@@ -420,6 +420,7 @@ class TransformersEngine(Engine):
                 raise
             raise AdapterLoadError(f"adapter {name!r}: {type(exc).__name__}: {exc}") from exc
         self._adapters = {**self._adapters, name: internal}
+        self._active = None  # loading makes the new adapter the one peft applies: set it again before each use
         if replaces is not None:
             self._drop_internal(replaces)
         log.info("adapter %s loaded from %s%s", name, path, " (replaced)" if replaces else "")
@@ -435,8 +436,7 @@ class TransformersEngine(Engine):
     def _drop_internal(self, internal: str) -> None:
         if internal in (getattr(self._model, "peft_config", None) or {}):
             self._model.delete_adapter(internal)
-        if self._active == internal:
-            self._active = None
+        self._active = None  # deleting may change which adapter peft applies
 
     @contextmanager
     def _adapter_applied(self, adapter: str | None) -> Iterator[None]:
