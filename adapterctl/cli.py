@@ -102,7 +102,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     if not args.app:
         raise ValueError("give a deployment ID or --app APP")
     records = api.deployments(args.app)
-    rows = [f"{r['id']:<36} {r.get('adapter') or '-':<16} {r.get('stage') or '-':<12} {r.get('reason') or ''}"
+    rows = [f"{r['id']:<40} {r.get('adapter') or '-':<16} {r.get('stage') or '-':<12} {r.get('reason') or ''}"
             for r in records]
     out.result(records, "\n".join(rows) or f"no rollouts for {args.app}")
     return EXIT_OK

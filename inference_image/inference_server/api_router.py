@@ -39,11 +39,15 @@ class KeyChecker:
     """Constant-time bearer key checks for the API and admin routes."""
 
     def __init__(self, api_keys: tuple[str, ...], admin_key: str | None) -> None:
+        """No keys at all: every route is open (a local server). Chat keys but no admin key: the admin routes are
+        closed (a chat key never opens them)."""
         self._api = [k.encode() for k in api_keys]
-        self._admin = [admin_key.encode()] if admin_key else self._api
+        self._admin: list[bytes] | None = [admin_key.encode()] if admin_key else (None if api_keys else [])
 
     @staticmethod
-    def _matches(header: str | None, keys: list[bytes]) -> bool:
+    def _matches(header: str | None, keys: list[bytes] | None) -> bool:
+        if keys is None:
+            return False
         if not keys:
             return True
         if not header or not header.startswith("Bearer "):

@@ -185,6 +185,14 @@ async def test_admin_key_is_not_an_api_key(client: TestClient) -> None:
     assert (await client.get("/v1/models", headers=ADMIN)).status == 401
 
 
+async def test_admin_routes_closed_without_an_admin_key(aiohttp_client) -> None:
+    """With chat keys but no admin key configured, no key opens the admin routes (a chat key never does)."""
+    client = await start_client(aiohttp_client, server_config(admin_key=None), EchoEngine())
+    assert (await client.post("/admin/sync", headers=AUTH)).status == 401
+    assert (await client.get("/admin/adapters", headers=AUTH)).status == 401
+    assert (await client.get("/v1/models", headers=AUTH)).status == 200
+
+
 async def test_queue_full_is_503_with_retry_after(client: TestClient, engine: EchoEngine) -> None:
     """An overloaded engine (EngineNotReady) makes a 503 with Retry-After."""
     engine.busy = True
