@@ -5,9 +5,14 @@ and the safetensors header without downloading the tensors. Checks run in a fixe
 raises `AdapterValidationError` with a machine-readable `code` and a `reason` naming the file, field or tensor:
 
 names (`unsafe_name`) → file set (`too_many_files`, `empty_file`, `too_large`, `pickle_file`, `missing_config`,
-`missing_weights`) → config (`invalid_config`, `unsupported_adapter_type`, `base_model_mismatch`,
-`rank_too_large`, `target_module_not_allowed`) → safetensors header (`corrupt_safetensors`, `unsupported_dtype`)
-→ tensors (`unexpected_tensor`, `unpaired_tensor`, `shape_mismatch`, `target_module_mismatch`).
+`missing_weights`) → config (`invalid_config`, `duplicate_key`, `unsupported_adapter_type`, `base_model_mismatch`,
+`rank_too_large`, `target_module_not_allowed`) → safetensors header (`corrupt_safetensors`, `duplicate_key`,
+`unsupported_dtype`) → tensors (`unexpected_tensor`, `unpaired_tensor`, `shape_mismatch`, `target_module_mismatch`).
+
+Every JSON document read here (`adapter_config.json`, each safetensors header) refuses a key repeated in any one
+object (`duplicate_key`): JSON leaves duplicates undefined and parsers differ (Python's json keeps the last; the
+safetensors loader keeps the last tensor entry but refuses a repeated field inside one), so the validator and a
+loader could otherwise see different tensors or settings.
 
 Content files are those whose base name does not start with "." or "_" (hidden files and the store's
 `_COMPLETE` marker), as in `manifest.adapter_digest`. The safetensors file is never loaded: only its
@@ -298,13 +303,41 @@ def _looks_like_pickle(head: bytes) -> bool:
     return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK\x03\x04")
 
 
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for `json.loads`: an object's pairs, refusing a key seen twice (after unescaping)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def _loads_unique(raw: bytes, label: str) -> Any:
+    """Parse UTF-8 JSON whose objects have unique keys; a repeated key raises `duplicate_key` naming `label`.
+    Other parse errors propagate as `UnicodeDecodeError` / `json.JSONDecodeError` for the caller's code."""
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_object)
+    except _DuplicateKeyError as exc:
+        key = exc.key if len(exc.key) <= 120 else exc.key[:120] + "…"
+        raise AdapterValidationError(
+            "duplicate_key", f"{label}: key {key!r} appears more than once in one JSON object"
+        ) from None
+
+
 def _read_config(f: AdapterFile) -> dict[str, Any]:
     if f.size > MAX_CONFIG_BYTES:
         raise AdapterValidationError(
             "too_large", f"{CONFIG_NAME} is {f.size} bytes, at most {MAX_CONFIG_BYTES}"
         )
     try:
-        config = json.loads(f.read(0, f.size).decode("utf-8"))
+        config = _loads_unique(f.read(0, f.size), CONFIG_NAME)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AdapterValidationError("invalid_config", f"{CONFIG_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
@@ -379,7 +412,8 @@ class TensorInfo:
 
 
 def parse_safetensors_header(f: AdapterFile, label: str = WEIGHTS_NAME) -> dict[str, TensorInfo]:
-    """Parse and bounds-check a safetensors header (never the tensors); raise `corrupt_safetensors`."""
+    """Parse and bounds-check a safetensors header (never the tensors); raise `corrupt_safetensors` or
+    `duplicate_key`."""
 
     def corrupt(why: str) -> AdapterValidationError:
         return AdapterValidationError("corrupt_safetensors", f"{label}: {why}")
@@ -393,7 +427,7 @@ def parse_safetensors_header(f: AdapterFile, label: str = WEIGHTS_NAME) -> dict[
     if len(raw) != length:
         raise corrupt(f"header truncated: read {len(raw)} of {length} bytes")
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = _loads_unique(raw, label)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise corrupt(f"header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):

@@ -328,3 +328,121 @@ def test_extra_safetensors_parsed_not_magic_checked() -> None:
     assert validate_adapter_files(files, RULES).tensor_count == 8
     files["extra.safetensors"] = b"\x80\x04not a header"
     assert "extra.safetensors" in fails(files, "corrupt_safetensors")
+
+
+# Duplicate keys (issue #12): JSON leaves them undefined, so what the validator checked and what a loader reads
+# could differ; every JSON document the validator reads refuses a key repeated in one object.
+
+_ENTRY_A = '{"dtype": "F16", "shape": [4, 8], "data_offsets": [0, 64]}'
+_ENTRY_B = '{"dtype": "F16", "shape": [8, 4], "data_offsets": [64, 128]}'
+
+
+def header_file(header_json: str, buffer: int) -> bytes:
+    """A safetensors file from hand-written header text (duplicates cannot come from a dict)."""
+    raw = header_json.encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * buffer
+
+
+def duplicate(files: dict[str, bytes]) -> str:
+    return fails(files, "duplicate_key")
+
+
+def test_config_duplicate_top_level_key() -> None:
+    """adapter_config.json with "r" twice: the first says 4 (passes max_rank), the last 64; refused, naming both."""
+    files = adapter_files()
+    text = files["adapter_config.json"].decode()
+    files["adapter_config.json"] = text.replace('"r": 4,', '"r": 4, "r": 64,').encode()
+    assert text != files["adapter_config.json"].decode()
+    reason = duplicate(files)
+    assert "adapter_config.json" in reason and "'r'" in reason
+
+
+def test_config_duplicate_nested_key() -> None:
+    """A repeated key inside a nested object (rank_pattern) is refused too."""
+    files = adapter_files()
+    files["adapter_config.json"] = files["adapter_config.json"].replace(
+        b'"r": 4,', b'"r": 4, "rank_pattern": {"q_proj": 4, "q_proj": 64},'
+    )
+    assert "'q_proj'" in duplicate(files)
+
+
+def test_config_duplicate_key_spelled_with_escapes() -> None:
+    """Keys are compared after unescaping: "r" and "\\u0072" are the same key."""
+    files = adapter_files()
+    files["adapter_config.json"] = files["adapter_config.json"].replace(b'"r": 4,', b'"r": 4, "\\u0072": 4,')
+    assert "'r'" in duplicate(files)
+
+
+def test_safetensors_duplicate_tensor_name() -> None:
+    """Two entries for one tensor name, each tiling the buffer alone: the old parser kept the last silently."""
+    header = (
+        '{"m.q_proj.lora_A.weight": {"dtype": "F16", "shape": [4, 8], "data_offsets": [0, 64]}, '
+        '"m.q_proj.lora_A.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}, '
+        '"m.q_proj.lora_B.weight": ' + _ENTRY_B + "}"
+    )
+    files = adapter_files()
+    files[WEIGHTS] = header_file(header, 128)
+    reason = duplicate(files)
+    assert WEIGHTS in reason and "m.q_proj.lora_A.weight" in reason
+
+
+def test_safetensors_duplicate_field_in_entry() -> None:
+    """A tensor entry with "dtype" twice is refused."""
+    header = (
+        '{"m.q_proj.lora_A.weight": {"dtype": "F16", "dtype": "F32", "shape": [4, 8], "data_offsets": [0, 64]}, '
+        '"m.q_proj.lora_B.weight": ' + _ENTRY_B + "}"
+    )
+    files = adapter_files()
+    files[WEIGHTS] = header_file(header, 128)
+    assert "'dtype'" in duplicate(files)
+
+
+def test_safetensors_duplicate_metadata_key() -> None:
+    """__metadata__ with a key twice is refused (its value is what a loader reports as the file's metadata)."""
+    header = (
+        '{"__metadata__": {"format": "pt", "format": "tf"}, '
+        '"m.q_proj.lora_A.weight": ' + _ENTRY_A + ', "m.q_proj.lora_B.weight": ' + _ENTRY_B + "}"
+    )
+    files = adapter_files()
+    files[WEIGHTS] = header_file(header, 128)
+    assert "'format'" in duplicate(files)
+    # the same file without the duplicate is a valid adapter (the test isolates the duplicate)
+    files[WEIGHTS] = header_file(header.replace('"format": "pt", ', ""), 128)
+    assert validate_adapter_files(files, RULES).tensor_count == 2
+
+
+def test_extra_safetensors_duplicate_key() -> None:
+    """Another .safetensors file in the folder gets the same header check, naming that file."""
+    files = adapter_files()
+    files["extra.safetensors"] = header_file('{"x": ' + _ENTRY_A + ', "x": ' + _ENTRY_A + "}", 64)
+    assert "extra.safetensors" in duplicate(files)
+
+
+def test_duplicate_keys_long_key_reason_bounded() -> None:
+    """A huge repeated key is cut in the reason (the reason travels into records and logs)."""
+    files = adapter_files()
+    key = "k" * 10_000
+    files["adapter_config.json"] = files["adapter_config.json"].replace(
+        b'"r": 4,', f'"r": 4, "{key}": 1, "{key}": 2,'.encode()
+    )
+    assert len(duplicate(files)) < 400
+
+
+def test_real_safetensors_loader_accepts_what_validation_refuses(tmp_path: Path) -> None:
+    """Why the check exists: the installed safetensors loader opens a header that names one tensor twice
+    (keeping one entry silently); validation refuses the same bytes."""
+    safetensors = pytest.importorskip("safetensors")
+    header = (
+        '{"t": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}, '
+        '"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    )
+    path = tmp_path / "dup.safetensors"
+    path.write_bytes(header_file(header, 4))
+    with safetensors.safe_open(str(path), "np") as handle:
+        assert list(handle.keys()) == ["t"]
+    from activities.validation import LocalFile, parse_safetensors_header
+
+    with pytest.raises(AdapterValidationError) as info:
+        parse_safetensors_header(LocalFile(path), "dup.safetensors")
+    assert info.value.code == "duplicate_key"
