@@ -11,6 +11,8 @@ management URLs, ``rpcBaseUrl``).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import inspect
 import json
@@ -30,6 +32,8 @@ from devhost.worker import InstanceExistsError, InstanceGoneError, InstanceNotFo
 
 WEBHOOK_PATH = "/runtime/webhooks/durabletask"
 _CONTINUATION_HEADER = "x-ms-continuation-token"
+PAGE_SIZE = 100  # OrchestrationStatusQueryCondition.PageSize default in the extension
+_ERROR_MESSAGE = "Something went wrong while processing your request"
 _EVENT_NAMES = {
     0: "ExecutionStarted", 1: "ExecutionCompleted", 2: "ExecutionFailed", 3: "ExecutionTerminated",
     4: "TaskScheduled", 5: "TaskCompleted", 6: "TaskFailed", 7: "SubOrchestrationInstanceCreated",
@@ -182,16 +186,27 @@ class DurableApi:
         ]
 
     async def start(self, request: web.Request) -> web.Response:
-        """Start an orchestration: 202 with management URLs, 400 unknown orchestrator, 409 id in use."""
+        """Start an orchestration: 202 with management URLs, 400 unknown orchestrator or invalid id, 500 id in use.
+
+        As in the extension's ``HttpApiHandler``: ``StartNewAsync`` raises ``ArgumentException`` for an
+        unknown function or an id starting with ``@`` (answered 400), and DTFx raises
+        ``OrchestrationAlreadyExistsException`` when an instance with that id is Pending/Running/
+        ContinuedAsNew, which only the catch-all handler catches (500).
+        """
         input_json = _input_from_body(await request.text())
+        requested_id = request.match_info.get("instance_id")
         try:
-            instance_id = self.worker.start_new(request.match_info["name"], request.match_info.get("instance_id"),
-                                                input_json)
-        except FunctionNotFoundError as exc:
+            if requested_id is not None:
+                _check_instance_id(requested_id)
+            instance_id = self.worker.start_new(request.match_info["name"], requested_id, input_json)
+        except (FunctionNotFoundError, ValueError) as exc:
             return web.json_response({"Message": "One or more of the arguments submitted is incorrect",
-                                      "ExceptionMessage": str(exc)}, status=400)
+                                      "ExceptionMessage": str(exc),
+                                      "ExceptionType": "System.ArgumentException"}, status=400)
         except InstanceExistsError as exc:
-            return web.json_response({"Message": str(exc)}, status=409)
+            return web.json_response({"Message": _ERROR_MESSAGE, "ExceptionMessage": str(exc),
+                                      "ExceptionType": "DurableTask.Core.Exceptions.OrchestrationAlreadyExistsException"},
+                                     status=500)
         payload = self.endpoints.management_urls(_origin(request), instance_id)
         return web.json_response(payload, status=202, headers={"Location": payload["statusQueryGetUri"]})
 
@@ -205,34 +220,39 @@ class DurableApi:
         body = status_json(rec, show_input=_flag(request, "showInput", True),
                            history=self.store.history(instance_id) if show_history else None,
                            show_history_output=_flag(request, "showHistoryOutput", False))
-        if rec.status not in TERMINAL_STATUSES:
-            url = self.endpoints.management_urls(_origin(request), instance_id)["statusQueryGetUri"]
-            return web.json_response(body, status=202, headers={"Location": url, "Retry-After": "1"})
+        if rec.status not in TERMINAL_STATUSES:  # the extension: Location = the request URI, retry in 5 s
+            return web.json_response(body, status=202, headers={"Location": str(request.url), "Retry-After": "5"})
         failed = rec.status == "Failed" and _flag(request, "returnInternalServerErrorOnFailure", False)
         return web.json_response(body, status=500 if failed else 200)
 
-    def _query(self, request: web.Request) -> InstanceQuery:
-        statuses = [s for s in request.query.get("runtimeStatus", "").split(",") if s]
+    def _query(self, request: web.Request, *, paged: bool) -> InstanceQuery:
+        statuses = [s for v in request.query.getall("runtimeStatus", []) for s in v.split(",") if s]
         top = request.query.get("top")
-        token = request.headers.get(_CONTINUATION_HEADER) or "0"
+        page_size = int(top) if top and top.isdigit() and int(top) > 0 else PAGE_SIZE
         return InstanceQuery(
             statuses=statuses,
             created_from=_stored_time(request.query.get("createdTimeFrom")),
             created_to=_stored_time(request.query.get("createdTimeTo")),
             prefix=request.query.get("instanceIdPrefix"),
-            top=int(top) if top else None,
-            offset=int(token) if token.isdigit() else 0,
+            top=page_size + 1 if paged else None,  # one more row tells whether another page follows
+            after=decode_continuation(request.headers.get(_CONTINUATION_HEADER)) if paged else None,
         )
 
     async def list_instances(self, request: web.Request) -> web.Response:
-        """Instances matching the filters; a continuation token header when ``top`` cut the list."""
-        q = self._query(request)
+        """One page of the instances matching the filters (``top``, default 100), as the extension answers.
+
+        The ``x-ms-continuation-token`` request header continues after the previous page; the response
+        always carries the header, empty on the last page (the extension adds a null token there).
+        ``showInput`` defaults to true, as in ``OrchestrationStatusQueryCondition``.
+        """
+        q = self._query(request, paged=True)
+        assert q.top is not None
         records = self.store.query(q)
-        show_input = _flag(request, "showInput", False)
-        headers = {}
-        if q.top is not None and len(records) == q.top:
-            headers[_CONTINUATION_HEADER] = str(q.offset + q.top)
-        return web.json_response([status_json(r, show_input=show_input) for r in records], headers=headers)
+        page, more = records[:q.top - 1], len(records) >= q.top
+        token = encode_continuation(page[-1]) if more and page else ""
+        show_input = _flag(request, "showInput", True)
+        return web.json_response([status_json(r, show_input=show_input) for r in page],
+                                 headers={_CONTINUATION_HEADER: token})
 
     async def terminate(self, request: web.Request) -> web.Response:
         """Terminate: 202 accepted, 404 unknown, 410 already finished."""
@@ -266,12 +286,43 @@ class DurableApi:
 
     async def purge_by(self, request: web.Request) -> web.Response:
         """Purge finished instances matching the filters."""
-        q = self._query(request)
+        q = self._query(request, paged=False)
         ids = [r.id for r in self.store.query(q) if r.status in TERMINAL_STATUSES]
         deleted = self.store.purge(ids)
         if not deleted:
             return web.Response(status=404)
         return web.json_response({"instancesDeleted": deleted})
+
+
+def encode_continuation(rec: InstanceRecord) -> str:
+    """An opaque continuation token: the (created, id) keyset position after ``rec``."""
+    return base64.urlsafe_b64encode(json.dumps([rec.created, rec.id]).encode()).decode()
+
+
+def decode_continuation(token: str | None) -> tuple[str, str] | None:
+    """Inverse of :func:`encode_continuation`; no token (or an empty one) starts at the beginning."""
+    if not token:
+        return None
+    try:
+        created, instance_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(created), str(instance_id)
+    except (ValueError, TypeError, binascii.Error):
+        message = "The continuation token is not valid"
+        raise web.HTTPBadRequest(text=json.dumps({"Message": message}), content_type="application/json") from None
+
+
+_INVALID_ID_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+MAX_INSTANCE_ID_LENGTH = 256
+
+
+def _check_instance_id(instance_id: str) -> None:
+    """The extension's ``StartNewAsync`` checks on a caller-chosen instance id (ArgumentException)."""
+    if instance_id.startswith("@"):
+        raise ValueError("Orchestration instance ids must not start with @.")
+    if _INVALID_ID_CHARS.search(instance_id):
+        raise ValueError("Orchestration instance ids must not contain /, \\, #, ?, or control characters.")
+    if len(instance_id) > MAX_INSTANCE_ID_LENGTH:
+        raise ValueError(f"Instance ID lengths must not exceed {MAX_INSTANCE_ID_LENGTH} characters.")
 
 
 def _stored_time(value: str | None) -> str | None:

@@ -125,6 +125,7 @@ class InstanceQuery:
     prefix: str | None = None
     top: int | None = None
     offset: int = 0
+    after: tuple[str, str] | None = None  # keyset continuation: (created, id) of the previous page's last row
 
 
 class Store:
@@ -216,6 +217,9 @@ class Store:
         if q.prefix:
             clauses.append("substr(id, 1, ?) = ?")
             args.extend([len(q.prefix), q.prefix])
+        if q.after is not None:
+            clauses.append("(created > ? OR (created = ? AND id > ?))")
+            args.extend([q.after[0], q.after[0], q.after[1]])
         sql = "SELECT * FROM instances"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)

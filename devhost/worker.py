@@ -132,8 +132,9 @@ class Worker:
         """Create an instance of orchestrator ``name``; written to the store before returning."""
         self.functions.orchestrator(name)
         instance_id = instance_id or uuid.uuid4().hex
-        if instance_id in self._live:
-            raise InstanceExistsError(f"an instance with ID '{instance_id}' is already running")
+        if instance_id in self._live:  # DTFx's OrchestrationAlreadyExistsException message
+            status = self._live[instance_id].record.status
+            raise InstanceExistsError(f"An Orchestration instance with the status {status} already exists.")
         now = h.utc_now()
         rec = InstanceRecord(instance_id, name, "Pending", input_json, None, None, _iso(now), _iso(now),
                              parent[0] if parent else None, parent[1] if parent else None, 0, None)

@@ -72,7 +72,7 @@ async def test_sdk_client_status_list_filter_raise_terminate(devhost, http):
 
 
 async def test_webhook_status_codes(devhost, http):
-    """Unknown instance 404, unknown orchestrator 400, duplicate running id 409, finished instance 410."""
+    """Unknown instance 404, unknown orchestrator 400, duplicate running id 500 (as the extension), finished 410."""
     base = WEBHOOK_PATH
     async with http.get(f"{base}/instances/nope") as resp:
         assert resp.status == 404
@@ -83,7 +83,11 @@ async def test_webhook_status_codes(devhost, http):
     async with http.post(f"{base}/orchestrators/approval/fixed-id", json="30") as resp:
         assert resp.status == 202
     async with http.post(f"{base}/orchestrators/approval/fixed-id", json="30") as resp:
-        assert resp.status == 409
+        body = await resp.json()
+        assert resp.status == 500 and body["Message"] == "Something went wrong while processing your request"
+        assert "already exists" in body["ExceptionMessage"]
+    async with http.post(f"{base}/orchestrators/approval/@bad", json="30") as resp:
+        assert resp.status == 400
     async with http.post(f"{base}/instances/fixed-id/terminate?reason=x") as resp:
         assert resp.status == 202
     await devhost.worker.wait_for("fixed-id", 5)
