@@ -4,6 +4,8 @@
 // registry for the GPU image with a separate image-pull identity for the inference container app, the Event Grid
 // system topic that feeds the blob trigger, and the role assignments the orchestrator needs. No keys or connection
 // strings: every connection is identity-based, and the registry allows neither anonymous pull nor an admin user.
+// The Durable backend is a choice (durableBackend): the task hub in this storage account (AzureStorage, the default),
+// or a Durable Task Scheduler with its task hub (DurableTaskScheduler), reached with the same identity.
 //
 // What this template does NOT declare: the inference resources (storage account + file share, Log Analytics
 // workspace, managed environment, environment storage, container app). The orchestrator's provision orchestration
@@ -55,8 +57,22 @@ param allowedTargetModules string = 'q_proj,k_proj,v_proj,o_proj,qkv_proj,gate_p
 @minValue(1)
 param maxAdapterMb int = 512
 
-@description('Durable Functions task hub (DURABLE_TASK_HUB; host.json reads %DURABLE_TASK_HUB%).')
+@description('Durable Functions task hub (DURABLE_TASK_HUB; host.json reads %DURABLE_TASK_HUB%). With the Durable Task Scheduler it also names the taskHubs resource (3-64 letters, digits, \'-\').')
 param durableTaskHub string = 'adapterdeploy'
+
+@allowed([
+  'AzureStorage'
+  'DurableTaskScheduler'
+])
+@description('Durable Functions backend. AzureStorage: queues, tables and blobs in this template\'s storage account, as host.json says. DurableTaskScheduler: a Microsoft.DurableTask scheduler + task hub, which app settings switch host.json\'s storageProvider to. Switching starts an empty task hub (no history moves).')
+param durableBackend string = 'AzureStorage'
+
+@allowed([
+  'Consumption'
+  'Dedicated'
+])
+@description('Durable Task Scheduler SKU (durableBackend DurableTaskScheduler only).')
+param durableTaskSchedulerSku string = 'Consumption'
 
 @description('Tag of the inference image in this template\'s registry: INFERENCE_IMAGE = <registry>/inference:<tag>.')
 param inferenceImageTag string = 'latest'
@@ -84,6 +100,10 @@ var deploymentContainerName = 'app-package-${resourceToken}'
 // The blob trigger's path is adapters/{app}/{adapter}/_COMPLETE (orchestrations/starters.py): keep these together.
 var adaptersContainerName = 'adapters'
 var blobTriggerFunctionName = 'on_adapter_uploaded'
+var useDurableTaskScheduler = durableBackend == 'DurableTaskScheduler'
+// The Durable extension's default connection name for the scheduler (a connection string, never a secret here:
+// Authentication=ManagedIdentity with the identity's client id).
+var durableTaskSchedulerConnectionName = 'DURABLE_TASK_SCHEDULER_CONNECTION_STRING'
 
 // The inference resources, read from the AI Toolkit template's files (names only: the orchestrator owns them).
 // A null parameter means "the fine-tuning resource named in inference.config.json", as activities/provisioning.py does.
@@ -105,6 +125,7 @@ var roles = {
   acrPush: '8311e382-0749-4cb8-b61a-304f252e45ec'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
   managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830'
+  durableTaskDataContributor: '0ad04412-c4d5-4796-b79c-f76d14c8d402'
 }
 
 // --- identity ----------------------------------------------------------------------------------------------------
@@ -230,6 +251,40 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
   }
 }
 
+// --- Durable Task Scheduler (durableBackend DurableTaskScheduler) --------------------------------------------------
+// Microsoft.DurableTask 2025-11-01 (stable): ipAllowlist and sku are required. The Functions app on Flex Consumption
+// without a VNet has no fixed outbound address, so the allow list is open and access rests on Entra auth (the role
+// below); an empty list would refuse every caller.
+resource scheduler 'Microsoft.DurableTask/schedulers@2025-11-01' = if (useDurableTaskScheduler) {
+  name: 'dts-adapters-${resourceToken}'
+  location: location
+  tags: tags
+  properties: {
+    ipAllowlist: [
+      '0.0.0.0/0'
+    ]
+    sku: {
+      name: durableTaskSchedulerSku
+    }
+  }
+}
+
+resource taskHub 'Microsoft.DurableTask/schedulers/taskHubs@2025-11-01' = if (useDurableTaskScheduler) {
+  parent: scheduler
+  name: durableTaskHub
+}
+
+// The Durable app settings for the scheduler. host.json names the Azure Storage provider; these settings override its
+// storageProvider (AzureFunctionsJobHost__<path> app settings override host.json values), so one host.json serves both
+// backends. connectionName is overridden too: the extension reads connectionName before connectionStringName, and
+// host.json's connectionName is AzureWebJobsStorage. The hub name stays host.json's %DURABLE_TASK_HUB%.
+var durableTaskSchedulerSettings = useDurableTaskScheduler ? {
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__type: 'azureManaged'
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__connectionName: durableTaskSchedulerConnectionName
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__connectionStringName: durableTaskSchedulerConnectionName
+  DURABLE_TASK_SCHEDULER_CONNECTION_STRING: 'Endpoint=${scheduler.properties.endpoint};Authentication=ManagedIdentity;ClientID=${identity.properties.clientId}'
+} : {}
+
 // --- the Functions app (Flex Consumption) -------------------------------------------------------------------------
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: 'plan-adapters-${resourceToken}'
@@ -295,7 +350,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: functionApp
   name: 'appsettings'
-  properties: {
+  properties: union({
     // Functions host storage + Durable task hub (host.json: connectionName AzureWebJobsStorage), identity-based.
     AzureWebJobsStorage__accountName: storage.name
     AzureWebJobsStorage__credential: 'managedidentity'
@@ -333,7 +388,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // The staging share (ShareSettings.from_env): the same names the provision orchestration resolves.
     STORAGE_ACCOUNT_NAME: inferenceStorageAccountName
     FILE_SHARE_NAME: inferenceFileShareName
-  }
+  }, durableTaskSchedulerSettings)
   dependsOn: [
     storageBlobOwner
     storageQueueContributor
@@ -343,6 +398,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     registryPull
     pullIdentityOperator
     inferenceAccess
+    taskHubDataContributor
   ]
 }
 
@@ -369,7 +425,7 @@ resource storageQueueContributor 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }
 
-// Durable history and instances tables.
+// Durable history and instances tables (the Azure Storage backend; unused by Durable with the scheduler).
 resource storageTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, identity.id, roles.storageTableDataContributor)
   scope: storage
@@ -442,6 +498,17 @@ resource pullIdentityOperator 'Microsoft.Authorization/roleAssignments@2022-04-0
   scope: pullIdentity
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.managedIdentityOperator)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The Durable extension dispatches and records orchestrations in the scheduler's task hub (scoped to that hub).
+resource taskHubDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (useDurableTaskScheduler) {
+  name: guid(taskHub.id, identity.id, roles.durableTaskDataContributor)
+  scope: taskHub
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.durableTaskDataContributor)
     principalId: identity.properties.principalId
     principalType: 'ServicePrincipal'
   }

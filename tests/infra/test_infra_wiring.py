@@ -106,6 +106,11 @@ ROLE_TABLE: dict[str, tuple[str, str, tuple[str, str]]] = {
         "stage adapters and manifest.json on the share over OAuth (backup intent)",
         ("activities/adapter_store.py", r'token_intent="backup"'),
     ),
+    "Durable Task Data Contributor": (
+        "0ad04412-c4d5-4796-b79c-f76d14c8d402",
+        "durableBackend DurableTaskScheduler: the Durable extension runs the app's orchestrations in the task hub",
+        ("function_app.py", r"df\.DFApp\("),
+    ),
 }
 
 # (scope symbol in main.bicep, role) for the assignments main.bicep makes itself.
@@ -119,6 +124,7 @@ MAIN_ASSIGNMENTS = {
     ("registry", "AcrPush"),
     ("registry", "AcrPull"),
     ("pullIdentity", "Managed Identity Operator"),
+    ("taskHub", "Durable Task Data Contributor"),
 }
 # Who gets each of main.bicep's assignments; any other goes to the orchestrator's identity.
 MAIN_PRINCIPALS = {
@@ -282,10 +288,32 @@ def main_resources() -> dict[str, Resource]:
 
 
 def app_settings() -> dict[str, str]:
+    """The app settings every deployment gets (the first argument of the site config's `union(...)`)."""
     settings = [r for r in resources(main_text()) if r.type == "Microsoft.Web/sites/config"]
     assert len(settings) == 1, "one Microsoft.Web/sites/config resource holds the app settings"
-    assert "name: 'appsettings'" in settings[0].body
-    return block_entries(prop(settings[0].body, "properties"))
+    body = settings[0].body
+    assert "name: 'appsettings'" in body
+    m = re.search(r"^  properties: union\(\{", body, re.M)
+    assert m, "app settings are union(<always>, durableTaskSchedulerSettings)"
+    always = _block(body, m.end() - 1)
+    assert body[m.end() - 1 + len(always):].startswith(", durableTaskSchedulerSettings)\n")
+    return block_entries(always)
+
+
+def dts_settings() -> dict[str, str]:
+    """The app settings added when durableBackend is DurableTaskScheduler (`{}` otherwise)."""
+    text = main_text()
+    m = re.search(r"^var durableTaskSchedulerSettings = useDurableTaskScheduler \? \{", text, re.M)
+    assert m
+    block = _block(text, m.end() - 1)
+    assert text[m.end() - 1 + len(block):].startswith(" : {}\n"), "no scheduler settings with Azure Storage"
+    return block_entries(block)
+
+
+def var_literal(name: str) -> str:
+    m = re.search(rf"^var {re.escape(name)} = '([^'$]*)'$", main_text(), re.M)
+    assert m, name
+    return m[1]
 
 
 def _literal(expr: str) -> str | None:
@@ -843,6 +871,8 @@ def test_bicep_declares_the_expected_resources():
         "plan": "Microsoft.Web/serverfarms",
         "functionApp": "Microsoft.Web/sites",
         "systemTopic": "Microsoft.EventGrid/systemTopics",
+        "scheduler": "Microsoft.DurableTask/schedulers",
+        "taskHub": "Microsoft.DurableTask/schedulers/taskHubs",
     }
     res = main_resources()
     for symbol, type_ in expected.items():
@@ -857,5 +887,135 @@ def test_app_settings_wait_for_role_assignments():
     settings = [r for r in resources(main_text()) if r.type == "Microsoft.Web/sites/config"][0]
     depends = prop(settings.body, "dependsOn")
     for symbol in ("storageBlobOwner", "storageQueueContributor", "storageTableContributor", "vaultSecretsUser",
-                   "registryPull", "pullIdentityOperator", "inferenceAccess"):
+                   "registryPull", "pullIdentityOperator", "inferenceAccess", "taskHubDataContributor"):
         assert symbol in depends, symbol
+
+
+# --- the Durable backend: Azure Storage (default) or Durable Task Scheduler -----------------------------------------
+
+HOST_OVERRIDE = "AzureFunctionsJobHost__"  # app settings named AzureFunctionsJobHost__<path> override host.json values
+# Microsoft.DurableTask api versions published as stable in azure-rest-api-specs (specification/durabletask/.../stable).
+DTS_STABLE_API_VERSIONS = {"2025-11-01", "2026-02-01", "2026-06-01", "2026-07-01"}
+DTS_NAME = re.compile(r"[a-zA-Z0-9-]{3,64}")  # schedulers and taskHubs name pattern (2025-11-01 spec)
+
+
+def host_config(settings: dict[str, str]) -> dict:
+    """host.json as the Functions host sees it: `AzureFunctionsJobHost__a__b` settings replace host.json's a.b."""
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    for name, value in settings.items():
+        if not name.startswith(HOST_OVERRIDE):
+            continue
+        *path, leaf = name[len(HOST_OVERRIDE):].split("__")
+        node = host
+        for key in path:
+            assert key in node, f"{name}: {key!r} is not a host.json section"  # an override of a real path
+            node = node[key]
+        node[leaf] = _literal(value) if _literal(value) is not None else value
+    return host
+
+
+def durable_connection(storage_provider: dict) -> str:
+    """The connection name the Durable extension reads: connectionName, then connectionStringName (as
+    TriggerMetadataExtensions.ResolveConnectionName in azure-functions-durable-extension does)."""
+    for key in ("connectionName", "connectionStringName"):
+        if isinstance(storage_provider.get(key), str) and storage_provider[key].strip():
+            return storage_provider[key]
+    raise AssertionError("no connection name")
+
+
+def test_durable_backend_parameter():
+    """durableBackend chooses AzureStorage (default) or DurableTaskScheduler; azd passes DURABLE_BACKEND."""
+    text = main_text()
+    assert params(text)["durableBackend"] == "'AzureStorage'"
+    allowed = re.search(r"@allowed\(\[\n((?:  '\w+'\n)+)\]\)\n@description\([^\n]*\)\nparam durableBackend ", text)
+    assert allowed and re.findall(r"'(\w+)'", allowed[1]) == ["AzureStorage", "DurableTaskScheduler"]
+    assert "var useDurableTaskScheduler = durableBackend == 'DurableTaskScheduler'" in text
+    data = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert data["durableBackend"]["value"] == "${DURABLE_BACKEND=AzureStorage}"
+    sku = re.search(r"@allowed\(\[\n((?:  '\w+'\n)+)\]\)\n@description\([^\n]*\)\nparam durableTaskSchedulerSku ", text)
+    assert sku and set(re.findall(r"'(\w+)'", sku[1])) == {"Consumption", "Dedicated"}  # SchedulerSkuName
+
+
+def test_durable_task_scheduler_resources():
+    """Scheduler + task hub exist only with the scheduler backend, on a stable api version, with the properties the
+    spec requires (ipAllowlist, sku.name), and the task hub is host.json's hub (DURABLE_TASK_HUB)."""
+    res = main_resources()
+    scheduler, hub = res["scheduler"], res["taskHub"]
+    text = main_text()
+    for r in (scheduler, hub):
+        assert re.search(rf"^resource {r.symbol} '[^']+' = if \(useDurableTaskScheduler\) \{{", text, re.M), r.symbol
+        assert r.api_version in DTS_STABLE_API_VERSIONS, r.api_version
+    assert scheduler.api_version == hub.api_version
+    props = prop(scheduler.body, "properties")
+    allow = re.findall(r"'([^']+)'", prop(props, "ipAllowlist"))
+    assert allow, "an empty ipAllowlist refuses every caller"
+    assert prop(prop(props, "sku"), "name") == "durableTaskSchedulerSku"
+    name = prop(scheduler.body, "name")
+    assert name == "'dts-adapters-${resourceToken}'"
+    assert DTS_NAME.fullmatch("dts-adapters-" + "x" * 13)  # uniqueString is 13 characters
+    assert prop(hub.body, "parent") == "scheduler"
+    assert prop(hub.body, "name") == "durableTaskHub"
+    hub_name = _literal(params(text)["durableTaskHub"] or "")
+    assert hub_name and DTS_NAME.fullmatch(hub_name) and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,49}", hub_name)
+    assert app_settings()["DURABLE_TASK_HUB"] == "durableTaskHub"
+
+
+def test_durable_task_scheduler_settings_line_up():
+    """With the scheduler, host.json + the app settings give storageProvider azureManaged whose connection (read as the
+    extension reads it) is a setting holding an identity-based connection string for this app's identity; with
+    Azure Storage, the same resolution gives AzureWebJobsStorage, set up with the identity."""
+    always, dts = app_settings(), dts_settings()
+    assert not set(always) & set(dts)
+    assert not [k for k in always if k.startswith(HOST_OVERRIDE) or k.startswith("DURABLE_TASK_SCHEDULER")]
+
+    default = host_config(always)["extensions"]["durableTask"]
+    assert default["storageProvider"]["type"] == "AzureStorage"
+    assert durable_connection(default["storageProvider"]) == "AzureWebJobsStorage"
+    assert {"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__clientId"} <= set(always)
+
+    connection_name = var_literal("durableTaskSchedulerConnectionName")
+    assert connection_name == "DURABLE_TASK_SCHEDULER_CONNECTION_STRING"  # the extension's default name
+    overridden = dict(dts)
+    for key, value in dts.items():
+        if value == "durableTaskSchedulerConnectionName":
+            overridden[key] = f"'{connection_name}'"
+    durable = host_config({**always, **overridden})["extensions"]["durableTask"]
+    provider = durable["storageProvider"]
+    assert provider["type"] == "azureManaged"
+    assert provider["connectionName"] == provider["connectionStringName"] == connection_name
+    assert durable_connection(provider) == connection_name
+    assert durable["hubName"] == "%DURABLE_TASK_HUB%"  # one hub setting for both backends
+    # the other Durable options in host.json (concurrency, tracing) stay as they are
+    assert durable["maxConcurrentActivityFunctions"] == 8 and durable["maxConcurrentOrchestratorFunctions"] == 8
+
+    value = dts[connection_name]
+    assert value == ("'Endpoint=${scheduler.properties.endpoint};Authentication=ManagedIdentity;"
+                     "ClientID=${identity.properties.clientId}'")
+    assert always["AZURE_CLIENT_ID"] == "identity.properties.clientId"  # the identity the role is granted to
+    assert "identity.id" in prop(main_resources()["functionApp"].body, "identity")
+
+
+def test_durable_task_scheduler_role():
+    """The app's identity gets Durable Task Data Contributor on the task hub, only with the scheduler backend."""
+    text = main_text()
+    roles = _role_vars(text)
+    assert roles["durableTaskDataContributor"] == ROLE_TABLE["Durable Task Data Contributor"][0]
+    found = [r for r in resources(text) if "roles.durableTaskDataContributor" in r.body]
+    assert len(found) == 1
+    r = found[0]
+    assert re.search(rf"^resource {r.symbol} '[^']+' = if \(useDurableTaskScheduler\) \{{", text, re.M)
+    assert prop(r.body, "scope") == "taskHub"
+    assert prop(prop(r.body, "properties"), "principalId") == "identity.properties.principalId"
+    assert prop(r.body, "name") == "guid(taskHub.id, identity.id, roles.durableTaskDataContributor)"
+
+
+def test_durable_task_scheduler_settings_have_readers_and_no_secret():
+    """Every scheduler setting is read by the host (a host.json override or the connection it names), and the
+    connection string authenticates with the managed identity, carrying no key."""
+    dts = dts_settings()
+    connection_name = var_literal("durableTaskSchedulerConnectionName")
+    for name, value in dts.items():
+        assert name.startswith(HOST_OVERRIDE) or name == connection_name, name
+        assert not re.search(r"listKeys|AccountKey|SharedAccessSignature|primaryKey|sig=|Authentication=None",
+                             value, re.I), name
+    assert "Authentication=ManagedIdentity" in dts[connection_name]
