@@ -57,6 +57,7 @@ class FunctionIndex:
     http: list[FunctionEntry] = field(default_factory=list)
     blob: list[FunctionEntry] = field(default_factory=list)
     timer: list[FunctionEntry] = field(default_factory=list)
+    entities: dict[str, FunctionEntry] = field(default_factory=dict)  # keyed by lower-case name
 
     @classmethod
     def from_functions(cls, functions: Iterable[Function]) -> FunctionIndex:
@@ -71,6 +72,8 @@ class FunctionIndex:
             entry = FunctionEntry(str(fn.get_function_name()), fn, trigger_type, trigger, clients)
             if trigger_type == "orchestrationTrigger":
                 index.orchestrators[_declared_name(trigger, "orchestration", entry.name)] = entry
+            elif trigger_type == "entityTrigger":  # EntityId lower-cases names, so lookups do too
+                index.entities[_declared_name(trigger, "entity_name", entry.name).lower()] = entry
             elif trigger_type == "activityTrigger":
                 index.activities[_declared_name(trigger, "activity", entry.name)] = entry
             elif trigger_type == "httpTrigger":
@@ -103,6 +106,14 @@ class FunctionIndex:
             return self.orchestrators[name]
         except KeyError:
             raise FunctionNotFoundError(f"orchestrator function '{name}' does not exist") from None
+
+    def entity(self, name: str) -> FunctionEntry:
+        """The entity function registered as ``name`` (case-insensitive, as entity ids are)."""
+        try:
+            return self.entities[name.lower()]
+        except KeyError:
+            raise FunctionNotFoundError(
+                f"The function '{name}' doesn't exist, is disabled, or is not an entity function.") from None
 
     def activity(self, name: str) -> FunctionEntry:
         """The activity registered as ``name``."""

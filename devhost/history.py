@@ -26,6 +26,7 @@ TIMER_CREATED = 10
 TIMER_FIRED = 11
 ORCHESTRATOR_STARTED = 12
 ORCHESTRATOR_COMPLETED = 13
+EVENT_SENT = 14
 EVENT_RAISED = 15
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -117,6 +118,11 @@ def new_timer_fired_event(timestamp: datetime, timer_id: int, fire_at: str) -> E
 def new_event_raised_event(timestamp: datetime, name: str, input_json: str | None) -> Event:
     """External event ``name`` arrived with ``input_json``."""
     return _event(EVENT_RAISED, timestamp, Name=name, Input=input_json)
+
+
+def new_event_sent_event(timestamp: datetime, task_id: int, instance_id: str, name: str, input_json: str) -> Event:
+    """Event ``name`` was sent to ``instance_id`` as task ``task_id`` (entity requests: name ``op``)."""
+    return _event(EVENT_SENT, timestamp, task_id, InstanceId=instance_id, Name=name, Input=input_json)
 
 
 def new_sub_orchestration_created_event(

@@ -3,7 +3,9 @@
 The Durable endpoints follow the extension's webhook API that the SDK's ``DurableOrchestrationClient``
 calls through ``rpcBaseUrl`` (``/runtime/webhooks/durabletask/``): start (``POST orchestrators/{name}
 [/{id}]``), status (``GET instances/{id}``), list (``GET instances/`` with filters and a continuation
-token), terminate, raise event and purge, with the same status codes and JSON fields. Functions with a
+token), terminate, raise event and purge, and the entity routes (``GET entities/{name}/{key}`` state,
+``GET entities/{name}`` list, ``POST``/``DELETE entities/{name}/{key}`` signal), with the same status
+codes and JSON fields. Functions with a
 ``durable_client_input`` binding receive the binding JSON the host would pass (task hub, creation and
 management URLs, ``rpcBaseUrl``).
 """
@@ -28,7 +30,13 @@ from aiohttp import web
 from devhost import history as h
 from devhost.functions import FunctionEntry, FunctionIndex, FunctionNotFoundError, call_kwargs
 from devhost.store import TERMINAL_STATUSES, InstanceQuery, InstanceRecord, Store
-from devhost.worker import InstanceExistsError, InstanceGoneError, InstanceNotFoundError, Worker
+from devhost.worker import (
+    InstanceExistsError,
+    InstanceGoneError,
+    InstanceNotFoundError,
+    Worker,
+    scheduler_id,
+)
 
 WEBHOOK_PATH = "/runtime/webhooks/durabletask"
 _CONTINUATION_HEADER = "x-ms-continuation-token"
@@ -183,7 +191,70 @@ class DurableApi:
             web.delete(p + "/instances/{instance_id}", self.purge),
             web.post(p + "/instances/{instance_id}/terminate", self.terminate),
             web.post(p + "/instances/{instance_id}/raiseEvent/{event}", self.raise_event),
+            web.get(p + "/entities/{entity_name}", self.list_entities),
+            web.get(p + "/entities/{entity_name}/", self.list_entities),
+            web.get(p + "/entities/{entity_name}/{entity_key}", self.get_entity),
+            web.post(p + "/entities/{entity_name}/{entity_key}", self.signal_entity),
+            web.delete(p + "/entities/{entity_name}/{entity_key}", self.signal_entity),
         ]
+
+    async def get_entity(self, request: web.Request) -> web.Response:
+        """An entity's state: 200 with the state JSON, 404 when it does not exist (``$`` is the empty key)."""
+        key = request.match_info["entity_key"]
+        rec = self.store.entity(scheduler_id(request.match_info["entity_name"], "" if key == "$" else key))
+        if rec is None or not rec.exists:
+            return web.Response(status=404)
+        return web.Response(status=200, text=rec.state if rec.state is not None else "null",
+                            content_type="application/json")
+
+    async def signal_entity(self, request: web.Request) -> web.Response:
+        """Signal an operation (``?op=``; ``DELETE`` signals ``delete``): 202, 400 unknown entity, bad key or JSON.
+
+        As ``HandlePostEntityOperationRequestAsync``: a JSON body (``application/json``) becomes the
+        input as compact JSON; any other body is the input as a JSON string; no body, no input.
+        """
+        name, key = request.match_info["entity_name"], request.match_info["entity_key"]
+        operation = "delete" if request.method == "DELETE" else request.query.get("op", "")
+        body = await request.text()
+        input_json: str | None = None
+        if body:
+            if request.content_type.lower() == "application/json":
+                try:
+                    input_json = json.dumps(json.loads(body), separators=(",", ":"))
+                except ValueError as exc:
+                    return web.json_response({"Message": f"Could not parse JSON content: {exc}"}, status=400)
+            else:
+                input_json = json.dumps(body)
+        if _INVALID_ID_CHARS.search(key):
+            return web.json_response(
+                {"Message": "Entity keys must not contain /, \\, #, ?, or control characters."}, status=400)
+        try:
+            self.worker.signal_entity(name, key, operation, input_json)
+        except FunctionNotFoundError as exc:
+            return web.json_response({"Message": str(exc)}, status=400)
+        return web.Response(status=202)
+
+    async def list_entities(self, request: web.Request) -> web.Response:
+        """Entities of one name, paged like instances (``top`` default 100, ``fetchState`` default false)."""
+        top = request.query.get("top")
+        page_size = int(top) if top and top.isdigit() and int(top) > 0 else PAGE_SIZE
+        token = request.headers.get(_CONTINUATION_HEADER) or None
+        after = None
+        if token:
+            try:
+                after = base64.urlsafe_b64decode(token.encode()).decode()
+            except (ValueError, binascii.Error):
+                return web.json_response({"Message": "The continuation token is not valid"}, status=400)
+        records = self.store.query_entities(
+            request.match_info["entity_name"].lower(), after=after, limit=page_size + 1,
+            last_op_from=_stored_time(request.query.get("lastOperationTimeFrom")),
+            last_op_to=_stored_time(request.query.get("lastOperationTimeTo")))
+        page, more = records[:page_size], len(records) > page_size
+        fetch_state = _flag(request, "fetchState", False)
+        body = [{"entityId": {"name": r.name, "key": r.key}, "lastOperationTime": r.last_op,
+                 "state": _loads(r.state) if fetch_state else None} for r in page]
+        next_token = base64.urlsafe_b64encode(page[-1].id.encode()).decode() if more and page else ""
+        return web.json_response(body, headers={_CONTINUATION_HEADER: next_token})
 
     async def start(self, request: web.Request) -> web.Response:
         """Start an orchestration: 202 with management URLs, 400 unknown orchestrator or invalid id, 500 id in use.

@@ -1,5 +1,11 @@
 """Turns an episode's new actions into numbered work, the way the Durable extension (DTFx) numbers it.
 
+Entity calls and signals take a task id too (DTFx's ``SendEvent``): each becomes an ``EventSent``
+event (``Name`` ``op``, ``InstanceId`` the entity's ``@name@key``, ``Input`` the extension's
+request message JSON) and an :class:`EntityRequest` for the worker. The SDK re-keys a call's task
+by the request ``id`` it reads from that event, and the entity's answer comes back as an
+``EventRaised`` named with that id.
+
 The SDK gives every scheduled task a sequence id in the order it yields them (activities, timers and
 sub-orchestrations; external-event waits get none), and ``call_*_with_retry`` adds ids of its own: a
 retry timer when an attempt fails and a new attempt when that timer fires. Completion events must
@@ -13,6 +19,8 @@ same episode.
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,11 +35,14 @@ CALL_SUB_ORCHESTRATOR_WITH_RETRY = 3
 CONTINUE_AS_NEW = 4
 CREATE_TIMER = 5
 WAIT_FOR_EXTERNAL_EVENT = 6
-_UNSUPPORTED = {7: "call_entity", 8: "call_http", 9: "signal_entity"}
+CALL_ENTITY = 7
+SIGNAL_ENTITY = 9
+ENTITY_REQUEST_EVENT = "op"  # EntityMessageEventNames.RequestMessageEventName
+_UNSUPPORTED = {8: "call_http", 10: "signal_entity (scheduled)"}
 
 
 class UnsupportedActionError(NotImplementedError):
-    """The orchestrator used an API devhost does not implement (entities, durable HTTP)."""
+    """The orchestrator used an API devhost does not implement (durable HTTP, scheduled signals)."""
 
 
 @dataclass
@@ -97,6 +108,14 @@ class SubOrchestrationCall:
     input_json: str | None
 
 
+@dataclass(frozen=True)
+class EntityRequest:
+    """Deliver ``request`` (the extension's RequestMessage as a dict) to entity ``entity_id`` (``@name@key``)."""
+
+    entity_id: str
+    request: dict[str, Any]
+
+
 @dataclass
 class Plan:
     """Work produced by one episode plus the history events that record its scheduling."""
@@ -105,6 +124,7 @@ class Plan:
     activities: list[ActivityCall] = field(default_factory=list)
     timers: list[TimerCall] = field(default_factory=list)
     sub_orchestrations: list[SubOrchestrationCall] = field(default_factory=list)
+    entity_requests: list[EntityRequest] = field(default_factory=list)
 
     def extend(self, other: Plan) -> None:
         """Append ``other``'s work after this plan's."""
@@ -112,6 +132,23 @@ class Plan:
         self.activities += other.activities
         self.timers += other.timers
         self.sub_orchestrations += other.sub_orchestrations
+        self.entity_requests += other.entity_requests
+
+
+def entity_request(operation: str, input_json: str | None, *, signal: bool, parent: str | None,
+                   now: datetime, request_id: str | None = None) -> dict[str, Any]:
+    """A RequestMessage as the extension serializes it (``op``, ``signal``, ``input``, ``id``, ``parent``;
+    false and null members left out, as its ``DefaultValueHandling.Ignore`` does)."""
+    request: dict[str, Any] = {"op": operation}
+    if signal:
+        request["signal"] = True
+    if input_json is not None:
+        request["input"] = input_json
+    request["id"] = request_id or str(uuid.uuid4())
+    if parent is not None:
+        request["parent"] = parent
+    request["Timestamp"] = h.format_time(now)
+    return request
 
 
 def is_retry_trigger(state: PlanState, event: Event) -> bool:
@@ -206,6 +243,16 @@ def _plan_action(state: PlanState, plan: Plan, instance_id: str, action: dict[st
     if action_type in (WAIT_FOR_EXTERNAL_EVENT, CONTINUE_AS_NEW):
         return  # no task id; external events are delivered as they arrive
     seq = _next(state)
+    if action_type in (CALL_ENTITY, SIGNAL_ENTITY):
+        # The shim hands the SDK's input (already JSON) to CallEntityAsync/SignalEntity as an object,
+        # and RequestMessage.SetInput serializes it again: the request carries a JSON string literal.
+        raw = action.get("input")
+        request = entity_request(action["operation"], json.dumps(raw) if raw is not None else None,
+                                 signal=action_type == SIGNAL_ENTITY, parent=instance_id, now=now)
+        target = action["instanceId"]
+        plan.scheduled.append(h.new_event_sent_event(now, seq, target, ENTITY_REQUEST_EVENT, json.dumps(request)))
+        plan.entity_requests.append(EntityRequest(target, request))
+        return
     if action_type == CREATE_TIMER:
         fire_at = h.parse_time(action["fireAt"])
         plan.scheduled.append(h.new_timer_created_event(now, seq, action["fireAt"]))

@@ -1,4 +1,5 @@
-"""SQLite store (WAL) for orchestration instances, their history, their inbox and pending activities.
+"""SQLite store (WAL) for orchestration instances, their history, their inbox and pending activities,
+and for entities (state and queued operation requests).
 
 Tables: ``instances`` (one row per instance: status, input, output, custom status, times, parent link,
 execution number and the planner's counters), ``history`` (events per instance, in order), ``inbox``
@@ -40,6 +41,12 @@ CREATE TABLE IF NOT EXISTS work (
     id INTEGER PRIMARY KEY, instance_id TEXT NOT NULL, execution INTEGER NOT NULL, seq INTEGER NOT NULL,
     name TEXT NOT NULL, input TEXT);
 CREATE INDEX IF NOT EXISTS work_instance ON work(instance_id);
+CREATE TABLE IF NOT EXISTS entities (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL, exists_ INTEGER NOT NULL, state TEXT,
+    last_op TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entity_queue (
+    id INTEGER PRIMARY KEY, entity_id TEXT NOT NULL, request TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS entity_queue_entity ON entity_queue(entity_id);
 """
 
 
@@ -88,6 +95,27 @@ class WorkRow:
 
 
 @dataclass
+class EntityRecord:
+    """One row of ``entities``: ``id`` is the scheduler id ``@name@key``; ``state`` the state JSON."""
+
+    id: str
+    name: str
+    key: str
+    exists: bool
+    state: str | None
+    last_op: str
+
+
+@dataclass(frozen=True)
+class EntityQueueRow:
+    """An operation request (the extension's RequestMessage as a dict) queued for ``entity_id``."""
+
+    id: int
+    entity_id: str
+    request: dict[str, Any]
+
+
+@dataclass
 class Batch:
     """Changes written together in one transaction."""
 
@@ -100,6 +128,9 @@ class Batch:
     work_clear: list[str] = field(default_factory=list)
     work_delete: list[int] = field(default_factory=list)
     work_add: list[WorkRow] = field(default_factory=list)
+    entities: list[EntityRecord] = field(default_factory=list)
+    entity_queue_delete: list[int] = field(default_factory=list)
+    entity_queue_add: list[EntityQueueRow] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(bool(v) for v in vars(self).values())
@@ -149,13 +180,14 @@ class Store:
     def reset(self) -> None:
         """Delete every instance, event and work item."""
         with self._tx():
-            for table in ("instances", "history", "inbox", "work"):
+            for table in ("instances", "history", "inbox", "work", "entities", "entity_queue"):
                 self._db.execute(f"DELETE FROM {table}")
 
     def max_row_id(self) -> int:
         """Largest inbox/work id in use (new ids continue from here)."""
         row = self._db.execute(
-            "SELECT max(coalesce((SELECT max(id) FROM inbox), 0), coalesce((SELECT max(id) FROM work), 0))"
+            "SELECT max(coalesce((SELECT max(id) FROM inbox), 0), coalesce((SELECT max(id) FROM work), 0),"
+            " coalesce((SELECT max(id) FROM entity_queue), 0))"
         ).fetchone()
         return int(row[0] or 0)
 
@@ -190,6 +222,14 @@ class Store:
                 db.executemany("INSERT INTO work VALUES (?,?,?,?,?,?)",
                                [(w.id, w.instance_id, w.execution, w.seq, w.name, w.input_json)
                                 for w in batch.work_add])
+            if batch.entities:
+                db.executemany("INSERT OR REPLACE INTO entities VALUES (?,?,?,?,?,?)",
+                               [(e.id, e.name, e.key, int(e.exists), e.state, e.last_op) for e in batch.entities])
+            if batch.entity_queue_add:  # before the deletes: a request may be queued and answered in one round
+                db.executemany("INSERT INTO entity_queue VALUES (?,?,?)",
+                               [(r.id, r.entity_id, json.dumps(r.request)) for r in batch.entity_queue_add])
+            if batch.entity_queue_delete:
+                db.executemany("DELETE FROM entity_queue WHERE id=?", [(i,) for i in batch.entity_queue_delete])
 
     def get(self, instance_id: str) -> InstanceRecord | None:
         """The instance row, or ``None``."""
@@ -252,8 +292,42 @@ class Store:
             active.append(ActiveInstance(rec, self.history(rec.id), inbox, work))
         return active
 
+    def entity(self, entity_id: str) -> EntityRecord | None:
+        """The entity row for scheduler id ``@name@key``, or ``None``."""
+        row = self._db.execute("SELECT * FROM entities WHERE id=?", (entity_id,)).fetchone()
+        return _entity(row) if row else None
+
+    def query_entities(self, name: str | None, *, after: str | None = None, limit: int = 100,
+                       last_op_from: str | None = None, last_op_to: str | None = None) -> list[EntityRecord]:
+        """Existing entities (of ``name`` when given), by scheduler id, after ``after``."""
+        clauses: list[str] = ["exists_ = 1"]
+        args: list[Any] = []
+        if name:
+            clauses.append("name = ?")
+            args.append(name)
+        if after:
+            clauses.append("id > ?")
+            args.append(after)
+        if last_op_from:
+            clauses.append("last_op >= ?")
+            args.append(last_op_from)
+        if last_op_to:
+            clauses.append("last_op <= ?")
+            args.append(last_op_to)
+        sql = f"SELECT * FROM entities WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"
+        return [_entity(row) for row in self._db.execute(sql, [*args, limit])]
+
+    def load_entity_queue(self) -> list[EntityQueueRow]:
+        """Every queued entity request, in arrival order."""
+        return [EntityQueueRow(i, e, json.loads(r)) for i, e, r in
+                self._db.execute("SELECT * FROM entity_queue ORDER BY id")]
+
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _entity(row: tuple[Any, ...]) -> EntityRecord:
+    return EntityRecord(row[0], row[1], row[2], bool(row[3]), row[4], row[5])
 
 
 class _Transaction:

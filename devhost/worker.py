@@ -1,4 +1,4 @@
-"""Asyncio dispatcher: runs orchestration episodes, activities, timers and sub-orchestrations.
+"""Asyncio dispatcher: runs orchestration episodes, activities, timers, sub-orchestrations and entities.
 
 One dispatcher task does all bookkeeping on the event loop. Each round it takes the activity results
 that arrived, runs one episode for every instance with deliverable events (so one episode at a time
@@ -6,6 +6,13 @@ per instance), writes everything the round changed to the store in one transacti
 starts the activities the round scheduled. Activities run in a thread pool (``async def`` activities
 on the loop), timers are inbox events with a due time, external events and terminations are inbox
 events written before the client call returns.
+
+Entities: operation requests (from orchestrators' ``call_entity``/``signal_entity`` and client
+signals) queue per entity; each round runs one batch per entity with queued requests through the
+SDK's entity handler (the ``entityTrigger`` payload: ``self``, ``exists``, ``state``, ``batch``) and
+writes the new state, the answers to calling orchestrations (``EventRaised`` named with the request
+id, input the extension's ResponseMessage JSON) and the removal of the handled requests in the round's
+transaction, so an entity operation is applied exactly once even across a crash.
 """
 
 from __future__ import annotations
@@ -34,17 +41,40 @@ from devhost.functions import (
 )
 from devhost.history import Event
 from devhost.planner import (
+    EntityRequest,
     Plan,
     PlanState,
     UnsupportedActionError,
     continue_as_new_input,
+    entity_request,
     is_retry_trigger,
     observe_event,
     plan_actions,
 )
-from devhost.store import TERMINAL_STATUSES, Batch, InboxRow, InstanceRecord, Store, WorkRow
+from devhost.store import (
+    TERMINAL_STATUSES,
+    Batch,
+    EntityQueueRow,
+    EntityRecord,
+    InboxRow,
+    InstanceRecord,
+    Store,
+    WorkRow,
+)
 
 log = logging.getLogger("devhost.worker")
+ENTITY_BATCH_SIZE = 50  # the extension's MaxEntityOperationBatchSize default on the Consumption plan
+
+
+def scheduler_id(name: str, key: str) -> str:
+    """An entity's instance id as the SDK and the extension build it: ``@{name lower-cased}@{key}``."""
+    return f"@{name.lower()}@{key}"
+
+
+def parse_scheduler_id(entity_id: str) -> tuple[str, str]:
+    """``(name, key)`` of ``@name@key`` (the key may contain ``@``)."""
+    name, _, key = entity_id[1:].partition("@")
+    return name, key
 
 
 class InstanceNotFoundError(LookupError):
@@ -97,6 +127,8 @@ class Worker:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running_activities: set[asyncio.Future[Any]] = set()
+        self._entity_queue: dict[str, list[EntityQueueRow]] = {}
+        self._entities_ready: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,8 +143,10 @@ class Worker:
             for row in active.inbox:
                 self._arm(row)
             self._to_start.extend(active.work)
+        for row in self.store.load_entity_queue():
+            self._enqueue_entity(row)
         self._start_pending_activities()
-        if self._ready:  # instances started before the worker was
+        if self._ready or self._entities_ready:  # work queued before the worker was
             self._wakeup.set()
         self._task = asyncio.create_task(self._dispatch(), name="devhost-dispatcher")
 
@@ -162,6 +196,23 @@ class Worker:
         """Terminate a running instance."""
         live = self._require_live(instance_id)
         self._post_saved(live, h.new_execution_terminated_event(h.utc_now(), reason or ""))
+
+    def signal_entity(self, name: str, key: str, operation: str, input_json: str | None) -> str:
+        """Queue a client signal (no answer) for entity ``name``/``key``; written before returning.
+
+        Raises :class:`FunctionNotFoundError` when the app has no such entity function, as the
+        extension's ``SignalEntityAsync`` does for its own app. Returns the request id.
+        """
+        self.functions.entity(name)
+        request = entity_request(operation, input_json, signal=True, parent=None, now=h.utc_now())
+        row = EntityQueueRow(self._new_row_id(), scheduler_id(name, key), request)
+        self.store.apply(Batch(entity_queue_add=[row]))
+        self._enqueue_entity(row)
+        return str(request["id"])
+
+    def entity_idle(self, entity_id: str) -> bool:
+        """Whether no request is queued for the entity (tests wait on this)."""
+        return not self._entity_queue.get(entity_id)
 
     async def wait_for(self, instance_id: str, timeout: float | None = None) -> InstanceRecord:
         """Wait until the instance reaches a terminal status and return its record."""
@@ -220,6 +271,12 @@ class Worker:
         elif self._loop is not None:
             self._loop.call_later(delay + 0.001, self._mark_ready, row.instance_id)
 
+    def _enqueue_entity(self, row: EntityQueueRow) -> None:
+        self._entity_queue.setdefault(row.entity_id, []).append(row)
+        self._entities_ready.add(row.entity_id)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
     def _mark_ready(self, instance_id: str) -> None:
         self._ready.add(instance_id)
         if self._wakeup is not None:
@@ -250,6 +307,9 @@ class Worker:
         ready, self._ready = self._ready, set()
         deferred = [instance_id for instance_id in ready
                     if instance_id in self._live and self._episode(self._live[instance_id], batch, now, now_ts)]
+        entities, self._entities_ready = self._entities_ready, set()
+        for entity_id in sorted(entities):
+            self._entity_batch(entity_id, batch, now)
         dirty, self._dirty = self._dirty, set()
         for instance_id in dirty:
             live = self._live.get(instance_id)
@@ -291,6 +351,8 @@ class Worker:
                              parent_instance_id=rec.parent_id, compact=True)
             if result.error is None and not result.is_done:
                 pre.extend(plan_actions(live.plan, rec.id, result.actions, now))
+                for request in pre.entity_requests:  # the extension's ThrowIfFunctionDoesNotExist
+                    self.functions.entity(parse_scheduler_id(request.entity_id)[0])
         except (FunctionNotFoundError, UnsupportedActionError) as exc:
             self._finish(live, batch, now, "Failed", json.dumps(str(exc)), new_events)
             return False
@@ -336,6 +398,8 @@ class Worker:
         for timer in plan.timers:
             fire_at = h.format_time(timer.fire_at)
             self._post(live, h.new_timer_fired_event(timer.fire_at, timer.seq, fire_at), timer.fire_at.timestamp())
+        for request in plan.entity_requests:
+            self._queue_entity_request(request, batch)
         for sub in plan.sub_orchestrations:
             try:
                 self.start_new(sub.name, sub.instance_id, sub.input_json, parent=(rec.id, sub.seq), batch=batch)
@@ -389,6 +453,76 @@ class Worker:
         for fut in self._waiters.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(rec)
+
+    # -- internals: entities -----------------------------------------------------------------------
+    def _queue_entity_request(self, request: EntityRequest, batch: Batch) -> None:
+        row = EntityQueueRow(self._new_row_id(), request.entity_id, request.request)
+        batch.entity_queue_add.append(row)
+        self._enqueue_entity(row)
+
+    def _entity_batch(self, entity_id: str, batch: Batch, now: datetime) -> None:
+        """Run the queued requests of one entity as one batch; answers, state and dequeues go in ``batch``."""
+        queue = self._entity_queue.get(entity_id) or []
+        rows, rest = queue[:ENTITY_BATCH_SIZE], queue[ENTITY_BATCH_SIZE:]
+        if rest:
+            self._entity_queue[entity_id] = rest
+            self._entities_ready.add(entity_id)
+            if self._wakeup is not None:
+                self._wakeup.set()
+        else:
+            self._entity_queue.pop(entity_id, None)
+        if not rows:
+            return
+        name, key = parse_scheduler_id(entity_id)
+        rec = self.store.entity(entity_id) or EntityRecord(entity_id, name, key, False, None, _iso(now))
+        results, signals = self._run_entity(rec, rows)
+        rec.last_op = _iso(now)
+        batch.entities.append(rec)
+        batch.entity_queue_delete.extend(r.id for r in rows)
+        for row, (is_error, result) in zip(rows, results, strict=True):
+            request = row.request
+            if request.get("signal"):
+                continue
+            response: dict[str, Any] = {"result": result}
+            if is_error:
+                response["exceptionType"] = "Error"  # what TaskEntityShim sends for out-of-proc errors
+            parent = self._live.get(str(request.get("parent")))
+            if parent is not None:
+                self._post(parent, h.new_event_raised_event(now, str(request["id"]), json.dumps(response)))
+        for target, request in signals:
+            self._queue_entity_request(EntityRequest(target, request), batch)
+
+    def _run_entity(self, rec: EntityRecord, rows: list[EntityQueueRow]
+                    ) -> tuple[list[tuple[bool, str | None]], list[tuple[str, dict[str, Any]]]]:
+        """Call the SDK's entity handler once for ``rows``; updates ``rec``; returns results and signals."""
+        entry = self.functions.entities.get(rec.name)
+        if entry is None:
+            message = json.dumps(f"The function '{rec.name}' doesn't exist, is disabled, or is not an entity function.")
+            return [(True, message)] * len(rows), []
+        payload = json.dumps({
+            "self": {"name": rec.name, "key": rec.key},
+            "exists": rec.exists,
+            "state": rec.state,
+            "batch": [{"name": r.request.get("op"), "input": r.request.get("input"),
+                       "isSignal": bool(r.request.get("signal"))} for r in rows],
+        })
+        try:
+            out = json.loads(entry.user_function(payload))
+            results = [(bool(r.get("isError")), r.get("result")) for r in out["results"]]
+            if len(results) != len(rows):
+                raise ValueError(f"{len(results)} results for a batch of {len(rows)}")
+        except Exception as exc:  # the handler itself failed: every operation of the batch failed
+            log.warning("entity %s batch failed: %s", rec.id, exc)
+            return [(True, json.dumps(f"{type(exc).__name__}: {exc}"))] * len(rows), []
+        rec.exists = bool(out.get("entityExists"))
+        rec.state = out.get("entityState") if rec.exists else None
+        signals = []
+        for signal in out.get("signals") or []:
+            target = signal.get("target") or {}
+            request = entity_request(str(signal.get("name")), signal.get("input"), signal=True, parent=rec.id,
+                                     now=h.utc_now())
+            signals.append((scheduler_id(str(target.get("name")), str(target.get("key"))), request))
+        return results, signals
 
     # -- internals: activities -------------------------------------------------------------------
     def _start_pending_activities(self) -> None:
