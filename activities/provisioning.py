@@ -9,7 +9,11 @@ Steps, in order (`STEPS`), one `Provisioner` method each, each taking a single r
 3. `log_analytics` (azure-mgmt-loganalytics): the workspace the environment sends app logs to.
 4. `environment`: the managed environment with the GPU workload profile, its `appLogsConfiguration` wired to the
    workspace (customer id + shared key fetched at run time, only when a write is needed, never logged). Profiles
-   others added to a shared environment are kept.
+   others added to a shared environment are kept. ARM takes a GPU workload profile only when an environment is
+   created (Container Apps docs, "Workload profiles": "You can only apply a GPU workload profile to an environment
+   as the environment is created"), and a Consumption-only environment never takes workload profiles (its type is
+   fixed at creation): an existing environment without our GPU profile is refused before any write
+   (`WorkloadProfileError`, saying to pick a profile it has or a new environment name).
 5. `environment_storage`: the share registered on the environment (the account key fetched at run time).
 6. `container_app`: the inference app, through `AcaPlatform.ensure_app`, pulling its image from the private registry
    with the pull identity when one is configured. Its `outcome` is the template's inference.config.json with
@@ -19,19 +23,31 @@ Steps, in order (`STEPS`), one `Provisioner` method each, each taking a single r
 `ProvisionPlan` holds every request (JSON-friendly, for Durable); `Provisioner.plan` builds it from the template's
 files and app settings, resolving null parameters to their defaults. Secret values never enter a request: the
 container app's secrets are named in the request and their values come from the `Provisioner`'s settings.
-Errors are the platform's (`activities.platform.aca.arm_errors`).
+Errors are the platform's (`activities.platform.aca.arm_errors`). Long-running operations (storage account,
+workspace, environment, container app) are waited for within `ArmConnection.operation_budget_s` per step, and a
+resource found with an operation in flight is waited for before it is compared or written (see
+`activities.platform.aca`: `wait_for_operation`, `wait_until_settled`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from activities.config import InferenceConfig, ProvisionParameters, Settings, WorkloadProfile
-from activities.platform.aca import AcaPlatform, AcaSettings, ArmConnection, arm_errors, covers
+from activities.platform.aca import (
+    AcaPlatform,
+    AcaSettings,
+    ArmConnection,
+    arm_errors,
+    covers,
+    wait_for_operation,
+    wait_until_settled,
+)
 from activities.platform.base import ADMIN_KEY_SECRET, API_KEYS_SECRET, AppSpec, PlatformError
 
 log = logging.getLogger(__name__)
@@ -63,6 +79,46 @@ class MissingSecretError(PlatformError, KeyError):
 
 class MissingDependencyError(PlatformError, LookupError):
     """A step needs a resource an earlier step creates (e.g. the workspace before the environment)."""
+
+
+class WorkloadProfileError(PlatformError):
+    """The existing environment cannot take the GPU workload profile (see the module docstring)."""
+
+    code = "WorkloadProfileNotAllowed"
+
+
+_GPU_PROFILE_TYPE = re.compile(r"gpu|^nc\d", re.IGNORECASE)  # Consumption-GPU-*, NC24-A100, NC8as-T4, ...
+
+
+def is_gpu_profile_type(profile_type: str) -> bool:
+    """A GPU workload profile type: serverless (Consumption-GPU-*) or dedicated (NC* sizes)."""
+    return bool(_GPU_PROFILE_TYPE.search(profile_type or ""))
+
+
+def check_profile_allowed(environment: str, props: Mapping[str, Any], profile: WorkloadProfile) -> None:
+    """Refuse, before any write, a workload profile ARM would refuse on this existing environment."""
+    existing = list(props.get("workloadProfiles") or [])
+    fix = (
+        "set acaEnvironmentName in infra/provision/inference.parameters.json to a new environment name (provisioning "
+        "creates it with the profile)"
+    )
+    if not existing:
+        raise WorkloadProfileError(
+            f"managed environment {environment!r} is a Consumption-only environment and cannot take workload "
+            f"profiles such as {profile.name!r} ({profile.type}): {fix}"
+        )
+    same = next((p for p in existing if p.get("name") == profile.name), None)
+    if same is not None and same.get("workloadProfileType") == profile.type:
+        return
+    if is_gpu_profile_type(profile.type):
+        has = [f"{p.get('name')} ({p.get('workloadProfileType')})" for p in existing
+               if is_gpu_profile_type(str(p.get("workloadProfileType") or ""))]
+        other = f"set GPU_WORKLOAD_PROFILE to one it has ({', '.join(has)}), or " if has else ""
+        clash = " (that name holds another type)" if same is not None else ""
+        raise WorkloadProfileError(
+            f"managed environment {environment!r} has no GPU workload profile {profile.name!r} ({profile.type}){clash}, "
+            f"and Azure Container Apps adds a GPU workload profile only when an environment is created: {other}{fix}"
+        )
 
 
 class _JsonDataclass:
@@ -304,6 +360,10 @@ class Provisioner:
             except ResourceNotFoundError:
                 return None
 
+    def _settled(self, what: str, getter: Callable[..., Any], deadline: float, *args: Any) -> dict[str, Any] | None:
+        """`_get`, waiting (until `deadline`) while an operation is in flight on the resource."""
+        return wait_until_settled(lambda: self._get(what, getter, *args), what, deadline, self.arm.polling_interval)
+
     # --- plan ---------------------------------------------------------------------------------------
     def resource_group_location(self) -> str:
         """The resource group's location (the template's default for `location`)."""
@@ -334,7 +394,8 @@ class Provisioner:
             "allowBlobPublicAccess": False,
             "supportsHttpsTrafficOnly": True,
         }
-        current = self._get(f"storage account {name!r}", accounts.get_properties, name)
+        deadline = self.arm.deadline()
+        current = self._settled(f"storage account {name!r}", accounts.get_properties, deadline, name)
         if current is None:
             body = {
                 "location": request.location,
@@ -342,8 +403,10 @@ class Provisioner:
                 "kind": "StorageV2",
                 "properties": wanted,
             }
-            with arm_errors(f"create storage account {name!r}"):
-                accounts.begin_create(self._rg, name, body).result()
+            action = f"create storage account {name!r}"
+            with arm_errors(action):
+                poller = accounts.begin_create(self._rg, name, body)
+            wait_for_operation(poller, action, deadline)
             return self._done("storage_account", name, Action.CREATED)
         if covers(wanted, current.get("properties")):
             return self._done("storage_account", name, Action.UNCHANGED)
@@ -374,20 +437,23 @@ class Provisioner:
         workspaces = self._client("logs").workspaces
         name = request.workspace_name
         wanted = {"sku": {"name": request.sku}, "retentionInDays": request.retention_days}
-        current = self._get(f"log analytics workspace {name!r}", workspaces.get, name)
+        deadline = self.arm.deadline()
+        current = self._settled(f"log analytics workspace {name!r}", workspaces.get, deadline, name)
         if current is not None and covers(wanted, current.get("properties")):
             return self._done("log_analytics", name, Action.UNCHANGED)
         location = (current or {}).get("location") or request.location
-        with arm_errors(f"write log analytics workspace {name!r}"):
-            workspaces.begin_create_or_update(
-                self._rg, name, {"location": location, "properties": wanted}
-            ).result()
+        action = f"write log analytics workspace {name!r}"
+        with arm_errors(action):
+            poller = workspaces.begin_create_or_update(self._rg, name, {"location": location, "properties": wanted})
+        wait_for_operation(poller, action, deadline)
         return self._done("log_analytics", name, Action.CREATED if current is None else Action.UPDATED)
 
     def ensure_environment(self, request: EnvironmentRequest) -> StepResult:
-        """Create the environment, or patch its logs wiring and GPU profile when they differ (other profiles kept)."""
+        """Create the environment with the GPU profile, or patch its logs wiring when it differs (other profiles kept).
+        An existing environment without the GPU profile is refused (`check_profile_allowed`) before any write."""
         environments = self._client("apps").managed_environments
         name = request.environment_name
+        deadline = self.arm.deadline()
         workspace = self._get(
             f"log analytics workspace {request.workspace_name!r}",
             self._client("logs").workspaces.get,
@@ -398,8 +464,10 @@ class Provisioner:
                 f"log analytics workspace {request.workspace_name!r} not found (run log_analytics first)"
             )
         customer_id = (workspace.get("properties") or {}).get("customerId")
-        current = self._get(f"managed environment {name!r}", environments.get, name)
+        current = self._settled(f"managed environment {name!r}", environments.get, deadline, name)
         props = (current or {}).get("properties") or {}
+        if current is not None:
+            check_profile_allowed(name, props, request.workload_profile)
         profiles = _merge_profiles(props.get("workloadProfiles") or [], request.workload_profile)
         logs = {"destination": "log-analytics", "logAnalyticsConfiguration": {"customerId": customer_id}}
         if (
@@ -414,13 +482,15 @@ class Provisioner:
         logs["logAnalyticsConfiguration"]["sharedKey"] = keys.primary_shared_key
         body = {"properties": {"appLogsConfiguration": logs, "workloadProfiles": profiles}}
         if current is None:
-            with arm_errors(f"create managed environment {name!r}"):
-                environments.begin_create_or_update(
-                    self._rg, name, {"location": request.location, **body}
-                ).result()
+            action = f"create managed environment {name!r}"
+            with arm_errors(action):
+                poller = environments.begin_create_or_update(self._rg, name, {"location": request.location, **body})
+            wait_for_operation(poller, action, deadline)
             return self._done("environment", name, Action.CREATED)
-        with arm_errors(f"update managed environment {name!r}"):
-            environments.begin_update(self._rg, name, body).result()
+        action = f"update managed environment {name!r}"
+        with arm_errors(action):
+            poller = environments.begin_update(self._rg, name, body)
+        wait_for_operation(poller, action, deadline)
         return self._done("environment", name, Action.UPDATED)
 
     def ensure_environment_storage(self, request: EnvironmentStorageRequest) -> StepResult:

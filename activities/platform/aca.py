@@ -24,7 +24,19 @@ Retries: the clients are built with `retry_total=0`, so the SDK never retries by
 `call_activity_with_retry` owns retries. Errors are translated once, in `arm_errors`: HTTP 429 →
 `TransientPlatformError` with `retry_after` from `Retry-After`; 408 / 5xx, connection errors and timeouts →
 `TransientPlatformError`; other 4xx → `ArmRequestError`; a long-running operation that ends Failed →
-`ArmOperationFailedError`, both carrying ARM's code and message. Long-running operations are polled to the end.
+`ArmOperationFailedError`, both carrying ARM's code and message.
+
+Long-running operations are bounded: an activity runs under the Functions host's `functionTimeout` (host.json,
+10 minutes), so one call waits on ARM at most `ArmConnection.operation_budget_s` (300 s), honouring ARM's
+`Retry-After` between polls. When that runs out, `OperationStillRunningError` (transient) ends the activity; ARM goes
+on with the operation, and the orchestrator's retry (a durable timer) starts an activity that first waits, within a
+new budget, for the resource to leave its in-progress provisioningState (`wait_until_settled`) before comparing or
+writing, so an operation in flight is never written over. Budget + two reads (2 x `read_timeout`) < functionTimeout.
+
+ARM's rules we check before writing: container app names (`check_app_name`: 2-32 lowercase letters, digits and
+'-', starting with a letter, ending alphanumeric, no '--'; Azure's resource-name rules for Microsoft.App/
+containerApps) and probe fields within the ranges the REST spec documents (`PROBE_RANGES`, CommonDefinitions.json
+`ContainerAppProbe`).
 
 `ArmConnection` (subscription, resource group, credential, endpoint) is shared with `activities.provisioning`.
 azure.* imports happen inside functions: the Functions host imports activities at start.
@@ -35,7 +47,9 @@ from __future__ import annotations
 import copy
 import email.utils
 import logging
-from collections.abc import Iterator, Mapping
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +82,21 @@ _FAILED_RUNNING_STATES = frozenset({"Failed", "Degraded"})
 _TRANSIENT_CONFLICT_CODES = frozenset(
     {"AnotherOperationInProgress", "ContainerAppOperationInProgress", "Conflict"}
 )
+# Probe fields: (min, max) as the REST spec documents them (CommonDefinitions.json `ContainerAppProbe`: "Minimum value
+# is 1. Maximum value is 60." for initialDelaySeconds, ...; successThreshold must be 1 for Liveness and Startup).
+PROBE_RANGES: dict[str, tuple[int, int]] = {
+    "initialDelaySeconds": (1, 60),
+    "periodSeconds": (1, 240),
+    "timeoutSeconds": (1, 240),
+    "failureThreshold": (1, 10),
+    "successThreshold": (1, 10),
+}
+PROBE_TIMEOUT_S = 5  # per probe request (ARM's default is 1 s, tight for a busy GPU server)
+# Container app names: Azure's resource-name rules for Microsoft.App/containerApps.
+_APP_NAME = re.compile(r"[a-z](?:[a-z0-9]|-(?!-))*[a-z0-9]")
+# provisioningState values after which nothing runs on a resource (any other value: an operation is in flight, e.g.
+# InProgress, Creating, Updating, InitializationInProgress, Waiting, ResolvingDNS).
+_SETTLED_STATES = frozenset({"succeeded", "failed", "canceled", "upgradefailed"})
 
 
 class ArmRequestError(PlatformError):
@@ -87,6 +116,46 @@ class AppNotFoundError(PlatformError, LookupError):
     """The container app does not exist."""
 
 
+class InvalidAppNameError(PlatformError, ValueError):
+    """A container app name ARM refuses."""
+
+    code = "ContainerAppInvalidName"
+
+
+class OperationStillRunningError(TransientPlatformError):
+    """ARM's long-running operation (or one found in flight) outlasted this activity's budget; a retry waits on."""
+
+
+def check_app_name(name: str) -> None:
+    """Refuse a container app name ARM refuses (see `_APP_NAME`), saying what a valid one looks like."""
+    if not (2 <= len(name) <= 32 and _APP_NAME.fullmatch(name)):
+        raise InvalidAppNameError(
+            f"invalid container app name {name!r}: use 2-32 lowercase letters, digits and '-', starting with a "
+            "letter, ending with a letter or digit, without '--' (Azure Container Apps' naming rules)"
+        )
+
+
+def check_probe(probe: Mapping[str, Any]) -> None:
+    """Raise ValueError when a probe field is outside the range ARM accepts (`PROBE_RANGES`)."""
+    kind = probe.get("type")
+    for name, (low, high) in PROBE_RANGES.items():
+        value = probe.get(name)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{kind} probe: {name} {value} is outside ARM's range {low}-{high}")
+    if kind in ("Liveness", "Startup") and probe.get("successThreshold", 1) != 1:
+        raise ValueError(f"{kind} probe: successThreshold must be 1")
+
+
+def provisioning_state(body: Mapping[str, Any] | None) -> str:
+    return str(((body or {}).get("properties") or {}).get("provisioningState") or "")
+
+
+def in_progress(body: Mapping[str, Any] | None) -> bool:
+    """True when an operation is in flight on the resource (its provisioningState is not a settled one)."""
+    state = provisioning_state(body)
+    return bool(state) and state.lower() not in _SETTLED_STATES
+
+
 @dataclass(frozen=True)
 class ArmConnection:
     """How to reach Resource Manager. In production only the subscription and resource group are set.
@@ -101,7 +170,15 @@ class ArmConnection:
     connection_verify: str | bool = True  # CA bundle path for a private endpoint (tests)
     polling_interval: float = 10.0  # seconds between LRO polls when ARM sends no Retry-After
     read_timeout: float = 120.0  # seconds; a timeout surfaces as TransientPlatformError
+    # the most one activity call waits on ARM's long-running operations (host.json functionTimeout is 600 s)
+    operation_budget_s: float = 300.0
     credential: TokenCredential | None = field(default=None, repr=False, compare=False)
+    # builds the clients' HTTP transport from (connection_verify, read_timeout); None = azure-core's default
+    transport_factory: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+
+    def deadline(self) -> float:
+        """The monotonic time by which a call started now stops waiting on ARM (`operation_budget_s`)."""
+        return time.monotonic() + self.operation_budget_s
 
     @classmethod
     def from_settings(cls, settings: Settings, config: InferenceConfig) -> ArmConnection:
@@ -131,6 +208,10 @@ class ArmConnection:
         }
         if self.base_url:
             kwargs["base_url"] = self.base_url
+        if self.transport_factory is not None:
+            kwargs["transport"] = self.transport_factory(
+                connection_verify=self.connection_verify, read_timeout=self.read_timeout
+            )
         return client_type(credential, self.subscription_id, **kwargs)
 
 
@@ -194,6 +275,36 @@ def _retry_after(exc: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def wait_for_operation(poller: Any, action: str, deadline: float) -> Any:
+    """The result of a long-running operation, polled (ARM's Retry-After honoured) until `deadline`; after that
+    `OperationStillRunningError`. ARM's failures are translated by `arm_errors`."""
+    with arm_errors(action):
+        poller.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if not poller.done():
+            raise OperationStillRunningError(
+                f"{action}: ARM's operation is still running at the end of this call's time budget; it goes on in "
+                "Azure and the retry waits for it"
+            )
+        return poller.result()
+
+
+def wait_until_settled(
+    read: Callable[[], dict[str, Any] | None], what: str, deadline: float, interval: float
+) -> dict[str, Any] | None:
+    """`read()` again until the resource has no operation in flight (see `in_progress`) or `deadline` passes
+    (`OperationStillRunningError`); None when it does not exist."""
+    current = read()
+    while in_progress(current):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OperationStillRunningError(
+                f"{what} is still {provisioning_state(current)} (an operation in flight); the retry waits for it"
+            )
+        time.sleep(min(max(interval, 0.05), left))
+        current = read()
+    return current
 
 
 def covers(desired: Any, current: Any) -> bool:
@@ -267,7 +378,7 @@ class AcaSettings:
     target_port: int = 8000
     cpu: float | None = None  # None: the profile's size (Consumption-GPU-* types)
     memory: str | None = None
-    startup_period_s: int = 30  # startup probe: up to 10 failures x 30 s after 60 s for the model to load
+    startup_period_s: int = 30  # startup probe: up to 10 failures x 30 s after 60 s for the model to load (1-240)
     registry_server: str = ""  # the private registry the image is pulled from; "" = a public image
     pull_identity_id: str = ""  # user-assigned identity (resource id) with AcrPull on registry_server
 
@@ -281,6 +392,9 @@ class AcaSettings:
             raise ValueError(f"AcaSettings.mount_path must be absolute, got {self.mount_path!r}")
         if not 1 <= self.target_port <= 65535:
             raise ValueError(f"AcaSettings.target_port out of range: {self.target_port}")
+        low, high = PROBE_RANGES["periodSeconds"]
+        if not low <= self.startup_period_s <= high:
+            raise ValueError(f"AcaSettings.startup_period_s must be {low}-{high} (ARM's probe periodSeconds range)")
         self.resources()  # raises ValueError when a dedicated profile has no size
 
     def resources(self) -> dict[str, Any]:
@@ -313,14 +427,17 @@ def app_body(settings: AcaSettings, spec: AppSpec, generated: Mapping[str, str] 
     env += [{"name": secret_env_name(n), "secretRef": n} for n in sorted(secrets)]
     port = settings.target_port
 
-    def probe(kind: str, path: str, period: int, failures: int, delay: int = 0) -> dict[str, Any]:
-        return {
+    def probe(kind: str, path: str, period: int, failures: int, delay: int) -> dict[str, Any]:
+        body = {
             "type": kind,
             "httpGet": {"path": path, "port": port},
             "initialDelaySeconds": delay,
             "periodSeconds": period,
+            "timeoutSeconds": PROBE_TIMEOUT_S,
             "failureThreshold": failures,
         }
+        check_probe(body)
+        return body
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -328,9 +445,10 @@ def app_body(settings: AcaSettings, spec: AppSpec, generated: Mapping[str, str] 
         "env": sorted(env, key=lambda e: e["name"]),
         "resources": settings.resources(),
         "volumeMounts": [{"volumeName": VOLUME_NAME, "mountPath": settings.mount_path}],
+        # liveness and readiness start once the startup probe succeeded: their delay is ARM's minimum, 1 s
         "probes": [
-            probe("Liveness", "/health", 30, 3),
-            probe("Readiness", "/ready", 10, 3),
+            probe("Liveness", "/health", 30, 3, delay=1),
+            probe("Readiness", "/ready", 10, 3, delay=1),
             probe("Startup", "/health", settings.startup_period_s, 10, delay=60),
         ],
     }
@@ -422,26 +540,36 @@ class AcaPlatform:
                 return None
 
     def ensure_app(self, spec: AppSpec) -> EnsureResult:
-        """Create the app when missing, patch the fields we own when they differ, else write nothing."""
+        """Create the app when missing, patch the fields we own when they differ, else write nothing. An operation
+        found in flight is waited for first; waits are bounded (see the module docstring)."""
+        check_app_name(spec.app)
         if not spec.secrets.get(API_KEYS_SECRET, "").strip():
             raise PlatformError(
                 f"refusing to create or update container app {spec.app!r}: its ingress is public and it has no API "
                 f"key (secret {API_KEYS_SECRET!r}, set INFERENCE_API_KEY)"
             )
-        current = self._get(spec.app)
+        arm = self.settings.arm
+        deadline = arm.deadline()
+        current = wait_until_settled(
+            lambda: self._get(spec.app), f"container app {spec.app!r}", deadline, arm.polling_interval
+        )
         if current is not None and not self._differs(app_body(self.settings, spec), current):
             log.info("container app %s is up to date", spec.app)
             return EnsureResult(state=self._state(spec.app, current), changed=False)
         desired = app_body(self.settings, spec, generate_secrets(spec, self._kept_secrets(spec, current)))
         if current is None:
             log.info("creating container app %s (image %s)", spec.app, spec.image)
-            with arm_errors(f"create container app {spec.app!r}"):
-                self.client.container_apps.begin_create_or_update(self._rg, spec.app, desired).result()
+            action = f"create container app {spec.app!r}"
+            with arm_errors(action):
+                poller = self.client.container_apps.begin_create_or_update(self._rg, spec.app, desired)
+            wait_for_operation(poller, action, deadline)
         else:
             log.info("updating container app %s (image %s)", spec.app, spec.image)
             patch = _patch_body(desired, current)
-            with arm_errors(f"update container app {spec.app!r}"):
-                self.client.container_apps.begin_update(self._rg, spec.app, patch).result()
+            action = f"update container app {spec.app!r}"
+            with arm_errors(action):
+                poller = self.client.container_apps.begin_update(self._rg, spec.app, patch)
+            wait_for_operation(poller, action, deadline)
         return EnsureResult(state=self.describe_app(spec.app), changed=True)
 
     def _kept_secrets(self, spec: AppSpec, current: Mapping[str, Any] | None) -> dict[str, str]:

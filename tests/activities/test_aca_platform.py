@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,14 +14,20 @@ import pytest
 
 from activities.config import WorkloadProfile
 from activities.platform.aca import (
+    PROBE_RANGES,
     AcaPlatform,
     AcaSettings,
     AppNotFoundError,
+    ArmConnection,
     ArmOperationFailedError,
     ArmRequestError,
+    InvalidAppNameError,
+    OperationStillRunningError,
+    app_body,
 )
 from activities.platform.base import ADMIN_KEY_SECRET, AppSpec, PlatformError, TransientPlatformError
-from tests.fakes.fake_arm import FakeArm
+from tests.fakes import fake_arm as fake_arm_module
+from tests.fakes.fake_arm import FAST_CLIENT_CLOCK, FakeArm
 
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-test"
@@ -31,8 +39,10 @@ PULL_ID = f"{IDENTITIES}/id-adapters-pull"
 
 @pytest.fixture
 def fake_arm(tmp_path: Path) -> Iterator[FakeArm]:
-    with FakeArm.start(tmp_path, resource_groups=(RG,)) as fake:
+    # ARM's operations run through in-progress polls with Retry-After: 1; the clients sleep a hundredth of it
+    with FakeArm.start(tmp_path, resource_groups=(RG,), client_time_scale=FAST_CLIENT_CLOCK) as fake:
         yield fake
+        assert fake.sdk_violations == []  # every body we sent is one the SDK's models allow
 
 
 @pytest.fixture
@@ -424,3 +434,175 @@ def test_heal_leaves_apps_that_need_nothing(
     assert platform.heal_app("chat") == {"action": "none"}
     assert platform.heal_app("nope") == {"action": "none"}
     assert fake_arm.restarts == []
+
+
+# --- what ARM refuses, what the SDK allows, long-running operations -----------------------------------------------
+
+
+def test_probes_are_within_the_ranges_arm_documents(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """Every probe field we send is inside the spec's range (initialDelaySeconds >= 1); ARM's fake takes them."""
+    assert PROBE_RANGES == fake_arm_module.PROBE_RANGES
+    probes = app_body(platform.settings, SPEC)["properties"]["template"]["containers"][0]["probes"]
+    assert {p["type"]: p["initialDelaySeconds"] for p in probes} == {"Liveness": 1, "Readiness": 1, "Startup": 60}
+    for probe in probes:
+        for name, (low, high) in PROBE_RANGES.items():
+            assert probe.get(name, low) in range(low, high + 1), (probe["type"], name)
+    assert platform.ensure_app(SPEC).changed
+
+
+def test_probe_ranges_match_the_sdks_own_documentation() -> None:
+    """The SDK states the ranges only in prose (no client-side validation in this TypeSpec-generated SDK); they
+    must say what PROBE_RANGES says."""
+    from azure.mgmt.appcontainers.models import ContainerAppProbe
+
+    doc = " ".join((ContainerAppProbe.__doc__ or "").split())
+    names = {"initialDelaySeconds": "initial_delay_seconds", "periodSeconds": "period_seconds",
+             "timeoutSeconds": "timeout_seconds", "failureThreshold": "failure_threshold",
+             "successThreshold": "success_threshold"}
+    for field_name, attr in names.items():
+        found = re.search(rf":ivar {attr}:.*?Minimum value is (\d+)\. Maximum value is (\d+)\.", doc)
+        assert found, attr
+        assert (int(found[1]), int(found[2])) == PROBE_RANGES[field_name]
+    assert "Must be 1 for liveness and startup" in doc
+
+
+@pytest.mark.parametrize(
+    ("probe_type", "field_name", "value"),
+    [
+        ("Liveness", "initialDelaySeconds", 0),
+        ("Startup", "initialDelaySeconds", 61),
+        ("Readiness", "periodSeconds", 241),
+        ("Readiness", "timeoutSeconds", 0),
+        ("Liveness", "failureThreshold", 11),
+        ("Readiness", "successThreshold", 11),
+        ("Liveness", "successThreshold", 2),
+    ],
+)
+def test_arm_refuses_probes_out_of_range(
+    platform: AcaPlatform, fake_arm: FakeArm, probe_type: str, field_name: str, value: int
+) -> None:
+    """The fake refuses each probe field outside the spec's range, as ARM does (the old initialDelaySeconds 0)."""
+    body = app_body(platform.settings, SPEC, {})
+    probe = next(p for p in body["properties"]["template"]["containers"][0]["probes"] if p["type"] == probe_type)
+    probe[field_name] = value
+    with pytest.raises(ArmRequestError) as caught, arm_call("create"):
+        platform.client.container_apps.begin_create_or_update(RG, "chat", body).result()
+    assert caught.value.status == 400 and caught.value.code == "ContainerAppInvalidProbe"
+    assert field_name in str(caught.value)
+    assert fake_arm.resource(APP_PATH) is None
+
+
+def arm_call(action: str):
+    from activities.platform.aca import arm_errors
+
+    return arm_errors(action)
+
+
+@pytest.mark.parametrize("name", ["a", "1chat", "Chat", "chat-", "-chat", "chat--two", "c" * 33, "chat_two"])
+def test_invalid_app_names_are_refused_before_arm_and_by_arm(
+    platform: AcaPlatform, fake_arm: FakeArm, name: str
+) -> None:
+    """A name ARM refuses is refused before any request, saying the rule; ARM's fake refuses it too."""
+    with pytest.raises(InvalidAppNameError, match="2-32 lowercase letters") as caught:
+        platform.ensure_app(replace(SPEC, app=name))
+    assert isinstance(caught.value, PlatformError) and not isinstance(caught.value, TransientPlatformError)
+    assert fake_arm.log == []
+    body = app_body(platform.settings, replace(SPEC, app=name), {})
+    with pytest.raises(ArmRequestError) as refused, arm_call("create"):
+        platform.client.container_apps.begin_create_or_update(RG, name, body).result()
+    assert refused.value.code == "ContainerAppInvalidName"
+
+
+@pytest.mark.parametrize("name", ["ab", "chat-2", "a" * 32])
+def test_valid_app_names_pass(platform: AcaPlatform, name: str) -> None:
+    assert platform.ensure_app(replace(SPEC, app=name)).changed
+
+
+def test_bodies_the_sdk_models_refuse_fail(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """An unknown field, a wrong JSON type or a read-only field in a body fails with the path of the fault."""
+    body = app_body(platform.settings, SPEC, {})
+    container = body["properties"]["template"]["containers"][0]
+    container["probes"][0]["initialDelaySeconds"] = "1"
+    container["imagePullPolicy"] = "Always"
+    body["properties"]["latestRevisionName"] = "x"
+    with pytest.raises(ArmRequestError) as caught, arm_call("create"):
+        platform.client.container_apps.begin_create_or_update(RG, "chat", body).result()
+    assert caught.value.code == "FakeArmSdkSchemaViolation"
+    violations = fake_arm.take_sdk_violations()
+    assert any("/probes/0/initialDelaySeconds: '1' is not int" in v for v in violations)
+    assert any("/containers/0/imagePullPolicy: not a field of Container" in v for v in violations)
+    assert any("/properties/latestRevisionName: read-only" in v for v in violations)
+
+
+def test_create_and_update_poll_through_in_progress_states(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """The PUT is polled on Azure-AsyncOperation, the PATCH on Location, each through InProgress polls, sleeping the
+    Retry-After ARM sent (1 s) between polls."""
+    platform.ensure_app(SPEC)
+    put = next(r for r in fake_arm.writes() if r.method == "PUT")
+    assert put.status == 201 and "Azure-AsyncOperation" in put.response_headers
+    assert put.response_headers["Retry-After"] == "1"
+    polls = fake_arm.operation_polls()
+    assert len(polls) == fake_arm.in_progress_polls + 1 and all("/operations/" in r.path for r in polls)
+    assert fake_arm.client_sleeps.count(1.0) >= fake_arm.in_progress_polls
+    assert fake_arm.resource(APP_PATH)["properties"]["provisioningState"] == "Succeeded"
+    fake_arm.clear_log()
+    platform.ensure_app(replace(SPEC, image="example.azurecr.io/inference:2"))
+    (patch,) = fake_arm.writes()
+    assert patch.status == 202 and "Location" in patch.response_headers
+    polls = fake_arm.operation_polls()
+    assert len(polls) == fake_arm.in_progress_polls + 1 and all("/locations/" in r.path for r in polls)
+
+
+def test_failed_patch_operation_raises_with_arm_message(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A PATCH whose Location operation fails raises ArmOperationFailedError with ARM's message."""
+    platform.ensure_app(SPEC)
+    fake_arm.fail_operation("/containerapps/chat", "ContainerAppImagePullFailed", "Failed to pull image 'y'.")
+    with pytest.raises(ArmOperationFailedError, match="Failed to pull image 'y'"):
+        platform.ensure_app(replace(SPEC, image="example.azurecr.io/inference:9"))
+    assert fake_arm.resource(APP_PATH)["properties"]["provisioningState"] == "Failed"
+
+
+def test_long_operation_is_bounded_then_waited_for(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """An operation outlasting the call's budget ends the call (transient) without waiting on; the next call waits
+    for the operation in flight, writing nothing over it, and finds the app done."""
+    fake_arm.in_progress_polls = 10**6  # ARM keeps working
+    arm = replace(platform.settings.arm, operation_budget_s=0.5)
+    bounded = AcaPlatform(replace(platform.settings, arm=arm))
+    started = time.monotonic()
+    with pytest.raises(OperationStillRunningError) as caught:
+        bounded.ensure_app(SPEC)
+    assert isinstance(caught.value, TransientPlatformError) and caught.value.retry_after is None
+    assert time.monotonic() - started < 3
+    assert [r.method for r in fake_arm.writes()] == ["PUT"]
+    with pytest.raises(OperationStillRunningError, match="InProgress"):
+        bounded.ensure_app(SPEC)  # the retry waits on the app in flight: no second write
+    assert [r.method for r in fake_arm.writes()] == ["PUT"]
+    fake_arm.in_progress_polls = 0  # ARM finishes at its next poll
+    deadline = time.monotonic() + 5
+    while fake_arm.resource(APP_PATH)["properties"]["provisioningState"] != "Succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    result = bounded.ensure_app(SPEC)
+    assert not result.changed and result.state.running
+    assert [r.method for r in fake_arm.writes()] == ["PUT"]
+
+
+def test_write_during_an_operation_is_a_transient_conflict(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """ARM answers 409 ContainerAppOperationInProgress to a write while an operation runs: transient."""
+    fake_arm.in_progress_polls = 10**6
+    arm = replace(platform.settings.arm, operation_budget_s=0.2)
+    with pytest.raises(OperationStillRunningError):
+        AcaPlatform(replace(platform.settings, arm=arm)).ensure_app(SPEC)
+    with pytest.raises(TransientPlatformError, match="ContainerAppOperationInProgress"), arm_call("update"):
+        platform.client.container_apps.begin_update(RG, "chat", {"tags": {"x": "y"}}).result()
+    fake_arm.in_progress_polls = 0
+
+
+def test_operation_budget_fits_inside_function_timeout() -> None:
+    """One activity's waits on ARM (budget, plus a read before and after) end before host.json's functionTimeout."""
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    hours, minutes, seconds = (int(part) for part in host["functionTimeout"].split(":"))
+    function_timeout = hours * 3600 + minutes * 60 + seconds
+    arm = ArmConnection("sub", "rg")
+    assert arm.operation_budget_s + 2 * arm.read_timeout < function_timeout
+    assert arm.operation_budget_s >= 60  # long enough for an app update; environments go on across retries

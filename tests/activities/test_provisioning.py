@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from activities.config import InferenceConfig, ProvisionParameters, Settings, WorkloadProfile
-from activities.platform.aca import ArmOperationFailedError
+from activities.platform.aca import (
+    ArmOperationFailedError,
+    ArmRequestError,
+    OperationStillRunningError,
+    arm_errors,
+)
 from activities.platform.base import ADMIN_KEY_SECRET, PlatformError, TransientPlatformError
 from activities.provisioning import (
     STEPS,
@@ -20,8 +26,9 @@ from activities.provisioning import (
     Provisioner,
     ProvisionPlan,
     StepResult,
+    WorkloadProfileError,
 )
-from tests.fakes.fake_arm import FakeArm
+from tests.fakes.fake_arm import FAST_CLIENT_CLOCK, FakeArm
 
 SUB = "00000000-0000-0000-0000-000000000002"
 RG = "rg-ft"
@@ -50,8 +57,12 @@ PARAMS = ProvisionParameters(default_commands=("python", "-m", "inference_server
 
 @pytest.fixture
 def fake_arm(tmp_path: Path) -> Iterator[FakeArm]:
-    with FakeArm.start(tmp_path, location="swedencentral", resource_groups=(RG,)) as fake:
+    # ARM's operations run through in-progress polls with Retry-After: 1; the clients sleep a hundredth of it
+    with FakeArm.start(
+        tmp_path, location="swedencentral", resource_groups=(RG,), client_time_scale=FAST_CLIENT_CLOCK
+    ) as fake:
         yield fake
+        assert fake.sdk_violations == []  # every body we sent is one the SDK's models allow
 
 
 @pytest.fixture
@@ -146,25 +157,121 @@ def test_environment_is_wired_to_the_workspace(
     assert storage_put.body["properties"]["azureFile"]["shareName"] == "finetune-share"
 
 
-def test_changed_profile_updates_environment_and_keeps_others(
+ENV_PATH = f"{BASE}/Microsoft.App/managedEnvironments/inference-app-env"
+
+
+def test_gpu_profile_is_not_added_to_an_existing_environment(
     provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
 ) -> None:
-    """Switching to the A100 profile patches the environment once and keeps the T4 profile others may use."""
+    """Switching an existing environment to the A100 profile is refused before any write, saying what to do; ARM's
+    fake refuses the same PATCH (a GPU profile only comes with a new environment)."""
     provisioner.provision_all(plan)
     a100 = WorkloadProfile("NC24-A100", "Consumption-GPU-NC24-A100")
     fake_arm.clear_log()
-    result = provisioner.ensure_environment(replace(plan.environment, workload_profile=a100))
-    assert result.action == "updated"
+    with pytest.raises(WorkloadProfileError) as caught:
+        provisioner.ensure_environment(replace(plan.environment, workload_profile=a100))
+    message = str(caught.value)
+    assert "only when an environment is created" in message
+    assert "GPU_WORKLOAD_PROFILE to one it has (NC8as-T4 (Consumption-GPU-NC8as-T4))" in message
+    assert "acaEnvironmentName" in message
+    assert fake_arm.writes() == []
+    env = fake_arm.resource(ENV_PATH)
+    profiles = [*env["properties"]["workloadProfiles"], {"name": a100.name, "workloadProfileType": a100.type}]
+    environments = provisioner._client("apps").managed_environments
+    with pytest.raises(ArmRequestError) as refused, arm_errors("patch"):
+        environments.begin_update(RG, "inference-app-env", {"properties": {"workloadProfiles": profiles}}).result()
+    assert refused.value.code == "ManagedEnvironmentGpuProfileNotAllowed"
+
+
+def test_step_failure_for_the_profile_is_permanent(provisioner: Provisioner, plan: ProvisionPlan) -> None:
+    """The profile refusal is a PlatformError that is not transient (the orchestration ends with its message)."""
+    provisioner.provision_all(plan)
+    a100 = WorkloadProfile("NC24-A100", "Consumption-GPU-NC24-A100")
+    moved = replace(plan, environment=replace(plan.environment, workload_profile=a100))
+    with pytest.raises(PlatformError) as caught:
+        provisioner.run_step("environment", moved)
+    assert not isinstance(caught.value, TransientPlatformError)
+
+
+def test_consumption_only_environment_is_refused(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """An existing Consumption-only environment (no workload profiles) cannot take the GPU profile: refused, no write."""
+    for step in STEPS[:3]:
+        provisioner.run_step(step, plan)
+    fake_arm.put_resource(ENV_PATH, {"location": "swedencentral", "properties": {}})
+    fake_arm.clear_log()
+    with pytest.raises(WorkloadProfileError, match="Consumption-only environment .* acaEnvironmentName"):
+        provisioner.run_step("environment", plan)
+    assert fake_arm.writes() == []
+
+
+def test_shared_environment_with_our_profile_is_updated_and_keeps_others(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """An environment someone else created with our GPU profile and a dedicated one: only the logs wiring is patched,
+    every profile kept."""
+    for step in STEPS[:3]:
+        provisioner.run_step(step, plan)
+    profiles = [
+        {"name": "Consumption", "workloadProfileType": "Consumption"},
+        {"name": "NC8as-T4", "workloadProfileType": "Consumption-GPU-NC8as-T4"},
+        {"name": "d4", "workloadProfileType": "D4", "minimumCount": 0, "maximumCount": 2},
+    ]
+    fake_arm.put_resource(ENV_PATH, {"location": "swedencentral", "properties": {"workloadProfiles": profiles}})
+    fake_arm.clear_log()
+    assert provisioner.run_step("environment", plan).action == "updated"
     assert [r.method for r in fake_arm.writes()] == ["PATCH"]
-    env = fake_arm.resource(f"{BASE}/Microsoft.App/managedEnvironments/inference-app-env")
-    assert [p["name"] for p in env["properties"]["workloadProfiles"]] == [
+    assert [p["name"] for p in fake_arm.resource(ENV_PATH)["properties"]["workloadProfiles"]] == [
         "Consumption",
         "NC8as-T4",
-        "NC24-A100",
+        "d4",
     ]
-    assert (
-        provisioner.ensure_environment(replace(plan.environment, workload_profile=a100)).action == "unchanged"
-    )
+    assert provisioner.run_step("environment", plan).action == "unchanged"
+
+
+def test_each_resource_type_polls_the_way_arm_does(
+    provisioner: Provisioner, plan: ProvisionPlan, fake_arm: FakeArm
+) -> None:
+    """Storage account, workspace and environment PUTs are polled on Location, the container app PUT on
+    Azure-AsyncOperation, each through in-progress polls with Retry-After: 1; share and environment storage are
+    synchronous."""
+    provisioner.provision_all(plan)
+    headers = {r.path.rsplit("/", 1)[-1]: (r.status, r.response_headers) for r in fake_arm.writes()}
+    assert headers["stfinetune001"][0] == 202 and "Location" in headers["stfinetune001"][1]
+    assert headers["inference-app-env-logs"][0] == 202 and "Location" in headers["inference-app-env-logs"][1]
+    assert headers["inference-app-env"][0] == 201 and "Location" in headers["inference-app-env"][1]
+    assert headers["inference-app"][0] == 201 and "Azure-AsyncOperation" in headers["inference-app"][1]
+    for name in ("stfinetune001", "inference-app-env-logs", "inference-app-env", "inference-app"):
+        assert headers[name][1]["Retry-After"] == "1"
+    assert headers["finetune-share"] == (201, {})
+    polls = fake_arm.operation_polls()
+    assert len(polls) == 4 * (fake_arm.in_progress_polls + 1)
+    assert sum("/operations/" in r.path for r in polls) == fake_arm.in_progress_polls + 1
+
+
+def test_environment_creation_outlasting_the_budget_is_waited_for_on_retry(
+    fake_arm: FakeArm, plan: ProvisionPlan
+) -> None:
+    """An environment still initialising at the end of the step's budget ends the step (transient); the retried step
+    waits for it instead of writing again, then finds it created."""
+    arm = replace(fake_arm.connection(SUB, RG), operation_budget_s=0.4)
+    provisioner = Provisioner(arm, secrets={"inference-api-keys": API_KEY})
+    for step in STEPS[:3]:
+        provisioner.run_step(step, plan)
+    fake_arm.in_progress_polls = 10**6
+    with pytest.raises(OperationStillRunningError):
+        provisioner.run_step("environment", plan)
+    with pytest.raises(OperationStillRunningError, match="InitializationInProgress"):
+        provisioner.run_step("environment", plan)
+    fake_arm.in_progress_polls = 0
+    for _ in range(100):
+        if fake_arm.resource(ENV_PATH)["properties"]["provisioningState"] == "Succeeded":
+            break
+        time.sleep(0.02)
+    assert provisioner.run_step("environment", plan).action == "unchanged"
+    env_writes = [r for r in fake_arm.writes() if r.path.endswith("inference-app-env")]
+    assert [r.method for r in env_writes] == ["PUT"]
 
 
 def test_existing_resources_are_reused_by_name(

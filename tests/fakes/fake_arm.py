@@ -6,8 +6,28 @@ depends on it:
 
 - every request must carry `api-version` (recorded per provider) and a bearer token, else 400 / 401 with ARM's
   error body;
-- long-running PUT / PATCH answer 201 / 202 with an `Azure-AsyncOperation` header; the operation reads InProgress
-  once, then Succeeded (or Failed with the scripted error, leaving the resource in provisioningState Failed);
+- every PUT / PATCH body is checked against the SDK's own models (`sdk_body_errors`: unknown fields, read-only
+  fields, JSON types, required fields on PUT); a violation is answered 400 `FakeArmSdkSchemaViolation` (a code ARM
+  never sends: it marks a bug in our bodies) and recorded in `sdk_violations`. The management SDKs in use are
+  TypeSpec-generated (`_utils.model_base`): their models carry no `_validation` constraints and no `validate()`,
+  and their operations hard-code `client_side_validation = False`, so this walk over the models' rest fields and
+  type hints is all the client-side checking they offer;
+- long-running writes answer the way each SDK's `*_initial` method and the REST spec say they do (`_LRO`):
+  container app PUT 201 + `Azure-AsyncOperation` (ContainerApps.json: final-state-via azure-async-operation), container
+  app PATCH 202 + `Location`, managed environment PUT 201 / PATCH 202 + `Location`, storage account PUT 202 +
+  `Location`, Log Analytics workspace PUT 202 + `Location`; environment storages and file shares are synchronous.
+  The resource reads its in-progress provisioningState (`_IN_PROGRESS`) for `in_progress_polls` polls of the
+  operation, each answered with `Retry-After: <retry_after>` (default 1 s, as ARM sends), then Succeeded (or
+  Failed with the scripted error: an `Azure-AsyncOperation` status body, or the error status on the `Location`
+  URL). A write to a resource whose operation is still running is refused 409, as ARM does;
+- it refuses what ARM refuses for the fields we send (`_app_errors`, `_environment_errors`): container app names
+  (2-32 lowercase letters, digits and '-', starting with a letter, ending alphanumeric, no '--': the Azure
+  resource-name rules for Microsoft.App/containerApps); probe fields outside the ranges documented in the spec
+  (CommonDefinitions.json `ContainerAppProbe`: initialDelaySeconds 1-60, periodSeconds 1-240, timeoutSeconds
+  1-240, failureThreshold 1-10, successThreshold 1-10 and 1 for Liveness / Startup; one probe per type); a GPU
+  workload profile added to an existing environment (Container Apps docs, "Workload profiles": "You can only apply
+  a GPU workload profile to an environment as the environment is created") and workload profiles added to a
+  Consumption-only environment (the environment type is fixed at creation). Error codes are the fake's own;
 - write-only fields (container app secret values, a Log Analytics shared key, a storage account key) are not
   returned by GET; a container app's secret values come back only from its `listSecrets` action;
 - a container app gets a new revision when its template changes; revisions can be listed, read and restarted (a
@@ -30,8 +50,10 @@ import json
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +67,8 @@ import trustme
 from azure.core.credentials import AccessToken
 
 FAKE_TOKEN = "fake-arm-token"
+# The clients' clock for tests that are not about LRO timing: they sleep 1/100 of what ARM asks (Retry-After).
+FAST_CLIENT_CLOCK = 0.01
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = _SUB + r"/resourcegroups/(?P<rg>[^/]+)"
@@ -73,31 +97,168 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
         ("restart", _APP + r"/revisions/(?P<rev>[^/]+)/restart"),
         ("list_secrets", _APP + "/listsecrets"),
         ("operation", _SUB + r"/providers/fake\.operations/operations/(?P<op>[^/]+)"),
+        ("location", _SUB + r"/providers/fake\.operations/locations/(?P<op>[^/]+)"),
     ]
 ]
-# Resource kinds with a stored body, their ARM type, how they are written, and fields GET never returns.
+# Resource kinds with a stored body, their ARM type, the methods they take and fields GET never returns.
 _RESOURCES: dict[str, dict[str, Any]] = {
-    "storage_account": {"type": "Microsoft.Storage/storageAccounts", "put": 202, "patch": 0, "hidden": []},
+    "storage_account": {"type": "Microsoft.Storage/storageAccounts", "methods": ("PUT", "PATCH"), "hidden": []},
     "file_share": {
         "type": "Microsoft.Storage/storageAccounts/fileServices/shares",
-        "put": 0,
-        "patch": 0,
+        "methods": ("PUT", "PATCH"),
         "hidden": [],
     },
-    "workspace": {"type": "Microsoft.OperationalInsights/workspaces", "put": 201, "hidden": []},
+    "workspace": {"type": "Microsoft.OperationalInsights/workspaces", "methods": ("PUT",), "hidden": []},
     "environment": {
         "type": "Microsoft.App/managedEnvironments",
-        "put": 201,
-        "patch": 202,
+        "methods": ("PUT", "PATCH"),
         "hidden": [("properties", "appLogsConfiguration", "logAnalyticsConfiguration", "sharedKey")],
     },
     "env_storage": {
         "type": "Microsoft.App/managedEnvironments/storages",
-        "put": 0,
+        "methods": ("PUT",),
         "hidden": [("properties", "azureFile", "accountKey")],
     },
-    "container_app": {"type": "Microsoft.App/containerApps", "put": 201, "patch": 202, "hidden": []},
+    "container_app": {"type": "Microsoft.App/containerApps", "methods": ("PUT", "PATCH"), "hidden": []},
 }
+# Long-running writes: (kind, method) -> (first status, polling header). From the SDKs' `*_initial` methods (the
+# status codes they accept and the headers they read) and the REST specs; other writes answer 200 / 201 at once.
+_LRO: dict[tuple[str, str], tuple[int, str]] = {
+    ("storage_account", "PUT"): (202, "Location"),
+    ("workspace", "PUT"): (202, "Location"),
+    ("environment", "PUT"): (201, "Location"),
+    ("environment", "PATCH"): (202, "Location"),
+    ("container_app", "PUT"): (201, "Azure-AsyncOperation"),
+    ("container_app", "PATCH"): (202, "Location"),
+}
+# The provisioningState a resource reads while its operation runs (each SDK's provisioning-state enum).
+_IN_PROGRESS = {
+    "storage_account": "Creating",
+    "workspace": "Creating",
+    "environment": "InitializationInProgress",
+    "container_app": "InProgress",
+}
+_SETTLED_STATES = frozenset({"succeeded", "failed", "canceled"})
+# ARM's 409 code for a write while an operation runs (Container Apps names its own).
+_BUSY_CODES = {"container_app": "ContainerAppOperationInProgress"}
+
+# Container app names (Azure resource-name rules, Microsoft.App/containerApps).
+_APP_NAME = re.compile(r"[a-z](?:[a-z0-9]|-(?!-))*[a-z0-9]")
+# Probe fields: (min, max), as CommonDefinitions.json's ContainerAppProbe describes them (the swagger has no
+# minimum / maximum keywords, only these sentences; the SDK's docstrings repeat them).
+PROBE_RANGES: dict[str, tuple[int, int]] = {
+    "initialDelaySeconds": (1, 60),
+    "periodSeconds": (1, 240),
+    "timeoutSeconds": (1, 240),
+    "failureThreshold": (1, 10),
+    "successThreshold": (1, 10),
+}
+_GPU_PROFILE = re.compile(r"gpu|^nc\d", re.IGNORECASE)  # Consumption-GPU-*, NC24-A100, NC8as-T4, ...
+
+
+def is_gpu_profile_type(profile_type: str) -> bool:
+    """A GPU workload profile type: serverless (Consumption-GPU-*) or dedicated (NC* sizes)."""
+    return bool(_GPU_PROFILE.search(profile_type or ""))
+
+
+def _model_for(kind: str, method: str) -> type | None:
+    """The SDK model a write body of `kind` is serialised from."""
+    if kind in ("container_app", "environment", "env_storage"):
+        from azure.mgmt.appcontainers import models
+
+        return {
+            "container_app": models.ContainerApp,
+            "environment": models.ManagedEnvironment,
+            "env_storage": models.ManagedEnvironmentStorage,
+        }[kind]
+    if kind in ("storage_account", "file_share"):
+        from azure.mgmt.storage import models as storage_models
+
+        if kind == "file_share":
+            return storage_models.FileShare
+        return (
+            storage_models.StorageAccountCreateParameters
+            if method == "PUT"
+            else storage_models.StorageAccountUpdateParameters
+        )
+    if kind == "workspace":
+        from azure.mgmt.loganalytics import models as log_models
+
+        return log_models.Workspace
+    return None
+
+
+def _hints(model: type) -> dict[str, Any]:
+    module = sys.modules[model.__module__]
+    package = sys.modules[model.__module__.rsplit(".", 1)[0]]
+    return typing.get_type_hints(model, {**vars(module), "_models": package})
+
+
+def sdk_body_errors(model: type, body: Any, path: str = "", *, partial: bool = False) -> list[str]:
+    """What in `body` the SDK's `model` does not allow: unknown or read-only fields, wrong JSON types, missing
+    required fields (not for a merge PATCH: `partial`)."""
+    if not isinstance(body, dict):
+        return [f"{path or '/'}: expected an object for {model.__name__}, got {type(body).__name__}"]
+    model()  # model_base computes _attr_to_rest_field on first instantiation
+    fields = {rf._rest_name: (attr, rf) for attr, rf in model._attr_to_rest_field.items()}
+    hints = _hints(model)
+    errors: list[str] = []
+    for key, value in body.items():
+        where = f"{path}/{key}"
+        if key not in fields:
+            errors.append(f"{where}: not a field of {model.__name__}")
+            continue
+        attr, rf = fields[key]
+        if list(rf._visibility or []) == ["read"]:
+            errors.append(f"{where}: read-only in {model.__name__}")
+            continue
+        if value is None and partial:
+            continue  # merge PATCH: null removes
+        errors += _type_errors(hints.get(attr), value, where, partial)
+    if not partial:
+        for rest_name, (attr, rf) in fields.items():
+            hint = hints.get(attr)
+            required = hint is not None and type(None) not in typing.get_args(hint)
+            if required and list(rf._visibility or []) != ["read"] and rest_name not in body:
+                errors.append(f"{path}/{rest_name}: required by {model.__name__}")
+    return errors
+
+
+def _type_errors(hint: Any, value: Any, where: str, partial: bool) -> list[str]:
+    if hint is None or hint is Any:
+        return []
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        options = [a for a in args if a is not type(None)]
+        if value is None and len(options) < len(args):
+            return []
+        results = [_type_errors(option, value, where, partial) for option in options]
+        return [] if any(not r for r in results) else results[0]
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{where}: expected a list, got {type(value).__name__}"]
+        return [e for i, item in enumerate(value) for e in _type_errors(args[0], item, f"{where}/{i}", partial)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{where}: expected an object, got {type(value).__name__}"]
+        return [e for k, item in value.items() for e in _type_errors(args[1], item, f"{where}/{k}", partial)]
+    if origin is typing.Literal:
+        return [] if value in args else [f"{where}: {value!r} not one of {args}"]
+    if isinstance(hint, type):
+        if getattr(hint, "_is_model", False):
+            return sdk_body_errors(hint, value, where, partial=partial)
+        if issubclass(hint, bool):
+            ok = isinstance(value, bool)
+        elif issubclass(hint, str):  # str and the str enums ("modelAsString": other values are allowed)
+            ok = isinstance(value, str)
+        elif issubclass(hint, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif issubclass(hint, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = True  # datetimes, bytes, ...: not sent by us
+        return [] if ok else [f"{where}: {value!r} is not {hint.__name__}"]
+    return []
 
 
 class FakeTokenCredential:
@@ -114,6 +275,7 @@ class RecordedRequest:
     api_version: str | None
     body: Any  # parsed JSON, or None
     status: int = 0
+    response_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,8 +292,10 @@ class _Fault:
 @dataclass
 class _Operation:
     resource_key: str
+    kind: str
     polls: int = 0
     error: tuple[str, str] | None = None  # (code, message) when scripted to fail
+    done: bool = False
 
 
 @dataclass
@@ -148,6 +312,7 @@ class _State:
     restarts: list[str] = field(default_factory=list)  # revision names restarted
     stalls: list[tuple[str, str, float]] = field(default_factory=list)  # (method, path part, seconds)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # app key -> secret values (write-only)
+    sdk_violations: list[str] = field(default_factory=list)  # bodies the SDK's models do not allow
 
 
 def _arm_error(code: str, message: str) -> dict[str, Any]:
@@ -217,14 +382,28 @@ class FakeArm:
         self.credential = FakeTokenCredential()
         self._state = _State(location=location, resource_groups={rg.lower() for rg in resource_groups})
         self._lock = threading.Lock()
+        # Long-running operations: polls answered InProgress before the end, and the Retry-After sent meanwhile
+        # (ARM sends whole seconds; tests may set a fraction to stay fast, never 0).
+        self.in_progress_polls = 2
+        self.retry_after = "1"  # whole seconds: the SDKs read the first response's Retry-After as an int
+        self.client_time_scale = 1.0
+        self._client_sleeps: list[float] = []
 
     # --- controls for tests -------------------------------------------------------------------------
     @classmethod
     @contextmanager
     def start(
-        cls, tmp_dir: Path, *, location: str = "westus3", resource_groups: tuple[str, ...] = ("rg-test",)
+        cls,
+        tmp_dir: Path,
+        *,
+        location: str = "westus3",
+        resource_groups: tuple[str, ...] = ("rg-test",),
+        retry_after: str = "1",
+        in_progress_polls: int = 2,
+        client_time_scale: float = 1.0,
     ) -> Iterator[FakeArm]:
-        """Start on 127.0.0.1 (a free port) with a fresh trustme CA; stop on exit."""
+        """Start on 127.0.0.1 (a free port) with a fresh trustme CA; stop on exit. `client_time_scale`: what part of
+        each delay the clients' transport really sleeps (every asked-for delay is recorded in `client_sleeps`)."""
         ca = trustme.CA()
         ca_bundle = tmp_dir / "fake-arm-ca.pem"
         ca.cert_pem.write_to_path(str(ca_bundle))
@@ -236,6 +415,8 @@ class FakeArm:
         fake = cls(
             f"https://127.0.0.1:{server.server_address[1]}", str(ca_bundle), location, set(resource_groups)
         )
+        fake.retry_after, fake.in_progress_polls = retry_after, in_progress_polls
+        fake.client_time_scale = client_time_scale
         server.fake = fake  # type: ignore[attr-defined]
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
@@ -247,11 +428,32 @@ class FakeArm:
             thread.join(timeout=5)
 
     def connection(self, subscription_id: str, resource_group: str) -> Any:
-        """An `ArmConnection` for the real management clients, pointed at this fake (TLS, no LRO wait)."""
+        """An `ArmConnection` for the real management clients, pointed at this fake (TLS), whose transport sleeps
+        `client_time_scale` of each delay the client asks for (Retry-After between polls) and records it."""
         from activities.platform.aca import ArmConnection
 
         return ArmConnection(subscription_id, resource_group, base_url=self.base_url,
-                             connection_verify=self.ca_bundle, polling_interval=0, credential=self.credential)
+                             connection_verify=self.ca_bundle, polling_interval=0, credential=self.credential,
+                             transport_factory=self._transport)
+
+    def _transport(self, **kwargs: Any) -> Any:
+        from azure.core.pipeline.transport import RequestsTransport
+
+        fake = self
+
+        class _RecordingClockTransport(RequestsTransport):
+            def sleep(self, duration: float) -> None:
+                with fake._lock:
+                    fake._client_sleeps.append(duration)
+                time.sleep(duration * fake.client_time_scale)
+
+        return _RecordingClockTransport(**kwargs)
+
+    @property
+    def client_sleeps(self) -> list[float]:
+        """Every delay (seconds) the clients asked their transport to sleep, e.g. between LRO polls."""
+        with self._lock:
+            return list(self._client_sleeps)
 
     def fail_next(
         self,
@@ -305,6 +507,30 @@ class FakeArm:
         return [r for r in self.log if r.method in ("PUT", "PATCH", "DELETE")]
 
     @property
+    def sdk_violations(self) -> list[str]:
+        """Write bodies the SDK's models refused (each answered 400 FakeArmSdkSchemaViolation)."""
+        with self._lock:
+            return list(self._state.sdk_violations)
+
+    def take_sdk_violations(self) -> list[str]:
+        """The SDK-model violations so far, forgetting them (tests that send bad bodies on purpose)."""
+        with self._lock:
+            taken, self._state.sdk_violations = self._state.sdk_violations, []
+            return taken
+
+    def operation_polls(self) -> list[RecordedRequest]:
+        """Logged polls of long-running operations (Azure-AsyncOperation and Location URLs)."""
+        return [r for r in self.log if "/providers/fake.operations/" in r.path.lower()]
+
+    def put_resource(self, path: str, body: dict[str, Any]) -> None:
+        """Store a resource as it is (ARM's read shape), e.g. an environment someone else created."""
+        with self._lock:
+            stored = copy.deepcopy(body)
+            stored.setdefault("properties", {}).setdefault("provisioningState", "Succeeded")
+            stored.update(id=path, name=path.rsplit("/", 1)[-1])
+            self._state.resources[path.lower()] = stored
+
+    @property
     def api_versions(self) -> dict[str, set[str]]:
         with self._lock:
             return {k: set(v) for k, v in self._state.api_versions.items()}
@@ -352,7 +578,7 @@ class FakeArm:
         with self._lock:
             self._state.log.append(record)
             status, out_headers, payload = self._dispatch(method, path, api_version, headers, body)
-            record.status = status
+            record.status, record.response_headers = status, dict(out_headers)
         return status, out_headers, payload
 
     def _dispatch(
@@ -395,12 +621,12 @@ class FakeArm:
                 _arm_error("ResourceGroupNotFound", f"Resource group '{parts['rg']}' could not be found."),
             )
         rg_key = key.split("/providers/")[0]
-        if kind != "operation" and rg_key.split("/resourcegroups/")[-1] not in state.resource_groups:
+        if kind not in ("operation", "location") and rg_key.split("/resourcegroups/")[-1] not in state.resource_groups:
             return 404, {}, _arm_error("ResourceGroupNotFound", "Resource group could not be found.")
         if kind in _RESOURCES:
             return self._resource(kind, method, key, path, api_version, body)
-        if kind == "operation" and method == "GET":
-            return self._operation(parts["op"])
+        if kind in ("operation", "location") and method == "GET":
+            return self._operation(parts["op"], kind)
         if kind == "storage_keys" and method == "POST" and self._exists(key.removesuffix("/listkeys")):
             value = hashlib.sha256(key.encode()).hexdigest()
             return 200, {}, {"keys": [{"keyName": "key1", "value": value, "permissions": "FULL"}]}
@@ -450,38 +676,52 @@ class FakeArm:
             if current is None:
                 return 404, {}, _arm_error("ResourceNotFound", f"The Resource '{path}' was not found.")
             return 200, {}, copy.deepcopy(current)
-        if method not in ("PUT", "PATCH") or ("patch" not in spec and method == "PATCH"):
+        if method not in spec["methods"]:
             return 405, {}, _arm_error("MethodNotAllowed", f"{method} is not supported on {path}")
         if not isinstance(body, dict):
             return 400, {}, _arm_error("InvalidRequestContent", "The request content was invalid.")
+        model = _model_for(kind, method)
+        violations = sdk_body_errors(model, body, partial=method == "PATCH") if model else []
+        if violations:
+            state.sdk_violations += [f"{method} {path}: {v}" for v in violations]
+            return 400, {}, _arm_error("FakeArmSdkSchemaViolation", "; ".join(violations))
         if method == "PATCH" and current is None:
             return 404, {}, _arm_error("ResourceNotFound", f"The Resource '{path}' was not found.")
+        busy = str(((current or {}).get("properties") or {}).get("provisioningState") or "Succeeded")
+        if current is not None and busy.lower() not in _SETTLED_STATES:
+            code = _BUSY_CODES.get(kind, "AnotherOperationInProgress")
+            return 409, {}, _arm_error(code, f"An operation is in progress on '{path}' ({busy}); retry later.")
         new = _merge_patch(current, body) if method == "PATCH" else copy.deepcopy(body)
         for read_only in ("id", "name", "type", "systemData"):
             new.pop(read_only, None)
         new.setdefault("properties", {})
+        refusal = None
         if kind == "container_app":
-            error = self._store_app(key, current, new)
-            if error:
-                return 400, {}, error
+            refusal = _app_errors(path.rsplit("/", 1)[-1], new) or self._store_app(key, current, new)
+        elif kind == "environment":
+            refusal = _environment_errors(current, new)
+        if refusal:
+            return 400, {}, refusal
         for hidden in spec["hidden"]:
             _drop(new, hidden)
         self._computed(kind, key, path, new)
-        mode = spec["patch"] if method == "PATCH" else spec["put"]
-        failing = next((f for f in state.failing_operations if f[0] in key), None)
-        if failing and mode:
+        lro = _LRO.get((kind, method))
+        failing = next((f for f in state.failing_operations if f[0] in key), None) if lro else None
+        if failing:
             state.failing_operations.remove(failing)
-        new["properties"]["provisioningState"] = "Failed" if failing and mode else "Succeeded"
-        state.resources[key] = new
-        if not mode:  # synchronous
+        if not lro:  # synchronous
+            new["properties"]["provisioningState"] = "Succeeded"
+            state.resources[key] = new
             return (200 if current is not None else 201), {}, copy.deepcopy(new)
+        new["properties"]["provisioningState"] = _IN_PROGRESS[kind]
+        state.resources[key] = new
         op_id = uuid.uuid4().hex
-        state.operations[op_id] = _Operation(key, error=(failing[1], failing[2]) if failing else None)
+        state.operations[op_id] = _Operation(key, kind, error=(failing[1], failing[2]) if failing else None)
+        status, header = lro
+        segment = "operations" if header == "Azure-AsyncOperation" else "locations"
         sub = key.split("/resourcegroups/")[0]
-        op_url = (
-            f"{self.base_url}{sub}/providers/fake.operations/operations/{op_id}?api-version={api_version}"
-        )
-        return mode, {"Azure-AsyncOperation": op_url, "Retry-After": "0"}, copy.deepcopy(new)
+        op_url = f"{self.base_url}{sub}/providers/fake.operations/{segment}/{op_id}?api-version={api_version}"
+        return status, {header: op_url, "Retry-After": self.retry_after}, copy.deepcopy(new)
 
     def _store_app(
         self, key: str, current: dict[str, Any] | None, new: dict[str, Any]
@@ -546,17 +786,85 @@ class FakeArm:
             latest = self._state.revisions[key][-1]["name"]
             props.update(latestRevisionName=latest, latestReadyRevisionName=latest, runningStatus="Running")
 
-    def _operation(self, op_id: str) -> tuple[int, dict[str, str], Any]:
+    def _operation(self, op_id: str, style: str) -> tuple[int, dict[str, str], Any]:
+        """A poll of an operation: InProgress for `in_progress_polls` polls, then its end. `operation`: the
+        Azure-AsyncOperation status body; `location`: 202 while running, then the resource (or the error)."""
         operation = self._state.operations.get(op_id)
         if operation is None:
             return 404, {}, _arm_error("OperationNotFound", f"Operation '{op_id}' not found.")
         operation.polls += 1
-        body: dict[str, Any] = {"id": op_id, "name": op_id, "status": "InProgress"}
-        if operation.polls > 1:
-            body["status"] = "Failed" if operation.error else "Succeeded"
+        resource = self._state.resources.get(operation.resource_key)
+        if not operation.done and operation.polls > self.in_progress_polls:
+            operation.done = True
+            if resource is not None:
+                resource["properties"]["provisioningState"] = "Failed" if operation.error else "Succeeded"
+        if not operation.done:
+            waiting = {"Retry-After": self.retry_after}
+            if style == "location":
+                return 202, waiting, None
+            return 200, waiting, {"id": op_id, "name": op_id, "status": "InProgress"}
+        if style == "location":
             if operation.error:
-                body["error"] = {"code": operation.error[0], "message": operation.error[1]}
-        return 200, {"Retry-After": "0"}, body
+                return 400, {}, _arm_error(*operation.error)
+            return 200, {}, copy.deepcopy(resource)
+        body: dict[str, Any] = {"id": op_id, "name": op_id, "status": "Failed" if operation.error else "Succeeded"}
+        if operation.error:
+            body["error"] = {"code": operation.error[0], "message": operation.error[1]}
+        return 200, {}, body
+
+
+def _app_errors(name: str, app: dict[str, Any]) -> dict[str, Any] | None:
+    """ARM's refusal of a container app's name or probes (see the module docstring for the rules' sources)."""
+    if not (2 <= len(name) <= 32 and _APP_NAME.fullmatch(name)):
+        return _arm_error(
+            "ContainerAppInvalidName",
+            f"Invalid ContainerApp name '{name}'. A name must consist of lower case alphanumeric characters or "
+            "'-', start with an alphabetic character, end with an alphanumeric character, not contain '--' and "
+            "be 2 to 32 characters long.",
+        )
+    containers = ((app.get("properties") or {}).get("template") or {}).get("containers") or []
+    for container in containers:
+        seen: set[str] = set()
+        for probe in container.get("probes") or []:
+            kind = str(probe.get("type") or "")
+            if kind in seen:
+                return _arm_error("ContainerAppInvalidProbe", f"Container '{container.get('name')}' has two {kind} probes.")
+            seen.add(kind)
+            for field_name, (low, high) in PROBE_RANGES.items():
+                value = probe.get(field_name)
+                if value is not None and not low <= value <= high:
+                    return _arm_error(
+                        "ContainerAppInvalidProbe",
+                        f"{kind} probe of container '{container.get('name')}': {field_name} {value} is out of "
+                        f"range; the minimum value is {low} and the maximum value is {high}.",
+                    )
+            if kind in ("Liveness", "Startup") and probe.get("successThreshold", 1) != 1:
+                return _arm_error(
+                    "ContainerAppInvalidProbe", f"{kind} probe: successThreshold must be 1 for liveness and startup."
+                )
+    return None
+
+
+def _environment_errors(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """ARM's refusal of workload profiles an existing environment cannot take (see the module docstring)."""
+    if current is None:
+        return None
+    before = (current.get("properties") or {}).get("workloadProfiles")
+    after = (new.get("properties") or {}).get("workloadProfiles") or []
+    if not before and after:
+        return _arm_error(
+            "ManagedEnvironmentWorkloadProfilesNotSupported",
+            "A Consumption only environment cannot be converted to a workload profiles environment.",
+        )
+    existing = {(p.get("name"), p.get("workloadProfileType")) for p in before or []}
+    for profile in after:
+        ident = (profile.get("name"), profile.get("workloadProfileType"))
+        if is_gpu_profile_type(str(ident[1] or "")) and ident not in existing:
+            return _arm_error(
+                "ManagedEnvironmentGpuProfileNotAllowed",
+                f"GPU workload profile '{ident[0]}' ({ident[1]}) can only be added when the environment is created.",
+            )
+    return None
 
 
 class _Handler(BaseHTTPRequestHandler):

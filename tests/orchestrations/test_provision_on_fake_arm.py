@@ -1,11 +1,14 @@
 """The provision and restart orchestrations of `function_app` on devhost, PLATFORM=aca, with the real management
 clients against the loopback fake ARM over TLS: every resource created once, a second run writes nothing,
-throttling is retried, a failed long-running operation ends the run with ARM's message."""
+throttling is retried, a failed long-running operation ends the run with ARM's message, an operation outlasting a
+step's budget is waited for across the orchestrator's retries, and a GPU profile ARM would refuse ends the run with
+what to do."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from activities.provisioning import STEPS, Provisioner
 from activities.records import DeploymentRecords
 from activities.services import Services
 from devhost.host import DevHost
-from tests.fakes.fake_arm import FakeArm
+from tests.fakes.fake_arm import FAST_CLIENT_CLOCK, FakeArm
 
 SUB, RG, APP = "00000000-0000-0000-0000-000000000009", "rg-inference", "inference-app"
 
@@ -27,7 +30,7 @@ SUB, RG, APP = "00000000-0000-0000-0000-000000000009", "rg-inference", "inferenc
 @pytest.fixture
 async def aca_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[DevHost, FakeArm]]:
     """function_app on devhost whose activities use an ACA platform wired to the fake ARM."""
-    with FakeArm.start(tmp_path, location="swedencentral", resource_groups=(RG,)) as fake:
+    with FakeArm.start(tmp_path, location="swedencentral", resource_groups=(RG,), client_time_scale=FAST_CLIENT_CLOCK) as fake:
         config = InferenceConfig(subscription_id=SUB, resource_group_name=RG, storage_account_name="stfinetune009",
                                  file_share_name="finetune", aca_app_name=APP)
         config_path = tmp_path / "inference.config.json"
@@ -90,3 +93,33 @@ async def test_failed_long_running_operation_ends_with_arms_message(aca_host) ->
     out = await run(host, "provision", "p4")
     assert out["state"] == "failed" and "GPU quota exceeded" in out["reason"], out
     assert [s["step"] for s in out["steps"]][-1] == "environment"
+
+
+async def test_operations_outlasting_a_step_are_waited_for_across_retries(aca_host) -> None:
+    """Each long-running operation takes longer than a step's budget: the step ends transient, the orchestrator's
+    retry waits for the operation in flight, and every resource is still written exactly once."""
+    host, fake = aca_host
+    provisioner = activity_functions.services().apps.provisioner
+    provisioner.arm = replace(provisioner.arm, operation_budget_s=0.3)
+    fake.in_progress_polls = 40  # about 0.6 s of polls (Retry-After 1 s on the tests' 1/100 clock)
+    out = await run(host, "provision", "p5")
+    assert out["state"] == "provisioned", out
+    puts = [r.path.lower() for r in fake.writes() if r.method == "PUT"]
+    assert len(puts) == len(set(puts)) == len(STEPS), puts
+    account_reads = [r for r in fake.log if r.method == "GET" and r.path.lower().endswith("/stfinetune009")]
+    assert len(account_reads) >= 2  # the storage account step ran again after its budget ran out
+    assert not [r for r in fake.log if r.status == 409]  # nothing was written over an operation in flight
+
+
+async def test_existing_environment_without_the_gpu_profile_ends_the_run(aca_host) -> None:
+    """An existing environment without our GPU profile: the run ends failed at the environment step, saying what to
+    do, and the environment is not written."""
+    host, fake = aca_host
+    env_path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/managedEnvironments/{APP}-env"
+    profiles = [{"name": "Consumption", "workloadProfileType": "Consumption"},
+                {"name": "NC24-A100", "workloadProfileType": "Consumption-GPU-NC24-A100"}]
+    fake.put_resource(env_path, {"location": "swedencentral", "properties": {"workloadProfiles": profiles}})
+    out = await run(host, "provision", "p6")
+    assert out["state"] == "failed" and [s["step"] for s in out["steps"]][-1] == "environment", out
+    assert "only when an environment is created" in out["reason"] and "acaEnvironmentName" in out["reason"]
+    assert not [r for r in fake.writes() if r.path.lower().endswith(f"managedenvironments/{APP}-env")]
