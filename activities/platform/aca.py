@@ -29,9 +29,11 @@ Retries: the clients are built with `retry_total=0`, so the SDK never retries by
 Long-running operations are bounded: an activity runs under the Functions host's `functionTimeout` (host.json,
 10 minutes), so one call waits on ARM at most `ArmConnection.operation_budget_s` (300 s), honouring ARM's
 `Retry-After` between polls. When that runs out, `OperationStillRunningError` (transient) ends the activity; ARM goes
-on with the operation, and the orchestrator's retry (a durable timer) starts an activity that first waits, within a
-new budget, for the resource to leave its in-progress provisioningState (`wait_until_settled`) before comparing or
-writing, so an operation in flight is never written over. Budget + two reads (2 x `read_timeout`) < functionTimeout.
+on with the operation (and the SDK's poller thread keeps polling it in the worker until it ends), and the
+orchestrator's retry (a durable timer) starts an activity that first waits, within a new budget, for the resource to
+leave its in-progress provisioningState (`wait_until_settled`) before comparing or writing, so an operation in flight
+is never written over. Budget + two reads (2 x `read_timeout`) < functionTimeout; with IO_RETRY's 4 attempts a step
+waits on ARM for at most about 20 minutes in all.
 
 ARM's rules we check before writing: container app names (`check_app_name`: 2-32 lowercase letters, digits and
 '-', starting with a letter, ending alphanumeric, no '--'; Azure's resource-name rules for Microsoft.App/

@@ -51,6 +51,7 @@ async def aca_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
             yield host, fake
         finally:
             await host.stop()
+        assert fake.sdk_violations == []  # every body sent is one the SDK's models allow
 
 
 async def run(host: DevHost, name: str, instance_id: str) -> dict:
