@@ -97,6 +97,12 @@ class DigestMismatchError(AdapterStoreError, ValueError):
     code = "sha_mismatch"
 
 
+class AdapterReplacedError(DigestMismatchError):
+    """A newer upload replaced the adapter after this version was accepted (its record is superseded)."""
+
+    code = "replaced"
+
+
 class FileTooLargeError(AdapterStoreError, ValueError):
     """A blob is larger than the caller's cap."""
 
@@ -875,7 +881,7 @@ def stage_adapter(
     if not target.has_version(app, adapter, sha):
         done = store.get_complete(app, adapter)
         if done.sha256 != sha:
-            raise DigestMismatchError(
+            raise AdapterReplacedError(
                 f"{app}/{adapter} is now {done.sha256}, not the accepted {sha} (a newer upload replaced it)"
             )
         files = [

@@ -35,11 +35,12 @@ def _failure(code: str, reason: str, cause: str) -> dict[str, Any]:
 
 def permanent_failures(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
     """Turn permanent errors into `ok: false` results with their cause (`content`: the adapter or its upload is
-    at fault; `platform`: the platform refused the request); let transient ones raise (after Retry-After)."""
+    at fault; `superseded`: a newer upload replaced it; `platform`: the platform refused the request); let
+    transient ones raise (after Retry-After)."""
 
     @functools.wraps(fn)
     def wrapper(payload: dict) -> Any:
-        from activities.adapter_store import AdapterStoreError
+        from activities.adapter_store import AdapterReplacedError, AdapterStoreError
         from activities.platform.base import PlatformError, TransientPlatformError
         from activities.validation import AdapterValidationError
 
@@ -52,7 +53,7 @@ def permanent_failures(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
                 time.sleep(min(float(exc.retry_after), MAX_RETRY_AFTER_S))
             raise
         except AdapterStoreError as exc:
-            return _failure(exc.code, str(exc), "content")
+            return _failure(exc.code, str(exc), "superseded" if isinstance(exc, AdapterReplacedError) else "content")
         except PlatformError as exc:
             return _failure(getattr(exc, "code", type(exc).__name__), str(exc), "platform")
 

@@ -21,8 +21,10 @@ deleted, except an upload's record while its marker still exists (it is what say
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,10 +57,14 @@ def upload_record_id(app: str, adapter: str, etag: str, modified: datetime) -> s
     return f"{app}.{_stamp(modified)}-u{digest}"
 
 
+#: `<app>.<server time YYYYmmddTHHMMSSffffff>-u<10 hex>` (an upload) or `-r<6 hex>` (a deploy request).
+RECORD_ID = re.compile(r"([a-z][a-z0-9-]{0,30}[a-z0-9])\.\d{8}T\d{12}-(?:u[0-9a-f]{10}|r[0-9a-f]{6})")
+
+
 def app_of(record_id: str) -> str:
-    """The app a record id belongs to ('' when the id is not a record id)."""
-    app, dot, rest = record_id.partition(".")
-    return app if dot and rest and "/" not in record_id else ""
+    """The app a record id belongs to ('' when it is not a well-formed record id)."""
+    match = RECORD_ID.fullmatch(record_id)
+    return match.group(1) if match else ""
 
 
 def is_terminal(record: dict[str, Any]) -> bool:
@@ -112,7 +118,14 @@ class DeploymentRecords:
             raw = self.store.container.download_blob(self._blob(app, record_id)).readall()
         except ResourceNotFoundError:
             return None
-        return json.loads(raw)
+        try:
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict) or record.get("id") != record_id:  # a damaged blob never wedges the app
+            return {**_new(record_id, app, "?", "unknown", datetime.now(UTC)), "stage": "failed", "cause": "input",
+                    "reason": "the deployment record is unreadable (damaged blob)"}
+        return record
 
     def _get_many(self, app: str, ids: list[str]) -> list[dict[str, Any]]:
         if len(ids) <= 1:
@@ -142,7 +155,7 @@ class DeploymentRecords:
         for blob in self._listing(app):
             top, _, rest = blob.name[len(prefix):].partition("/")
             if top == RECORDS_DIR:
-                if rest.endswith(".json"):
+                if rest.endswith(".json") and app_of(rest[:-5]) == app:  # anything else is not ours: ignored
                     stages[rest[:-5]] = (blob.metadata or {}).get("stage", "received")
             elif rest == MARKER_NAME:
                 markers[top] = blob
@@ -154,7 +167,8 @@ class DeploymentRecords:
             live_markers.add(record_id)
             if record_id not in stages:
                 record = self._upload_record(app, adapter, blob, sizes.get(adapter, {}), record_id)
-                if record is not None and self._write(record, create=True):
+                if record is not None:
+                    self._write(record, create=True)  # made here or, at the same moment, by another ingest
                     stages[record_id] = record["stage"]
         self._prune(app, stages, live_markers)
         open_ids = [i for i, stage in stages.items() if stage not in TERMINAL]
@@ -201,6 +215,8 @@ class DeploymentRecords:
         return record
 
     def _prune(self, app: str, stages: dict[str, str], protected: set[str]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
         if len(stages) <= KEEP_RECORDS:
             return
         prefix = self._app_prefix(app)
@@ -208,7 +224,8 @@ class DeploymentRecords:
             if len(stages) <= KEEP_RECORDS:
                 return
             if stages[record_id] in TERMINAL and record_id not in protected:
-                self.store.container.delete_blob(f"{prefix}{RECORDS_DIR}/{record_id}.json")
+                with contextlib.suppress(ResourceNotFoundError):  # another ingest pruned it first
+                    self.store.container.delete_blob(f"{prefix}{RECORDS_DIR}/{record_id}.json")
                 del stages[record_id]
 
     # -- reading for the status API ---------------------------------------------------------------------------
@@ -216,7 +233,7 @@ class DeploymentRecords:
         """The app's newest records, newest first."""
         prefix = f"{self._app_prefix(app)}{RECORDS_DIR}/"
         ids = sorted((b.name[len(prefix):-5] for b in self._listing(app, f"{RECORDS_DIR}/")
-                      if b.name.endswith(".json")), reverse=True)
+                      if b.name.endswith(".json") and app_of(b.name[len(prefix):-5]) == app), reverse=True)
         return sorted(self._get_many(app, ids[: limit + 8]), key=order, reverse=True)[:limit]
 
     def list_apps(self) -> list[str]:
@@ -243,6 +260,6 @@ def _new(record_id: str, app: str, adapter: str, source: str, accepted: datetime
 
 
 def order(record: dict[str, Any]) -> tuple[str, str, str]:
-    """Arrival order: the server's acceptance time, then when the orchestrator first saw it (markers written in
-    the same second share an acceptance time), then the id."""
-    return (record.get("accepted_at") or "", record.get("seen_at") or "", record.get("id") or "")
+    """Arrival order: the second of the server's acceptance time (markers carry whole seconds only), then when
+    the orchestrator first saw it (uploads and requests of the same second alike), then the id."""
+    return ((record.get("accepted_at") or "")[:19], record.get("seen_at") or "", record.get("id") or "")

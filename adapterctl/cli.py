@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from azure.core.exceptions import AzureError
+
 from .api import ApiError, OrchestratorApi, stream_chat
 from .follow import follow, succeeded
 
@@ -223,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, out)
     except ApiError as exc:
         out.result({"ok": False, "reason": str(exc), "status": exc.status}, f"error: {exc}")
+        return EXIT_API
+    except AzureError as exc:  # the upload store: unreachable, refused credentials, ...
+        out.result({"ok": False, "reason": f"storage: {type(exc).__name__}: {exc}"}, f"storage error: {exc}")
         return EXIT_API
     except (ValueError, TimeoutError) as exc:
         out.result({"ok": False, "reason": str(exc)}, f"error: {exc}")

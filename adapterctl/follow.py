@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .api import OrchestratorApi
+from .api import ApiError, OrchestratorApi
 
 TERMINAL = {"live", "rolled_back", "failed", "superseded"}
 RUNTIME_DONE = {"Completed", "Failed", "Terminated"}
@@ -27,14 +27,21 @@ def follow(
     interval: float = 0.5,
 ) -> dict[str, Any]:
     """Poll one deployment until it finishes; `on_stage` sees each stage entry once, in order."""
-    shown = 0
+    shown: set[tuple[str, str]] = set()
     deadline = time.monotonic() + timeout
     while True:
-        record = api.deployment(deployment_id)
-        history = record.get("history") or []
-        for entry in history[shown:]:
-            on_stage(entry)
-        shown = len(history)
+        try:
+            record = api.deployment(deployment_id)
+        except ApiError as exc:  # the orchestrator briefly unreachable or busy: keep following until the deadline
+            if (exc.status and exc.status < 500) or time.monotonic() > deadline:
+                raise
+            time.sleep(interval)
+            continue
+        for entry in record.get("history") or []:  # a retried attempt brings a new history: show what is new
+            key = (entry.get("stage"), entry.get("at"))
+            if key not in shown:
+                shown.add(key)
+                on_stage(entry)
         if is_finished(record):
             return record
         if time.monotonic() > deadline:

@@ -21,7 +21,8 @@ base adapter), refused content (bad adapters, forged markers) that went live. Ex
 
 The plan (what each request sends, in which order, which fault comes next) follows from `--seed`; which fault
 meets which rollout depends on timing. The state folder (logs: devhost.log, the inference servers' logs) is
-kept in `--state-dir` (default .devhost/soak, wiped at the start).
+kept in `--state-dir` (default .devhost/soak); each run starts its stack over (`up --fresh` rules: only a folder
+that `devhost up` made is deleted).
 """
 
 from __future__ import annotations
@@ -745,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deployments", type=int, default=200, help="uploads and deploy requests in all")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--settle", type=float, default=300, help="seconds to wait at the end for records to end")
-    parser.add_argument("--state-dir", default=str(ROOT / ".devhost" / "soak"), help="stack state (wiped at start)")
+    parser.add_argument("--state-dir", default=str(ROOT / ".devhost" / "soak"), help="stack state (started over each run)")
     parser.add_argument("--kit-dir", default=str(ROOT / "build" / "tinykit" / "llama"))
     args = parser.parse_args(argv)
 
@@ -753,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     from tinykit import PHRASES
 
     state = Path(args.state_dir).resolve()
-    with local_stack(state / "stack", Path(args.kit_dir), extra_env=STACK_ENV) as stack:
+    with local_stack(state / "stack", Path(args.kit_dir), extra_env=STACK_ENV, fresh=True) as stack:
         work = state / "adapters"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)

@@ -51,7 +51,11 @@ def json_body(req: func.HttpRequest) -> dict[str, Any]:
 def answers_bad_requests(
     handler: Callable[..., Awaitable[func.HttpResponse]],
 ) -> Callable[..., Awaitable[func.HttpResponse]]:
-    """Turn `BadRequest` (and `LookupError`: 404) raised by an HTTP function into the JSON error response."""
+    """Turn what an HTTP function raises into the JSON error response: `BadRequest` (its status), `LookupError`
+    (404), an upload the store refuses (409, naming why), storage or platform unavailable (503)."""
+    from azure.core.exceptions import AzureError
+
+    from activities.adapter_store import AdapterStoreError
 
     @functools.wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
@@ -61,5 +65,9 @@ def answers_bad_requests(
             return error_response(str(exc), exc.status)
         except LookupError as exc:
             return error_response(str(exc.args[0] if exc.args else exc), 404)
+        except AdapterStoreError as exc:
+            return error_response(f"{exc.code}: {exc}", 409)
+        except AzureError as exc:
+            return error_response(f"storage or platform unavailable, try again: {type(exc).__name__}", 503)
 
     return wrapper

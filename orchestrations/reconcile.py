@@ -126,6 +126,7 @@ class _Pass:
         request = RolloutRequest(
             deployment_id=record["id"], app=self.state.app, adapter=record["adapter"], sha256=record.get("sha256"),
             force_restart=bool(record.get("force_restart")), timing=self.state.timing,
+            baseline=record.get("baseline"),
         )
         self.show("rolling_out", deployment_id=record["id"], instance_id=instance_id)
         try:
@@ -135,14 +136,24 @@ class _Pass:
         self.state.rollouts += 1
         result = {k: outcome.get(k) for k in ("version", "activation", "reason", "cause") if k in outcome}
         result["history"] = record.get("history", [])[:1] + (outcome.get("history") or [])[1:]
-        if outcome.get("stage") != "live" and outcome.get("cause") == "transient" and attempt < MAX_ATTEMPTS:
+        baseline = record.get("baseline") or outcome.get("unrestored")  # the first unrestored manifest is kept
+        stage, cause = outcome.get("stage") or "failed", outcome.get("cause")
+        if stage != "live" and cause == "transient" and attempt < MAX_ATTEMPTS:
             delay = self.timing.retry_base_s * 4 ** (attempt - 1)
             retry_at = _utc(self.ctx.current_utc_datetime) + timedelta(seconds=delay)
-            yield self.update(record, stage="retrying", retry_at=retry_at.isoformat(), **result)
-        else:
-            if outcome.get("stage") != "live" and outcome.get("cause") == "transient":
-                result["reason"] = f"gave up after {attempt} attempts: {outcome.get('reason')}"
-            yield self.update(record, stage=outcome.get("stage") or "failed", **result)
+            yield self.update(record, stage="retrying", retry_at=retry_at.isoformat(), baseline=baseline, **result)
+            return
+        if stage != "live" and cause == "transient":
+            result["reason"] = f"gave up after {attempt} attempts: {outcome.get('reason')}"
+        if stage == "failed" and outcome.get("unrestored") is not None:  # one last restore before giving up
+            try:
+                yield self.activity(Activity.WRITE_MANIFEST, manifest=outcome["unrestored"]["manifest"])
+                result["reason"] += "; the replaced manifest was written back"
+            except Exception:  # noqa: BLE001 - reported in the record
+                result["reason"] += "; the replaced manifest could not be written back"
+        if cause == "superseded":
+            stage = "superseded"
+        yield self.update(record, stage=stage, **result)
 
     def heal(self) -> Any:
         """Let the platform restart the app's server when it died (recorded in the custom status)."""

@@ -39,6 +39,9 @@ class RolloutRequest:
     sha256: str | None = None
     force_restart: bool = False
     timing: dict[str, Any] | None = None
+    #: `{"manifest": dict | None}`: what an earlier attempt replaced and could not restore; this attempt treats it
+    #: as the manifest it replaces (so a retry never takes an unverified manifest for the one to restore).
+    baseline: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutRequest:
@@ -83,7 +86,11 @@ class _Rollout:
         yield self.ctx.create_timer(self.ctx.current_utc_datetime + timedelta(seconds=seconds))
 
     def wait_for_version(self, version: str | None, timeout_s: float) -> Generator[Any, Any, dict]:
-        return (yield from wait_until_serving(self.ctx, self.req.app, version, timeout_s, self.timing.poll_interval_s))
+        try:
+            return (yield from wait_until_serving(self.ctx, self.req.app, version, timeout_s,
+                                                  self.timing.poll_interval_s))
+        except Exception as exc:  # noqa: BLE001 - the probe still failing after its retries
+            raise RolloutFailed(f"health gate: {exc}", Cause.TRANSIENT) from exc
 
     def gate(self, probe: dict, waited: str) -> bool:
         """True when the probe shows the new version served; raises when the engine refused it."""
@@ -129,8 +136,8 @@ class _Rollout:
             self.enter(Stage.VALIDATING)
             report = yield from self.call(Activity.VALIDATE_ADAPTER, app=req.app, adapter=req.adapter)
             if req.sha256 and report["sha256"] != req.sha256:
-                raise RolloutFailed(f"adapter content changed since upload (sha256 {report['sha256'][:12]})",
-                                    Cause.CONTENT)
+                raise RolloutFailed(f"a newer upload replaced this content (now sha256 {report['sha256'][:12]})",
+                                    Cause.SUPERSEDED)
             self.status.sha256 = report["sha256"]
             self.status.version = adapter_version(req.adapter, report["sha256"])
 
@@ -141,7 +148,10 @@ class _Rollout:
             yield from self.call(Activity.ENSURE_APP, app=req.app)
 
             self.enter(Stage.ACTIVATING)
-            raw = yield from self.call(Activity.READ_MANIFEST, app=req.app)
+            if req.baseline is not None:
+                raw = req.baseline.get("manifest")
+            else:
+                raw = yield from self.call(Activity.READ_MANIFEST, app=req.app)
             previous = Manifest.from_dict(raw) if raw else None
             entry = AdapterEntry(staged["path"], report["sha256"], self.status.version)
             base_model = (staged.get("report") or report).get("base_model")
@@ -153,23 +163,31 @@ class _Rollout:
             self.enter(Stage.VERIFYING)
             yield from self.verify()
             self.enter(Stage.LIVE)
-        except RolloutFailed as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, once the manifest is replaced it is restored
+            failure = exc if isinstance(exc, RolloutFailed) else RolloutFailed(f"rollout error: {exc}", Cause.TRANSIENT)
             if replaced is None:
-                self.enter(Stage.FAILED, reason=str(exc), cause=exc.cause)
+                self.enter(Stage.FAILED, reason=str(failure), cause=failure.cause)
             else:
-                yield from self.roll_back(replaced.manifest, exc)
+                yield from self.roll_back(replaced.manifest, failure)
         return self.status.to_dict()
 
     def roll_back(self, previous: Manifest | None, failure: RolloutFailed) -> Generator[Any, Any, None]:
-        """Restore exactly the manifest that was replaced (None: remove the new one, there was none); the rollout
-        ends `rolled_back`, or `failed` when the restore itself fails."""
+        """Restore exactly the manifest that was replaced (None: remove the new one, there was none) and see the
+        endpoint serve it again (restarting the app if it does not); the rollout ends `rolled_back`, or `failed`
+        with `unrestored` set when the restore cannot be confirmed (the next attempt restores that manifest)."""
+        restored = asdict(previous) if previous is not None else None
+        active = previous.active_version if previous is not None else None
         try:
-            restored = asdict(previous) if previous is not None else None
             yield from self.call(Activity.WRITE_MANIFEST, app=self.req.app, manifest=restored)
-            active = previous.active_version if previous is not None else None
-            yield from self.wait_for_version(active, self.timing.hot_swap_timeout_s)
+            if not serves((yield from self.wait_for_version(active, self.timing.hot_swap_timeout_s)), active):
+                yield from self.call(Activity.RESTART_APP, app=self.req.app)
+                probe = yield from self.wait_for_version(active, self.timing.restart_timeout_s)
+                if not serves(probe, active):
+                    raise RolloutFailed(f"the endpoint does not serve {active!r} again: {probe.get('error')}",
+                                        Cause.TRANSIENT)
             self.enter(Stage.ROLLED_BACK, reason=str(failure), cause=failure.cause)
         except RolloutFailed as exc:
+            self.status.unrestored = {"manifest": restored}
             self.enter(Stage.FAILED, reason=f"{failure}; rollback failed: {exc}", cause=Cause.TRANSIENT)
 
 

@@ -38,6 +38,7 @@ class Cause(StrEnum):
     CONTENT = "content"  # the adapter or its upload (validation, engine refusal, smoke chat): never retried as is
     PLATFORM = "platform"  # the platform refused a request (configuration): not retried
     TRANSIENT = "transient"  # storage, network, platform or a timeout: the reconciler retries with backoff
+    SUPERSEDED = "superseded"  # a newer upload replaced the content before it was served: the record is superseded
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class RolloutStatus:
     reason: str | None = None
     activation: str | None = None  # "hot_swap" | "restart"
     cause: str | None = None  # a `Cause`, when the rollout did not go live
+    unrestored: dict[str, Any] | None = None  # {"manifest": ...} a failed rollback could not restore
 
     def enter(self, stage: Stage, at: datetime, reason: str | None = None, cause: str | None = None) -> None:
         """Move to `stage` at `at` (the orchestration's deterministic clock)."""

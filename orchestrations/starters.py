@@ -49,9 +49,15 @@ async def wake_reconciler(client: df.DurableOrchestrationClient, app: str, reaso
     status = await client.get_status(instance_id)
     if status and status.runtime_status in LIVE_STATES:
         await client.raise_event(instance_id, WAKE_EVENT, {"reason": reason})
-    else:
-        state = ReconcileState(app=app, timing=RolloutTiming.from_env().to_dict())
+        return instance_id
+    state = ReconcileState(app=app, timing=RolloutTiming.from_env().to_dict())
+    try:
         await client.start_new(RECONCILE_ORCHESTRATOR, instance_id, state.__dict__)
+    except Exception:  # the host answers 500 when another trigger started it a moment ago: wake that one
+        status = await client.get_status(instance_id)
+        if not (status and status.runtime_status in LIVE_STATES):
+            raise
+        await client.raise_event(instance_id, WAKE_EVENT, {"reason": reason})
     return instance_id
 
 
@@ -64,11 +70,11 @@ def _status_url(req: func.HttpRequest, instance_id: str) -> str:
 @bp.durable_client_input(client_name="client")
 async def on_adapter_uploaded(marker: func.InputStream, client: df.DurableOrchestrationClient) -> None:
     """An adapter upload completed: let the app's reconciler pick the newest accepted adapter."""
-    parts = (marker.name or "").split("/")
-    if len(parts) < 4 or parts[-1] != "_COMPLETE":
+    parts = (marker.name or "").split("/")  # <container>/<app>/<adapter>/_COMPLETE, nothing deeper
+    if len(parts) != 4 or parts[-1] != "_COMPLETE":
         log.warning("ignoring blob %r: not an adapter completion marker", marker.name)
         return
-    app = parts[-3]
+    app = parts[1]
     if not APP_NAME.fullmatch(app):
         log.warning("ignoring upload %r: %r is not a valid app name", marker.name, app)
         return

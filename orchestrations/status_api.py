@@ -11,6 +11,7 @@ record shows its rollout's current stage, read from the rollout instance by id.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import azure.durable_functions as df
@@ -19,13 +20,15 @@ import azure.functions as func
 from activities.records import TERMINAL, app_of
 from activities.services import services
 
-from .http_util import APP_NAME, BadRequest, answers_bad_requests, app_name, error_response, json_response
+from .http_util import BadRequest, answers_bad_requests, app_name, error_response, json_response
 from .reconcile import reconcile_instance_id
 
 bp = df.Blueprint()
 
 RECENT_LIMIT = 50
 MAX_LIMIT = 200
+#: Ids of the provision and restart orchestrations the starters return (Durable instances, read by id).
+_INSTANCE_ID = re.compile(r"(?:provision|restart)-[a-z][a-z0-9-]{0,30}[a-z0-9]\.\d{8}T\d{12}")
 #: What an open record takes from its running rollout's custom status.
 _LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause")
 
@@ -48,8 +51,9 @@ def describe_instance(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
 
 
 async def _with_progress(client: df.DurableOrchestrationClient, record: dict[str, Any]) -> dict[str, Any]:
-    """An open record with its rollout's current stage and history (a terminal record is final as it is)."""
-    if record.get("stage") in TERMINAL or not record.get("instance_id"):
+    """An open record with its rollout's current stage and history (a terminal record is final as it is, and a
+    `retrying` one shows its own reason until the next attempt starts)."""
+    if record.get("stage") in TERMINAL or record.get("stage") == "retrying" or not record.get("instance_id"):
         return record
     status = await client.get_status(record["instance_id"])
     progress = status.custom_status if status and isinstance(status.custom_status, dict) else {}
@@ -68,9 +72,10 @@ async def app_rollouts(client: df.DurableOrchestrationClient, app: str, limit: i
 
 
 async def _find_record(deployment_id: str) -> dict[str, Any] | None:
-    """A record by id; an upload's record is made on the spot if its marker was not seen yet."""
+    """A record by id (ids of any other shape: None, with no storage call); an upload's record is made on the spot
+    if its marker was not seen yet."""
     app = app_of(deployment_id)
-    if not APP_NAME.fullmatch(app):
+    if not app:
         return None
     records = services().records
     record = await asyncio.to_thread(records.get, app, deployment_id)
@@ -82,13 +87,14 @@ async def _find_record(deployment_id: str) -> dict[str, Any] | None:
 
 @bp.route(route="deployments/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
+@answers_bad_requests
 async def get_deployment(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """One deployment record (or provision / restart instance) by id."""
     deployment_id = req.route_params.get("id", "")
     record = await _find_record(deployment_id)
     if record is not None:
         return json_response(await _with_progress(client, record))
-    status = await client.get_status(deployment_id) if deployment_id.startswith(("provision-", "restart-")) else None
+    status = await client.get_status(deployment_id) if _INSTANCE_ID.fullmatch(deployment_id) else None
     if status and status.runtime_status is not None:
         return json_response(describe_instance(status))
     return error_response(f"no deployment {deployment_id!r}", 404)
@@ -98,7 +104,7 @@ def _limit(req: func.HttpRequest) -> int:
     raw = req.params.get("limit")
     if raw is None:
         return RECENT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdecimal()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadRequest(f"'limit' must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -146,11 +152,12 @@ def _manifest(app: str) -> tuple[dict[str, Any] | None, str | None]:
     """The app's manifest, or why it cannot be read (the status API reports it; it never answers 500 for it)."""
     try:
         return services().read_manifest(app), None
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - storage or content: reported in the answer, never a 500
         return None, f"{type(exc).__name__}: {exc}"
 
 
 @bp.route(route="apps", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@answers_bad_requests
 async def list_apps(req: func.HttpRequest) -> func.HttpResponse:
     """Apps with anything in the upload container."""
     return json_response({"apps": await asyncio.to_thread(services().records.list_apps)})

@@ -91,11 +91,11 @@ class ManifestSyncer:
                 if self._registry.unavailable is not None:
                     self._registry.set_unavailable(f"the manifest is unreadable: {exc}")
                 return self._finish(SyncReport(errors={"manifest": str(exc)}, active=self._registry.active))
-            if manifest is None:
+            if manifest is None:  # none (e.g. a first deploy rolled back): the alias means the base model
                 self.desired, self.load_errors = None, {}
-                if self._registry.active is None:
-                    self._registry.set_active(None)  # no manifest: the alias means the base model
-                return self._finish(SyncReport(active=self._registry.active))
+                self._registry.set_active(None)
+                retired = await self._retire(Manifest(adapters={}, active=None))
+                return self._finish(SyncReport(retired=retired, active=self._registry.active))
             self.desired = manifest
             report = await self._converge(manifest)
             self.load_errors = {

@@ -61,6 +61,7 @@ def test_uploaders_clock_is_ignored(records: DeploymentRecords, tmp_path: Path) 
     marker = json.loads(records.store.container.download_blob(f"demo/alpha/{MARKER_NAME}").readall())
     marker["uploaded_at"] = "2999-01-01T00:00:00+00:00"
     records.store.container.upload_blob(f"demo/alpha/{MARKER_NAME}", json.dumps(marker), overwrite=True)
+    records.ingest("demo")  # the blob trigger records the upload before the request arrives
     request = records.create_request("demo", "alpha")
     order = [r["id"] for r in records.ingest("demo")]
     assert order[-1] == request["id"] and done.deployment_id not in order  # the rewritten marker is a new record
@@ -131,3 +132,29 @@ def test_apps_list_skips_invalid_names_and_survives_a_lost_container(records: De
     records.store.container.delete_container()
     assert records.list_apps() == []
     assert records.ingest("demo") == [] and records.recent("demo") == []
+
+
+def test_damaged_or_foreign_record_blobs_never_wedge_the_app(records: DeploymentRecords, tmp_path: Path) -> None:
+    """Garbage under `_deployments/` (bytes, a JSON list, a name that is no record id) is skipped or read as a
+    failed record; ingest and the listing go on, and the real upload still gets its record."""
+    container = records.store.container
+    container.upload_blob("demo/_deployments/notes.json", b"hello")
+    container.upload_blob("demo/_deployments/demo.x.json", b"[]")
+    damaged = "demo.20260101T000000000000-rabcdef"
+    container.upload_blob(f"demo/_deployments/{damaged}.json", b"\xff\xfe", metadata={"stage": "received"})
+    done = upload(records, tmp_path, "demo", "alpha", "1")
+    assert [r["id"] for r in records.ingest("demo")] == [done.deployment_id]
+    listed = {r["id"]: r for r in records.recent("demo")}
+    assert set(listed) == {done.deployment_id, damaged}
+    assert listed[damaged]["stage"] == "failed" and "unreadable" in listed[damaged]["reason"]
+    assert records.update("demo", damaged, {"stage": "live"})["stage"] == "failed"
+
+
+def test_record_ids_have_one_shape() -> None:
+    """Only `<app>.<YYYYmmddTHHMMSSffffff>-u<10 hex>` / `-r<6 hex>` are record ids; anything else names no app."""
+    assert app_of("demo.20260101T000000000000-rabcdef") == "demo"
+    assert app_of("demo.20260101T000000000000-u0123456789") == "demo"
+    for bad in ("demo", "demo.x", "provision-demo.20260101T000000000000", "demo.20260101T000000000000-rABCDEF",
+                "Demo.20260101T000000000000-rabcdef", "demo.20260101T000000000000-u12345", "a/b.1-r1",
+                "demo.2026010100000000000-rabcdef"):
+        assert app_of(bad) == ""

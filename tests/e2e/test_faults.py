@@ -170,3 +170,21 @@ def test_lost_container_answers_and_recovers(local_stack) -> None:
     assert local_stack.store.container.exists()
     assert deploy(local_stack, "lost", local_stack.kit.adapters["beta"])["stage"] == "live"
     assert PHRASES["beta"] in chat(local_stack, "lost")
+
+
+def test_status_api_answers_odd_input_with_4xx(local_stack) -> None:
+    """Odd ids and parameters are 4xx with a JSON reason, a damaged record blob does not break the app's status,
+    and a deploy request for an adapter whose marker is forged is refused (409) naming why."""
+    base = f"{local_stack.url}/api"
+    deploy(local_stack, "odd", local_stack.kit.adapters["alpha"])
+    for path, status in (("apps/odd/deployments?limit=%C2%B2", 400), ("apps/odd/deployments?limit=0", 400),
+                         ("deployments/nothing-like-an-id", 404), (f"deployments/odd.{'9' * 2000}", 404),
+                         ("deployments/provision-odd.20260101T000000000000", 404)):
+        resp = requests.get(f"{base}/{path}", timeout=30)
+        assert resp.status_code == status and resp.json()["error"]["message"], (path, resp.status_code, resp.text)
+    local_stack.store.container.upload_blob("odd/_deployments/odd.20260101T000000000000-rabcdef.json", b"\xff")
+    assert requests.get(f"{base}/apps/odd", timeout=30).status_code == 200
+    assert requests.get(f"{base}/apps/odd/deployments", timeout=30).status_code == 200
+    local_stack.store.container.upload_blob(f"odd/forged/{MARKER_NAME}", b"[[[")
+    refused = requests.post(f"{base}/apps/odd/deployments", json={"adapter": "forged"}, timeout=30)
+    assert refused.status_code == 409 and "invalid_marker" in refused.json()["error"]["message"], refused.text

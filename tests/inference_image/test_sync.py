@@ -221,6 +221,16 @@ async def test_alias_means_base_only_without_active(aiohttp_client, tmp_path: Pa
     await assert_alias_unavailable(client, "'alpha'", "tensor shapes do not match")
 
 
+async def test_removed_manifest_means_the_base_model(client: TestClient, tmp_path: Path, engine: EchoEngine) -> None:
+    """The manifest removed (a first deploy rolled back): the alias leaves the adapter for the base model, the
+    adapter is retired, and /ready is 200 again."""
+    assert await served(client) == ("alpha-1", "alpha-1-v1")
+    (tmp_path / "manifest.json").unlink()
+    report = await sync(client)
+    assert report["retired"] == ["alpha"] and report["active"] is None
+    assert await served(client) == ("base", None) and (await ready(client))[0] == 200
+
+
 async def test_digest_mismatch_is_refused(client: TestClient, tmp_path: Path, engine: EchoEngine) -> None:
     """A folder whose content digest differs from the manifest is never loaded."""
     make_adapter(tmp_path, "beta-1", "beta")

@@ -35,6 +35,7 @@ class Scenario:
     hot_swap_works: bool = True
     smoke_ok: bool = True
     refused: str | None = None  # the engine's load error for the new version
+    stuck_on_new: bool = False  # once the new version was written, the endpoint serves it whatever happens
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployment records by id
     flaky: dict[str, int] = field(default_factory=dict)  # activity -> failures before success
     calls: list[str] = field(default_factory=list)
@@ -45,6 +46,8 @@ class Scenario:
         m = self.manifest
         if not m or not m.get("active"):
             return None
+        if self.stuck_on_new and any(w and w.get("active") == "new" for w in self.writes):
+            return "new@" + SHA[:12]
         if self.refused and m["active"] == "new":
             return PREVIOUS["adapters"]["old"]["version"]
         if self.hot_swap_works or self.restarted:
@@ -140,12 +143,13 @@ async def run_rollout(tmp_path) -> AsyncIterator[Any]:
     """Run one rollout on a fresh devhost; returns (output, record, host)."""
     hosts: list[DevHost] = []
 
-    async def run(scenario: Scenario, force_restart: bool = False) -> tuple[dict, DevHost]:
+    async def run(scenario: Scenario, force_restart: bool = False, baseline: dict | None = None
+                  ) -> tuple[dict, DevHost]:
         host = DevHost(stand_in_app(scenario), state_dir=tmp_path / f"state{len(hosts)}", port=0)
         hosts.append(host)
         await host.start()
         request = {"deployment_id": "app.1", "app": "app", "adapter": "new", "sha256": SHA,
-                   "force_restart": force_restart, "timing": TIMING}
+                   "force_restart": force_restart, "timing": TIMING, "baseline": baseline}
         host.worker.start_new("rollout", "app.1", json.dumps(request))
         record = await host.worker.wait_for("app.1", timeout=60)
         return json.loads(record.output_json), host
@@ -240,6 +244,32 @@ async def test_rollback_of_a_first_deploy_removes_the_manifest(run_rollout) -> N
     assert out["stage"] == "rolled_back" and s.writes[-1] is None and s.manifest is None
 
 
+async def test_probe_failing_after_the_write_still_rolls_back(run_rollout) -> None:
+    """The health gate's probe keeps failing past its retries after the manifest was written: the rollout does not
+    crash with the new manifest in place, it restores the previous one."""
+    s = Scenario(manifest=PREVIOUS, flaky={"probe_endpoint": 4})
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "rolled_back" and out["cause"] == "transient" and "health gate" in out["reason"], out
+    assert s.manifest == PREVIOUS and s.writes[-1] == PREVIOUS
+
+
+async def test_unconfirmed_rollback_fails_and_names_the_manifest_to_restore(run_rollout) -> None:
+    """The endpoint keeps serving the new version after the restore and a restart: the rollout ends `failed`
+    (not `rolled_back`) and hands back the manifest it could not restore, for the next attempt."""
+    s = Scenario(manifest=PREVIOUS, smoke_ok=False, stuck_on_new=True)
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "failed" and "rollback failed" in out["reason"], out
+    assert out["unrestored"] == {"manifest": PREVIOUS} and "restart_app" in s.calls
+
+
+async def test_a_retry_restores_the_baseline_not_the_unverified_manifest(run_rollout) -> None:
+    """An attempt given a baseline (what an earlier attempt could not restore) rolls back to the baseline, even
+    though the manifest it reads now is the unverified one."""
+    s = Scenario(manifest={**PREVIOUS, "active": "new"}, smoke_ok=False)
+    out, _ = await run_rollout(s, baseline={"manifest": PREVIOUS})
+    assert out["stage"] == "rolled_back" and s.writes[-1] == PREVIOUS and "read_manifest" not in s.calls
+
+
 async def _reconcile_until(host: DevHost, s: Scenario, done, timeout: float = 20.0) -> None:
     import asyncio
 
@@ -300,6 +330,18 @@ async def test_transient_failure_is_retried_then_goes_live(host_for) -> None:
     await _reconcile_until(host, s, lambda: seen.append(s.records["app.20260101T000001000000-u1"]["stage"])
                            or seen[-1] == "live")
     assert "retrying" in seen and s.records["app.20260101T000001000000-u1"]["attempts"] == 2
+
+
+async def test_content_replaced_by_a_newer_upload_ends_superseded(host_for) -> None:
+    """The upload's content changed before its rollout validated it (a newer upload of the same name): the
+    record ends `superseded`, not `failed` for its content."""
+    s = Scenario(manifest=PREVIOUS, validate={"ok": True, "sha256": "c" * 64, "base_model": "tiny"})
+    s.add_record("app.20260101T000001000000-u1")
+    host = await host_for(s)
+    await _reconcile_until(host, s, lambda: s.records["app.20260101T000001000000-u1"]["stage"] in TERMINAL)
+    record = s.records["app.20260101T000001000000-u1"]
+    assert record["stage"] == "superseded" and "newer upload" in record["reason"], record
+    assert s.writes == []
 
 
 async def test_content_failure_is_final_but_a_new_upload_tries_again(host_for) -> None:
