@@ -58,7 +58,7 @@ def upload_record_id(app: str, adapter: str, etag: str, modified: datetime) -> s
 
 
 #: `<app>.<server time YYYYmmddTHHMMSSffffff>-u<10 hex>` (an upload) or `-r<6 hex>` (a deploy request).
-RECORD_ID = re.compile(r"([a-z][a-z0-9-]{0,30}[a-z0-9])\.\d{8}T\d{12}-(?:u[0-9a-f]{10}|r[0-9a-f]{6})")
+RECORD_ID = re.compile(rf"({APP_NAME_PATTERN.pattern})\.\d{{8}}T\d{{12}}-(?:u[0-9a-f]{{10}}|r[0-9a-f]{{6}})")
 
 
 def app_of(record_id: str) -> str:

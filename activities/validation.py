@@ -38,8 +38,9 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9\-_.]{0,62}")
-#: Container Apps' rule for app names (lowercase letters, digits, '-'; 2-32 chars; starts with a letter).
-APP_NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
+#: Container Apps' rule for app names (lowercase letters, digits, '-'; 2-32 chars; starts with a letter, ends with
+#: a letter or digit; no '--').
+APP_NAME_PATTERN = re.compile(r"[a-z](?!.*--)[a-z0-9-]{0,30}[a-z0-9]")
 _SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_HEADER_BYTES = 100 << 20
@@ -185,7 +186,7 @@ def check_name(kind: str, value: str) -> str:
         if not isinstance(value, str) or not APP_NAME_PATTERN.fullmatch(value):
             raise AdapterValidationError(
                 "unsafe_name", f"app name {value!r} must be 2-32 lowercase letters, digits and '-', starting with a "
-                "letter and not ending with '-'")
+                "letter, not ending with '-' and without '--'")
         return value
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
         raise AdapterValidationError(

@@ -20,7 +20,7 @@ import azure.functions as func
 from activities.records import TERMINAL, app_of
 from activities.services import services
 
-from .http_util import BadRequest, answers_bad_requests, app_name, error_response, json_response
+from .http_util import APP_NAME, BadRequest, answers_bad_requests, app_name, error_response, json_response
 from .reconcile import reconcile_instance_id
 
 bp = df.Blueprint()
@@ -28,7 +28,7 @@ bp = df.Blueprint()
 RECENT_LIMIT = 50
 MAX_LIMIT = 200
 #: Ids of the provision and restart orchestrations the starters return (Durable instances, read by id).
-_INSTANCE_ID = re.compile(r"(?:provision|restart)-[a-z][a-z0-9-]{0,30}[a-z0-9]\.\d{8}T\d{12}")
+_INSTANCE_ID = re.compile(rf"(?:provision|restart)-{APP_NAME.pattern}\.\d{{8}}T\d{{12}}")
 #: What an open record takes from its running rollout's custom status.
 _LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause")
 

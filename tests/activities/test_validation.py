@@ -241,7 +241,7 @@ def test_safe_names_accepted() -> None:
     assert check_name("app", "chat-1") == "chat-1"
     assert check_name("adapter", "chat-1.v2_x") == "chat-1.v2_x"
     assert check_name("adapter", "a" * 63) == "a" * 63
-    for app in ("chat-1.v2_x", "demo.x", "Demo", "a", "-a", "a-", "a" * 33):
+    for app in ("chat-1.v2_x", "demo.x", "Demo", "a", "-a", "a-", "a" * 33, "a--b"):
         with pytest.raises(ValueError, match="app name"):
             check_name("app", app)
 
