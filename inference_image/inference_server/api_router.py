@@ -109,6 +109,10 @@ async def list_models(request: web.Request) -> web.Response:
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
+    """Liveness: 503 once the engine gave up (an engine's `failed`: SGLang failed to launch `start_attempts` times in
+    a row), so the platform's liveness probe restarts the server; /ready (with a key) says why."""
+    if getattr(request.app[STATE].engine, "failed", False):
+        return web.json_response({"status": "failed"}, status=503)
     return web.json_response({"status": "alive"})
 
 

@@ -3,6 +3,13 @@
 The environment is read only inside `ServerConfig.from_args` (never at import), so tests build configs directly.
 Every option has an `INFERENCE_*` variable (the container sets paths and keys that way); API keys are a
 comma-separated list. Keys are kept out of `repr` so a logged config never leaks them.
+
+SGLang always launches with `--max-lora-rank` and `--lora-target-modules`: SGLang refuses a LoRA launch without
+initial adapters unless both are given, and with adapters it would infer the modules from them (a relaunch after a
+crash could then refuse an adapter the first launch accepted). The defaults are the orchestrator's
+(`MAX_LORA_RANK`, `ALLOWED_TARGET_MODULES` in activities/config.py), which the platform passes as
+INFERENCE_MAX_LORA_RANK / INFERENCE_LORA_TARGET_MODULES. A base model name with `:` is refused: SGLang reserves
+the colon for `<base>:<adapter>` and its own launch check rejects such a served model name.
 """
 
 from __future__ import annotations
@@ -22,6 +29,27 @@ class ConfigError(ValueError):
     """A setting is missing or out of range."""
 
 
+#: The orchestrator's DEFAULT_TARGET_MODULES and max rank (activities/config.py); kept equal by a test.
+DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj",
+)
+DEFAULT_MAX_LORA_RANK = 64
+#: What SGLang 0.5.23's `--lora-target-modules` accepts (its `SUPPORTED_LORA_TARGET_MODULES` plus "all").
+SGLANG_LORA_TARGET_MODULES = frozenset({
+    "q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "kv_a_proj_with_mqa", "q_b_proj", "kv_b_proj", "wq_b", "wk",
+    "weights_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj", "embed_tokens", "lm_head", "all",
+})
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a base/served model name SGLang cannot serve (`:` separates base and adapter)."""
+    if not name or ":" in name or name != name.strip():
+        raise ConfigError(
+            f"base model name {name!r} is not allowed: it must be non-empty, without surrounding spaces, and must not "
+            "contain ':' (reserved for '<base>:<adapter>'; SGLang refuses such a served model name)"
+        )
+
+
 @dataclass(frozen=True)
 class SGLangSettings:
     """How the SGLang engine launches (or attaches to) its backend."""
@@ -29,10 +57,22 @@ class SGLangSettings:
     command: tuple[str, ...] = ()  # empty: `<python> -m sglang.launch_server`
     upstream_url: str | None = None  # attach to a running SGLang server instead of launching one
     max_loras_per_batch: int = 8
-    max_lora_rank: int | None = None
-    lora_target_modules: tuple[str, ...] = ()
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGET_MODULES
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 900.0
+    start_attempts: int = 5  # failed launches in a row before the engine gives up (then /health fails)
+
+    def __post_init__(self) -> None:
+        if self.max_lora_rank < 1 or self.max_loras_per_batch < 1 or self.start_attempts < 1:
+            raise ConfigError("max_lora_rank, max_loras_per_batch and start_attempts must be at least 1")
+        if not self.lora_target_modules:
+            raise ConfigError("lora_target_modules must name at least one module (SGLang needs them to start)")
+        unknown = sorted(set(self.lora_target_modules) - SGLANG_LORA_TARGET_MODULES)
+        if unknown:
+            raise ConfigError(f"lora_target_modules {unknown} are not modules SGLang accepts")
+        if "all" in self.lora_target_modules and len(self.lora_target_modules) > 1:
+            raise ConfigError("lora_target_modules 'all' must be the only module given")
 
 
 @dataclass(frozen=True)
@@ -72,6 +112,7 @@ class ServerConfig:
             raise ConfigError("max_context_tokens must be at least 1")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
+        check_model_name(self.base_model_name)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -84,9 +125,10 @@ class ServerConfig:
             command=tuple(args.sglang_command.split()) if args.sglang_command else (),
             upstream_url=args.sglang_upstream or None,
             max_loras_per_batch=args.max_loras_per_batch,
-            max_lora_rank=args.max_lora_rank,
-            lora_target_modules=tuple(_split(args.lora_target_modules)),
+            max_lora_rank=args.max_lora_rank or DEFAULT_MAX_LORA_RANK,
+            lora_target_modules=tuple(_split(args.lora_target_modules)) or DEFAULT_LORA_TARGET_MODULES,
             extra_args=tuple(args.sglang_extra_args.split()) if args.sglang_extra_args else (),
+            start_attempts=args.sglang_start_attempts,
         )
         return cls(
             engine=args.engine,
@@ -146,7 +188,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--sglang-command", default=opt("SGLANG_COMMAND"), help="replaces `python -m sglang.launch_server`")
     p.add_argument("--sglang-upstream", default=opt("SGLANG_UPSTREAM"), help="URL of a running SGLang server")
     p.add_argument("--max-loras-per-batch", type=int, default=int(opt("MAX_LORAS_PER_BATCH", 8)))
-    p.add_argument("--max-lora-rank", type=int, default=opt_int("MAX_LORA_RANK"))
-    p.add_argument("--lora-target-modules", default=opt("LORA_TARGET_MODULES"), help="comma-separated")
+    p.add_argument("--max-lora-rank", type=int, default=opt_int("MAX_LORA_RANK"),
+                   help=f"largest adapter rank SGLang serves (default {DEFAULT_MAX_LORA_RANK})")
+    p.add_argument("--lora-target-modules", default=opt("LORA_TARGET_MODULES"),
+                   help=f"comma-separated (default {','.join(DEFAULT_LORA_TARGET_MODULES)})")
+    p.add_argument("--sglang-start-attempts", type=int, default=int(opt("SGLANG_START_ATTEMPTS", 5)),
+                   help="failed SGLang launches in a row before giving up (then /health answers 503)")
     p.add_argument("--sglang-extra-args", default=opt("SGLANG_EXTRA_ARGS"))
     return p

@@ -12,6 +12,12 @@ status line and headers are in (`UpstreamConnection.status`, `.headers`). Its bo
 
 `release()` returns the connection to the pool only after a complete response; anything else closes it. Errors are
 `UpstreamError`s (an `EngineError`): connecting, a broken or malformed response, the idle read timeout.
+
+Errors inside a 200 body (SGLang reports a failure after streaming began as an SSE error event): the caller arms
+`watch_errors(marker, find)`; `forward()` then tests every delivered piece for `marker` (one substring search), and
+only where it occurs decodes the piece and asks `find(payload)` for `(offset, error)`. On a hit the payload before
+`offset` is written, then `on_error(error)` (the caller's own event), and the relay ends there: `stream_error` holds
+the error and the connection is closed, never reused.
 """
 
 from __future__ import annotations
@@ -77,6 +83,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._active = False
         self._timer: asyncio.TimerHandle | None = None
+        self._marker: bytes | None = None
+        self._find: Callable[[bytes], tuple[int, EngineError] | None] | None = None
+        self._on_error: Callable[[EngineError], bytes] | None = None
+        self.stream_error: EngineError | None = None  # an error event ended the forwarded body
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._phase, self._pending, self._consumer, self._error = HEAD, b"", NONE, None
         self._decoded, self._decoded_size, self._paused = [], 0, False
         self._down, self._count, self._raw, self._reframe = None, None, False, False
+        self._marker, self._find, self._on_error, self.stream_error = None, None, None, None
         if read_timeout_s is not None:
             self._timer = self._loop.call_later(read_timeout_s, self._check_idle, read_timeout_s)
         self.transport.write(request)
@@ -250,6 +261,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.first_byte_at is None:
             self.first_byte_at = time.perf_counter()
+        if self._marker is not None and self._marker in raw and self._cut(down, raw, payload):
+            return
         if self._count is not None:
             self.counted += self._count(payload)
         if self._raw:
@@ -261,6 +274,24 @@ class UpstreamConnection(asyncio.Protocol):
         if down.get_write_buffer_size() > self._down_high and not self._paused:
             self._pause()
             self._wake()
+
+    def _cut(self, down: asyncio.Transport, raw: bytes, payload: bytes) -> bool:
+        """An error event in this piece? Then write what precedes it and the caller's event, and end the body."""
+        assert self._find is not None
+        decoded = _dechunk(raw) if self._raw else payload
+        found = self._find(decoded)
+        if found is None:
+            return False
+        offset, error = found
+        out = decoded[:offset] + (self._on_error(error) if self._on_error is not None else b"")
+        if self._count is not None:
+            self.counted += self._count(decoded[:offset])
+        if out:
+            down.write(b"%x\r\n%b\r\n" % (len(out), out) if self._raw or self._reframe else out)
+        self.stream_error = error
+        self._finish(reusable=False)
+        self.abort()
+        return True
 
     def _finish(self, reusable: bool) -> None:
         self._phase, self._reusable = DONE, reusable
@@ -275,11 +306,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake()
 
     # -- consumers ------------------------------------------------------------------------------------------
+    def watch_errors(self, marker: bytes, find: Callable[[bytes], tuple[int, EngineError] | None]) -> None:
+        """Let `forward()` stop at an error event inside the body (see the module docstring)."""
+        self._marker, self._find = marker, find
+
     async def forward(
-        self, request: web.BaseRequest, response: web.StreamResponse, count: Callable[[bytes], int] | None = None
+        self, request: web.BaseRequest, response: web.StreamResponse, count: Callable[[bytes], int] | None = None,
+        on_error: Callable[[EngineError], bytes] | None = None,
     ) -> None:
         """Relay the body into `response` (prepared for `request`), writing to the client's transport directly;
-        `count(payload)` is summed into `counted`. Raises `ClientGone` or `UpstreamError`."""
+        `count(payload)` is summed into `counted`; an error event found by `watch_errors` is replaced by
+        `on_error(error)` and ends the relay (`stream_error`). Raises `ClientGone` or `UpstreamError`."""
         writer = await response.prepare(request)
         transport = request.transport
         if writer is None or transport is None or transport.is_closing():
@@ -289,6 +326,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._down_high = transport.get_write_buffer_limits()[1]
         self._raw = chunked and self._framing == CHUNKED
         self._reframe = chunked and not self._raw
+        self._on_error = on_error
         self._attach(FORWARD)
         while self._phase != DONE:
             await self._wait()
@@ -389,6 +427,17 @@ class UpstreamConnection(asyncio.Protocol):
             self._pool.put(self)
         else:
             self.abort()
+
+
+def _dechunk(raw: bytes) -> bytes:
+    """The payload of whole chunks in their wire form (`_feed_chunked` delivers whole chunks only)."""
+    out, pos = [], 0
+    while pos < len(raw):
+        eol = raw.find(b"\r\n", pos)
+        size = int(raw[pos:eol].split(b";", 1)[0], 16)
+        out.append(raw[eol + 2 : eol + 2 + size])
+        pos = eol + 4 + size
+    return b"".join(out)
 
 
 class UpstreamPool:

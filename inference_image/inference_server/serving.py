@@ -162,9 +162,13 @@ class ChatService:
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
         try:
             async with _mid_stream_failures(response):
-                await upstream.forward(request, response, _content_deltas)
+                await upstream.forward(request, response, _content_deltas, _error_event)
         finally:
             upstream.release()
+        if upstream.stream_error is not None:
+            log.error("engine failed mid-stream: %s", upstream.stream_error)
+            error = _client_error(upstream.stream_error)  # the request still counts as a 200 below
+            self._state.metrics.errors.labels(error.code or error.type).inc()
         first = upstream.first_byte_at
         ttft = first - started if first is not None else None
         self._state.metrics.observe(served, 200, time.perf_counter() - started, ttft, upstream.counted)
@@ -219,9 +223,22 @@ async def _mid_stream_failures(response: web.StreamResponse) -> AsyncIterator[No
         yield
     except ConnectionResetError:
         log.info("client went away mid-stream")
-    except EngineError:
+    except EngineError as exc:
         log.exception("engine failed mid-stream")
-        await response.write(_sse(internal_error().body()))
+        await response.write(_error_event(exc))
+
+
+def _client_error(exc: EngineError) -> ApiError:
+    """What a client is told of an engine failure after its 200 went out: a request error keeps its message (the
+    engine refused the request), anything else is the generic engine error."""
+    if isinstance(exc, EngineRequestError):
+        return invalid(str(exc), exc.param, exc.code)
+    return internal_error()
+
+
+def _error_event(exc: EngineError) -> bytes:
+    """The OpenAI-shaped error event that ends a stream (`data: {"error": {...}}`; no [DONE] follows)."""
+    return _sse(_client_error(exc).body())
 
 
 def _content_deltas(chunk: bytes) -> int:

@@ -6,6 +6,15 @@ the launch (argv, pid), and every load, unload and chat request body. Replies ar
 is `[<adapter or base>]`, then `--tokens` words, `--token-delay` seconds apart, as OpenAI SSE when streaming.
 Adapter folders holding a file named `BAD` fail to load, as SGLang answers a failed load. With `--context-length`,
 a prompt of that many words or more is refused with SGLang's 400 (a word stands for a token).
+
+Strict where SGLang 0.5.23 is (the contract test checks the same command lines against the real parser):
+* a command line SGLang's argument checks refuse exits with status 1 and SGLang's message on stderr, before
+  listening: LoRA without `--lora-paths` needs both `--max-lora-rank` and `--lora-target-modules`; a served model
+  name with `:`; a target module outside SGLang's choices, or `all` beside others; `--max-loras-per-batch` < 1;
+* `/health` answers 503 while "loading" (`--startup-delay` seconds after it listens), as SGLang does during warm-up;
+* a chat whose last message contains `FAIL_MID_STREAM` streams two tokens, then SGLang's in-stream error event
+  (`data: {"error": {"object": "error", ...}}`, 503 ServiceUnavailable, as for an aborted request) and `[DONE]`; the
+  non-streaming request gets the error as a 503 response.
 """
 
 from __future__ import annotations
@@ -22,6 +31,28 @@ from typing import Any
 from aiohttp import web
 
 LOG_ENV = "FAKE_SGLANG_LOG"
+FAIL_MID_STREAM = "FAIL_MID_STREAM"
+#: SGLang 0.5.23's SUPPORTED_LORA_TARGET_MODULES plus "all" (the choices of --lora-target-modules).
+TARGET_MODULES = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "kv_a_proj_with_mqa", "q_b_proj", "kv_b_proj", "wq_b", "wk",
+    "weights_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj", "embed_tokens", "lm_head", "all",
+)
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """SGLang's own refusal of these launch arguments (its message), or None when it would start."""
+    if args.max_loras_per_batch <= 0:
+        return "max_loras_per_batch must be positive"
+    if args.served_model_name and ":" in args.served_model_name:
+        return ("served_model_name cannot contain a colon (':') character. The colon is reserved for the "
+                f"'model:adapter' syntax used in LoRA adapter specification. Invalid value: '{args.served_model_name}'")
+    if args.enable_lora or args.lora_paths:
+        if "all" in args.lora_target_modules and len(args.lora_target_modules) > 1:
+            return "If 'all' is specified in --lora-target-modules, it should be the only module specified."
+        if not args.lora_paths and not (args.max_lora_rank and args.lora_target_modules):
+            return ("When no initial --lora-paths is provided, you need to specify both --max-lora-rank and "
+                    "--lora-target-modules for LoRA initialization.")
+    return None
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -34,7 +65,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--enable-metrics", action="store_true")
     p.add_argument("--max-loras-per-batch", type=int, default=8)
     p.add_argument("--max-lora-rank", type=int)
-    p.add_argument("--lora-target-modules", nargs="+", default=[])
+    p.add_argument("--lora-target-modules", nargs="+", default=[], choices=TARGET_MODULES)
     p.add_argument("--lora-paths", nargs="+", default=[])
     p.add_argument("--context-length", type=int)
     p.add_argument("--tokens", type=int, default=int(os.environ.get("FAKE_SGLANG_TOKENS", 8)))
@@ -52,6 +83,7 @@ class FakeSGLang:
         self.adapters: dict[str, str] = dict(spec.split("=", 1) for spec in args.lora_paths)
         self.log_path = log_path
         self._chunks: dict[tuple[str, bool], list[bytes]] = {}
+        self.ready_at = time.monotonic() + args.startup_delay  # /health answers 503 until then
 
     def record(self, event: str, **data: Any) -> None:
         if self.log_path:
@@ -100,7 +132,15 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    if time.monotonic() < request.app[FAKE].ready_at:
+        return web.Response(status=503, text="")
     return web.Response(text="")
+
+
+def _stream_error(message: str, err_type: str, code: int) -> bytes:
+    """SGLang's in-stream error event (its create_streaming_error_response, json.dumps separators)."""
+    error = {"object": "error", "message": message, "type": err_type, "param": None, "code": code}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
 async def load(request: web.Request) -> web.Response:
@@ -137,6 +177,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if context is not None and words >= context:
         return _error(400, f"The input ({words} tokens) is longer than the model's context length ({context} tokens).")
     label, limit = adapter or "base", int(body.get("max_tokens") or 1 << 30)
+    messages = body.get("messages") or [{}]
+    fail = FAIL_MID_STREAM in str(messages[-1].get("content", ""))
+    if fail and not body.get("stream"):
+        return _error(503, "Generation aborted: the fake failed on purpose.")
     if not body.get("stream"):
         toks = fake.tokens(label, limit)
         return web.json_response({
@@ -147,6 +191,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         })
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
     chunks = fake.sse_chunks(body["model"], label, limit, usage)
+    if fail:
+        chunks = [*chunks[:3], _stream_error("Generation aborted: the fake failed on purpose.", "SERVICE_UNAVAILABLE",
+                                             503), b"data: [DONE]\n\n"]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     delay = fake.args.token_delay
@@ -179,7 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     log_path = os.environ.get(LOG_ENV)
     app = build_app(args, log_path)
     app[FAKE].record("launch", argv=sys.argv[1:] if argv is None else argv, unknown=unknown, pid=os.getpid())
-    time.sleep(args.startup_delay)
+    refused = check_args(args)
+    if refused is not None:
+        app[FAKE].record("refused", reason=refused)
+        print(f"AssertionError: {refused}", file=sys.stderr, flush=True)
+        sys.exit(1)
     try:
         import uvloop
     except ImportError:

@@ -282,3 +282,150 @@ async def test_server_over_sglang_context_limits(aiohttp_client, log: Path, tmp_
     resp = await client.post("/v1/chat/completions", json=chat_body("tiny", max_tokens=6), headers=AUTH)
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "context_length_exceeded"
     assert len(events(log, "chat")) == 2
+
+
+# -- issue #12: launch contract, start retries, in-stream errors, strict fake ------------------------------------
+def fails_first(tmp_path: Path, times: int) -> tuple[str, ...]:
+    """A command prefix whose first `times` launches exit 3 with a message, then run the fake."""
+    counter = tmp_path / "launches"
+    script = (f'n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; '
+              f'if [ "$n" -lt {times} ]; then echo "boom $n" >&2; exit 3; fi; exec "$@"')
+    return ("sh", "-c", script, "sh", *FAKE_COMMAND)
+
+
+async def test_default_options_always_pass_rank_and_modules(log: Path, tmp_path: Path) -> None:
+    """Without initial adapters (ACA's first launch) the command line still carries the rank and the modules, so
+    the strict fake (like SGLang) starts; the relaunch after a crash passes the same set, not inferred ones."""
+    eng = SGLangEngine(tmp_path / "model", "tiny", options=SGLangOptions(command=FAKE_COMMAND, restart_backoff_s=0.05))
+    await eng.start()
+    try:
+        alpha = make_adapter(tmp_path / "store", "alpha-1", "alpha")
+        await eng.load_adapter("alpha", alpha)
+        os.kill(eng.pid, signal.SIGKILL)
+        for _ in range(500):
+            if eng.restarts == 1 and eng.health().ready:
+                break
+            await asyncio.sleep(0.02)
+        assert eng.restarts == 1
+    finally:
+        await eng.stop()
+    first, relaunch = (e["argv"] for e in events(log, "launch"))
+    modules = ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj"]
+    for argv in (first, relaunch):
+        assert argv[argv.index("--max-lora-rank") + 1] == "64"
+        i = argv.index("--lora-target-modules")
+        assert argv[i + 1 : i + 1 + len(modules)] == modules
+    assert "--lora-paths" not in first and f"alpha={alpha}" in relaunch
+    assert not events(log, "refused")
+
+
+def test_fake_refuses_what_sglang_refuses(tmp_path: Path) -> None:
+    """The fake exits 1 with SGLang's message for a LoRA launch without rank + modules (the old ACA command
+    line), a served name with ':', 'all' beside other modules; it accepts the command lines the engine builds."""
+    base = ["--model-path", str(tmp_path), "--port", "1", "--enable-lora"]
+    refused = {
+        "--max-lora-rank": [*base, "--max-lora-rank", "64"],
+        "colon": [*base, "--served-model-name", "a:b", "--lora-paths", "x=/x"],
+        "all": [*base, "--max-lora-rank", "8", "--lora-target-modules", "all", "q_proj"],
+    }
+    for expected, argv in refused.items():
+        assert expected in (fake_sglang.check_args(fake_sglang.parse_args(argv)[0]) or "")
+    eng = SGLangEngine(tmp_path / "model", "tiny", options=SGLangOptions(command=()))
+    ok = eng.launch_args(1)[3:]
+    assert fake_sglang.check_args(fake_sglang.parse_args(ok)[0]) is None
+
+
+async def test_start_retries_with_backoff_then_serves(log: Path, tmp_path: Path) -> None:
+    """Two failed launches are retried (backoff doubling) and reported in health detail; the third serves."""
+    eng = SGLangEngine(tmp_path / "model", "tiny",
+                       options=options(command=fails_first(tmp_path, 2), restart_backoff_s=0.2, start_attempts=4))
+    details: list[str] = []
+    task = asyncio.create_task(eng.start())
+    while not task.done():
+        details.append(eng.health().detail)
+        await asyncio.sleep(0.02)
+    await task
+    try:
+        assert eng.health().ready and not eng.failed
+        assert any("attempt 1/4 failed" in d and "boom 0" in d and "retrying in 0.2 s" in d for d in details)
+        assert any("attempt 2/4 failed" in d and "boom 1" in d and "retrying in 0.4 s" in d for d in details)
+        assert len(events(log, "launch")) == 1
+    finally:
+        await eng.stop()
+
+
+async def test_start_gives_up_and_health_fails(aiohttp_client, log: Path, tmp_path: Path) -> None:
+    """After start_attempts failed launches the engine is `failed`: /ready says why, /health answers 503 (the
+    liveness probe restarts the container)."""
+    eng = SGLangEngine(tmp_path / "model", "bad:name", options=options(start_attempts=2, restart_backoff_s=0.05))
+    app = __import__("inference_server.api_router", fromlist=["create_app"]).create_app(server_config(), eng)
+    client: TestClient = await aiohttp_client(app)
+    for _ in range(500):
+        if eng.failed:
+            break
+        await asyncio.sleep(0.02)
+    assert eng.failed and len(events(log, "refused")) == 2
+    health = await client.get("/health")
+    assert health.status == 503 and (await health.json()) == {"status": "failed"}
+    ready = await client.get("/ready", headers=AUTH)
+    detail = (await ready.json())["engine"]["detail"]
+    assert ready.status == 503 and "failed 2 times in a row" in detail and "cannot contain a colon" in detail
+
+
+async def test_health_503_while_loading(log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake answers /health 503 while it loads, as SGLang does; start() waits for the 200."""
+    monkeypatch.setenv("FAKE_SGLANG_STARTUP_DELAY", "0.6")
+    eng = SGLangEngine(tmp_path / "model", "tiny", options=options(health_interval_s=0.05))
+    started = asyncio.get_running_loop().time()
+    await eng.start()
+    try:
+        assert asyncio.get_running_loop().time() - started >= 0.6 and eng.health().ready
+    finally:
+        await eng.stop()
+
+
+async def test_chat_raises_on_in_stream_error(engine: SGLangEngine) -> None:
+    """An error event inside SGLang's 200 stream is an EngineError from chat(), never a silent 'stop'."""
+    req = ChatRequest(messages=[{"role": "user", "content": "FAIL_MID_STREAM"}], stream=True)
+    deltas = []
+    with pytest.raises(EngineError, match="failed on purpose") as info:
+        async for delta in engine.chat(req):
+            deltas.append(delta)
+    assert not isinstance(info.value, EngineNotReady)
+    assert "".join(d.text for d in deltas) == "[base] w0" and all(d.finish_reason is None for d in deltas)
+
+
+def test_find_sse_error_shapes() -> None:
+    """Both SGLang shapes are found at their event's offset; content that merely mentions "error" is not."""
+    from inference_server.engines.base import EngineRequestError
+    from inference_server.engines.sglang_engine import find_sse_error
+
+    token = b'data: {"choices":[{"delta":{"content":"\\"error\\": no"}}]}\n\n'
+    nested = b'data: {"error": {"object": "error", "message": "too long", "type": "BadRequestError", "code": 400}}\n\n'
+    flat = b'data: {"object":"error","message":"oom","type":"InternalServerError","code":500}\n\n'
+    assert find_sse_error(token) is None and find_sse_error(token + b"data: [DONE]\n\n") is None
+    offset, error = find_sse_error(token + nested + b"data: [DONE]\n\n")
+    assert offset == len(token) and isinstance(error, EngineRequestError) and str(error) == "too long"
+    offset, error = find_sse_error(flat)
+    assert offset == 0 and not isinstance(error, EngineRequestError) and "oom" in str(error)
+
+
+async def test_server_relays_in_stream_error(aiohttp_client, log: Path, tmp_path: Path) -> None:
+    """Pass-through: the tokens before SGLang's error event reach the client, then an OpenAI-shaped error event,
+    and the stream ends there (no [DONE]); the next request on the pool is served normally."""
+    eng = SGLangEngine(tmp_path / "model", "tiny", options=options())
+    client: TestClient = await start_client(aiohttp_client, server_config(), eng)
+    body = {"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "FAIL_MID_STREAM"}]}
+    resp = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert resp.status == 200
+    payloads = sse_events(await resp.text())
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "[base] w0"
+    assert json.loads(payloads[-1]) == {"error": {"message": "The engine failed to generate a response",
+                                                  "type": "server_error", "param": None, "code": "engine_error"}}
+    metrics = await (await client.get("/metrics", headers=AUTH)).text()
+    assert 'inference_errors_total{type="engine_error"} 1.0' in metrics
+    resp = await client.post("/v1/chat/completions", json=chat_body("tiny", stream=True), headers=AUTH)
+    assert (await resp.text()).endswith("data: [DONE]\n\n")
+    resp = await client.post("/v1/chat/completions", json={**body, "stream": False}, headers=AUTH)
+    assert resp.status == 503

@@ -15,6 +15,21 @@ it sends no cookies, so nothing an upstream sets leaks between clients.
 Prompt length: this engine holds no tokenizer, so the server cannot count prompt tokens before queueing (it only
 refuses a `max_tokens` over `--max-context-tokens`). SGLang counts them itself and answers 400 "... context
 length ..."; that answer becomes `EngineRequestError` (a 400 `context_length_exceeded` for the client), not a 500.
+
+Launch contract (checked against SGLang's own argument validation by tests/contracts/test_sglang_args.py): every
+launch, first or relaunch, passes `--max-lora-rank` and `--lora-target-modules` from the options, never leaving
+SGLang to infer them from the adapters loaded at that moment. A launch that fails (the child exits, or `/health`
+stays non-200 past `startup_timeout_s`; SGLang answers 503 while it loads) is retried with exponential backoff;
+`health().detail` says which attempt failed and why (the last lines SGLang printed), so `/ready` shows it. After
+`start_attempts` failures in a row, at start or when relaunching after a crash, the engine gives up: `failed` is
+set and the server's `/health` answers 503, so the platform's liveness probe (ACA: `/health`, 3 failures 30 s
+apart) restarts the container.
+
+Errors after streaming began: SGLang reports them inside its 200 stream as `data: {"error": {"object": "error",
+"message", "type", "code"}}` (older releases: the error object at the top level), then `[DONE]`. `chat()` raises
+them (`EngineRequestError` for a 4xx code, else `EngineError`); on the pass-through path `open_sse()` arms the
+connection with `find_sse_error`, and the server replaces the event with its own OpenAI error event and ends the
+stream there.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +79,15 @@ class SGLangOptions:
     host: str = "127.0.0.1"
     port: int = 0
     max_loras_per_batch: int = 8
-    max_lora_rank: int | None = None
-    lora_target_modules: tuple[str, ...] = ()
+    max_lora_rank: int = 64
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj",
+                                            "up_proj", "down_proj")
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 900.0
     health_interval_s: float = 0.25
-    restart_backoff_s: float = 1.0
+    restart_backoff_s: float = 1.0  # before the 2nd attempt; doubled per failure up to max_backoff_s
+    max_backoff_s: float = 60.0
+    start_attempts: int = 5  # failed launches in a row before giving up
     stop_timeout_s: float = 15.0
     connect_timeout_s: float = 10.0
     read_timeout_s: float | None = 600.0  # longest silence of SGLang within one response
@@ -84,7 +103,12 @@ class SGLangOptions:
             lora_target_modules=settings.lora_target_modules,
             extra_args=settings.extra_args,
             startup_timeout_s=settings.startup_timeout_s,
+            start_attempts=settings.start_attempts,
         )
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after `failures` failed launches in a row."""
+        return min(self.max_backoff_s, self.restart_backoff_s * 2 ** max(0, failures - 1))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -109,6 +133,8 @@ class SGLangEngine(Engine):
         self.options = options or SGLangOptions()
         if model_path is None and not self.options.upstream_url:
             raise ValueError("SGLangEngine needs model_path unless it attaches to upstream_url")
+        if not self.options.upstream_url and (self.options.max_lora_rank < 1 or not self.options.lora_target_modules):
+            raise ValueError("SGLangEngine needs max_lora_rank and lora_target_modules to launch SGLang")
         self.model_path = model_path
         self.base_model_name = base_model_name
         self._adapters: dict[str, Path] = dict(initial_adapters or {})  # what a (re)launch must load
@@ -119,7 +145,10 @@ class SGLangEngine(Engine):
         self._ready = False
         self._detail = "not started"
         self._stopping = False
+        self._output: deque[str] = deque(maxlen=20)  # SGLang's last output lines (stdout and stderr)
+        self._readers: list[asyncio.Task[None]] = []
         self.restarts = 0
+        self.failed = False  # gave up after start_attempts failed launches in a row
 
     # -- process supervision --------------------------------------------------------------------------------
     @property
@@ -138,35 +167,79 @@ class SGLangEngine(Engine):
         args += ["--model-path", str(self.model_path), "--served-model-name", self.base_model_name]
         args += ["--host", o.host, "--port", str(port), "--enable-lora", "--enable-metrics"]
         args += ["--max-loras-per-batch", str(o.max_loras_per_batch)]
-        if o.max_lora_rank is not None:
-            args += ["--max-lora-rank", str(o.max_lora_rank)]
-        if o.lora_target_modules:
-            args += ["--lora-target-modules", *o.lora_target_modules]
+        args += ["--max-lora-rank", str(o.max_lora_rank), "--lora-target-modules", *o.lora_target_modules]
         if self._adapters:
             args += ["--lora-paths", *(f"{name}={path}" for name, path in self._adapters.items())]
         return args + list(o.extra_args)
 
     async def start(self) -> None:
-        self._stopping = False
+        self._stopping, self.failed = False, False
         if self.options.upstream_url:
             self._attach(self._url)
             await self._wait_healthy(time.monotonic() + self.options.startup_timeout_s)
         else:
-            await self._launch()
+            await self._launch_with_retries("start")
             self._supervisor = asyncio.create_task(self._supervise())
         self._ready, self._detail = True, ""
+
+    async def _launch_with_retries(self, what: str) -> None:
+        """Launch until healthy: up to `start_attempts` tries with backoff; then `failed` and EngineError."""
+        attempts = self.options.start_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._launch()
+                return
+            except EngineError as exc:
+                if self._stopping:
+                    raise
+                if attempt == attempts:
+                    self.failed = True
+                    self._detail = (f"SGLang {what} failed {attempts} times in a row, giving up (/health fails so the "
+                                    f"platform restarts the server); last: {exc}")
+                    log.error("%s", self._detail)
+                    raise EngineError(self._detail) from exc
+                delay = self.options.backoff(attempt)
+                self._detail = f"SGLang {what} attempt {attempt}/{attempts} failed: {exc}; retrying in {delay:g} s"
+                log.error("%s", self._detail)
+                await asyncio.sleep(delay)
 
     async def _launch(self) -> None:
         port = self.options.port or free_port(self.options.host)
         self._attach(f"http://{self.options.host}:{port}")
         args = self.launch_args(port)
         log.info("launching SGLang: %s", " ".join(args))
-        self._process = await asyncio.create_subprocess_exec(*args, start_new_session=True)
+        self._output.clear()
+        self._process = await asyncio.create_subprocess_exec(
+            *args, start_new_session=True, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        self._readers = [
+            asyncio.create_task(self._echo(self._process.stdout, sys.stdout)),
+            asyncio.create_task(self._echo(self._process.stderr, sys.stderr)),
+        ]
         try:
             await self._wait_healthy(time.monotonic() + self.options.startup_timeout_s)
         except EngineError:
             await self._kill()
             raise
+
+    async def _echo(self, stream: asyncio.StreamReader | None, sink: Any) -> None:
+        """Copy the child's output to ours line by line, keeping the last lines for error reports."""
+        if stream is None:
+            return
+        with contextlib.suppress(Exception):
+            while line := await stream.readline():
+                text = line.decode(errors="replace").rstrip()
+                if text:
+                    self._output.append(text)
+                sink.write(text + "\n")
+                sink.flush()
+
+    def _last_output(self) -> str:
+        """SGLang's last meaningful output line (its error), cut short; empty when it printed nothing."""
+        for text in reversed(self._output):
+            if text.strip() and not text.lstrip().startswith(("File ", "^", "~")):
+                return text.strip()[:500]
+        return ""
 
     def _attach(self, url: str) -> None:
         """Talk to the SGLang server at `url` from now on (a fresh connection pool)."""
@@ -179,7 +252,11 @@ class SGLangEngine(Engine):
     async def _wait_healthy(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self._process is not None and self._process.returncode is not None:
-                raise EngineError(f"SGLang exited with status {self._process.returncode} while starting")
+                with contextlib.suppress(TimeoutError):  # let the readers catch its last words
+                    await asyncio.wait_for(asyncio.gather(*self._readers, return_exceptions=True), 2)
+                said = self._last_output()
+                raise EngineError(f"SGLang exited with status {self._process.returncode} while starting"
+                                  + (f": {said}" if said else ""))
             with contextlib.suppress(UpstreamError, TimeoutError):
                 async with asyncio.timeout(self.options.health_timeout_s):
                     status, _ = await self._call("GET", "/health")
@@ -189,21 +266,22 @@ class SGLangEngine(Engine):
         raise EngineError("SGLang did not become healthy in time")
 
     async def _supervise(self) -> None:
-        """Relaunch the child whenever it exits unexpectedly; not ready until it is healthy again."""
+        """Relaunch the child whenever it exits unexpectedly; not ready until it is healthy again. After
+        `start_attempts` failed relaunches in a row the engine gives up (`failed`, see the module docstring)."""
         while not self._stopping:
             assert self._process is not None
             code = await self._process.wait()
             if self._stopping:
                 return
-            self._ready, self._detail = False, f"SGLang exited with status {code}; restarting"
+            said = self._last_output()
+            self._ready, self._detail = False, f"SGLang exited with status {code}; restarting" + (
+                f" (it said: {said})" if said else "")
             log.error("%s", self._detail)
             await asyncio.sleep(self.options.restart_backoff_s)
             try:
-                await self._launch()
-            except EngineError as exc:
-                self._detail = f"restart failed: {exc}; retrying"
-                log.error("%s", self._detail)
-                continue
+                await self._launch_with_retries("restart")
+            except EngineError:
+                return
             self.restarts += 1
             self._ready, self._detail = True, ""
 
@@ -219,6 +297,8 @@ class SGLangEngine(Engine):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=2)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -316,8 +396,11 @@ class SGLangEngine(Engine):
         raise EngineError(f"SGLang answered {conn.status}: {text[:300]}")
 
     async def open_sse(self, request: ChatRequest, *, include_usage: bool = False) -> UpstreamConnection:
-        """SGLang's streaming response with its body unread, for `forward()` (the caller must `release()` it)."""
-        return await self._post_chat(self.payload(request, stream=True, include_usage=include_usage))
+        """SGLang's streaming response with its body unread, for `forward()` (the caller must `release()` it); an
+        error event inside the stream stops the relay there (`conn.stream_error`, see relay.py)."""
+        conn = await self._post_chat(self.payload(request, stream=True, include_usage=include_usage))
+        conn.watch_errors(SSE_ERROR_MARKER, find_sse_error)
+        return conn
 
     async def stream_sse(self, request: ChatRequest, *, include_usage: bool = False) -> AsyncIterator[bytes]:
         """SGLang's SSE bytes as they arrive (OpenAI `chat.completion.chunk` events, then `[DONE]`)."""
@@ -351,6 +434,9 @@ class SGLangEngine(Engine):
                 data = _event_json(event)
                 if data is None:
                     continue
+                error = _event_error(data)
+                if error is not None:
+                    raise error
                 usage = _usage(data) or usage
                 for choice in data.get("choices") or ():
                     finish = choice.get("finish_reason") or finish
@@ -358,6 +444,39 @@ class SGLangEngine(Engine):
                     if text:
                         yield ChatDelta(text)
         yield ChatDelta(finish_reason=finish or "stop", usage=usage)
+
+
+#: Bytes every SGLang error event holds (a `"` inside JSON strings is escaped, so content never matches).
+SSE_ERROR_MARKER = b'"error"'
+
+
+def find_sse_error(payload: bytes) -> tuple[int, EngineError] | None:
+    """The first error event in decoded SSE bytes (whole events): its offset and the error it reports."""
+    start = 0
+    while True:
+        end = payload.find(b"\n\n", start)
+        event = payload[start:] if end < 0 else payload[start:end]
+        if SSE_ERROR_MARKER in event:
+            with contextlib.suppress(EngineError):
+                data = _event_json(event)
+                error = _event_error(data) if data is not None else None
+                if error is not None:
+                    return start, error
+        if end < 0:
+            return None
+        start = end + 2
+
+
+def _event_error(data: dict[str, Any]) -> EngineError | None:
+    """SGLang's in-stream error event (`{"error": {...}}`, or the error object itself) as an engine error."""
+    error = data.get("error") if isinstance(data.get("error"), dict) else data
+    if error.get("object") != "error" and data.get("error") is not error:
+        return None
+    message = str(error.get("message") or "SGLang reported an error")[:500]
+    code = error.get("code")
+    if isinstance(code, int) and 400 <= code < 500 and code != 429:
+        return EngineRequestError(message, code=str(error.get("type") or "invalid_request_error"))
+    return EngineError(f"SGLang failed mid-stream ({code}): {message}")
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:
