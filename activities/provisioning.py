@@ -289,6 +289,8 @@ class ProvisionPlan(_JsonDataclass):
                     "INFERENCE_MODEL_PATH": settings.model_path,
                     "INFERENCE_ADAPTER_STORE": f"{mount}/{app}",
                     "INFERENCE_MAX_LORA_RANK": str(settings.max_lora_rank),
+                    # SGLang refuses a LoRA launch without initial adapters unless rank and modules are both given
+                    "INFERENCE_LORA_TARGET_MODULES": ",".join(settings.allowed_target_modules),
                 },
                 secret_names=(API_KEYS_SECRET,) if settings.inference_api_key else (),
                 registry_server=settings.inference_registry_server,
