@@ -49,13 +49,16 @@ class ProbeInput:
 @dataclass(frozen=True)
 class ProbeResult:
     """`ready` only when /ready said so, the version matched and the smoke chat (if asked) answered;
-    `refused`: the engine's reason for refusing to load the expected version."""
+    `refused`: the engine's reason for refusing to load the expected version; `bad_answer`: the smoke chat reached
+    the model and its answer was unusable (a 4xx, or no message content): the adapter's fault, unlike a server
+    that is down or failing (5xx)."""
 
     ready: bool
     served_version: str | None = None
     reply: str | None = None
     error: str | None = None
     refused: str | None = None
+    bad_answer: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,10 +115,12 @@ def _probe(http: requests.Session, request: ProbeInput) -> ProbeResult:
     except requests.RequestException as exc:
         return ProbeResult(False, version, error=f"smoke chat failed: {type(exc).__name__}: {exc}")
     if chat.status_code != 200:
-        return ProbeResult(False, version, error=f"smoke chat answered {chat.status_code}: {_excerpt(chat)}")
+        return ProbeResult(False, version, error=f"smoke chat answered {chat.status_code}: {_excerpt(chat)}",
+                           bad_answer=chat.status_code < 500)
     reply = _reply_text(_json_object(chat))
     if reply is None:
-        return ProbeResult(False, version, error=f"smoke chat reply has no message content: {_excerpt(chat)}")
+        return ProbeResult(False, version, error=f"smoke chat reply has no message content: {_excerpt(chat)}",
+                           bad_answer=True)
     return ProbeResult(True, version, reply=reply)
 
 

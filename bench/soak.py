@@ -152,15 +152,19 @@ def record_version(record: Mapping[str, Any]) -> str | None:
 
 
 def classify_answer(answer: Answer, live_versions: set[tuple[str, str]], base_of: Mapping[str, str],
-                    phrases: Mapping[str, str]) -> str | None:
+                    phrases: Mapping[str, str],
+                    gates: Mapping[tuple[str, str], list[tuple[float, float]]] | None = None) -> str | None:
     """Why a complete answer came from a wrong adapter; None when it is right. Errors are no answer (None).
     `live_versions`: (app, version) of every record that reached live; `base_of`: content sha256[:12] → the kit
-    adapter whose weights it carries."""
+    adapter whose weights it carries; `gates`: (app, version) → the spans in which a record that did not go live
+    was being activated and verified (the newest accepted content, served during its own gate: counted apart)."""
     if answer.error is not None:
         return None
     if not answer.version:
         return "answer from `live` without an X-Adapter-Version header"
-    if (answer.app, answer.version) not in live_versions:
+    in_gate = any(start <= answer.started and answer.ended <= end
+                  for start, end in (gates or {}).get((answer.app, answer.version), []))
+    if (answer.app, answer.version) not in live_versions and not in_gate:
         return f"served {answer.version}, whose record never reached live on {answer.app}"
     base = base_of.get(answer.version.rpartition("@")[2])
     if base is None:
@@ -225,6 +229,7 @@ class Summary:
     error_kinds: Counter
     versions: Counter
     faults: Counter
+    served_in_gate: int = 0  # answers from a candidate during its own gate, before it was rolled back
 
     def must_be_zero(self) -> dict[str, int]:
         return {
@@ -264,7 +269,11 @@ def summarize(ops: list[Op], sent: list[Sent], records: Mapping[str, Mapping[str
         if kind == "good" and record.get("stage") in ("failed", "rolled_back"):
             good_failed.append(f"{s.record_id}: {record.get('stage')} ({record.get('cause')}) {record.get('reason')}")
     live_versions = {(r.get("app"), record_version(r)) for r in records.values() if r.get("stage") == "live"}
-    wrong = [(a, why) for a in answers if (why := classify_answer(a, live_versions, base_of, phrases))]
+    gates = gate_windows(records.values())
+    wrong = [(a, why) for a in answers if (why := classify_answer(a, live_versions, base_of, phrases, gates))]
+    flagged = {id(a) for a, _ in wrong}
+    in_gate = sum(1 for a in answers if a.error is None and a.version and id(a) not in flagged
+                  and (a.app, a.version) not in live_versions)
     windows = swap_windows(records.values())
     swap = [a for a in answers if in_window(a, windows)]
     outages = outage_windows(kills, answers)
@@ -278,7 +287,20 @@ def summarize(ops: list[Op], sent: list[Sent], records: Mapping[str, Mapping[str
         outages=[end - start for spans in outages.values() for start, end in spans],
         error_kinds=Counter(a.error for a in answers if a.error is not None),
         versions=Counter(f"{a.app} {a.version}" for a in answers if a.error is None), faults=faults or Counter(),
+        served_in_gate=in_gate,
     )
+
+
+def gate_windows(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(app, version) → spans from `activating` to the end of each record that did not go live."""
+    spans: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for record in records:
+        stamps = {h.get("stage"): _ts(h.get("at")) for h in record.get("history") or []}
+        start, end = stamps.get("activating"), _ts(record.get("ended_at"))
+        version = record_version(record)
+        if record.get("stage") != "live" and version and start is not None and end is not None:
+            spans.setdefault((record.get("app"), version), []).append((start, end))
+    return spans
 
 
 def _rate(errors: int, total: int) -> str:
@@ -311,6 +333,7 @@ def print_table(summary: Summary, args: argparse.Namespace, elapsed_s: float, or
     for name, value in s.must_be_zero().items():
         print(f"| **{name}** (must be 0) | {value} |")
     print(f"| good content that ended failed / rolled_back | {len(s.good_failed)} |")
+    print(f"| answers from a candidate during its own gate, later rolled back | {s.served_in_gate} |")
     print(f"| chat requests / errors / error rate | {s.chats} / {s.chat_errors} / {_rate(s.chat_errors, s.chats)} |")
     print(f"| … during swap windows | {s.swap_chats} / {s.swap_errors} / {_rate(s.swap_errors, s.swap_chats)} |")
     print(f"| … during swap windows, outside server-kill outages | {s.swap_chats_up} / {s.swap_errors_up} / "

@@ -115,18 +115,20 @@ class _Rollout:
         self.gate((yield from self.wait_for_version(self.status.version, self.timing.restart_timeout_s)), "restart")
 
     def verify(self) -> Generator[Any, Any, None]:
-        """The health gate: the smoke chat must answer from the new version."""
-        reason = "no probe ran"
+        """The health gate: the smoke chat must answer from the new version. A bad answer is the adapter's fault;
+        a server that is down, failing or serving another version is transient."""
+        probe: dict = {}
         for attempt in range(self.timing.verify_attempts):
             probe = yield from self.call(
                 Activity.PROBE_ENDPOINT, app=self.req.app, expect_version=self.status.version, smoke=True
             )
             if serves(probe, self.status.version) and probe.get("reply"):
                 return
-            reason = probe.get("error") or f"endpoint serves {probe.get('served_version')!r}"
             if attempt + 1 < self.timing.verify_attempts:
                 yield from self.sleep(self.timing.poll_interval_s)
-        raise RolloutFailed(f"smoke chat failed: {reason}", Cause.CONTENT)
+        reason = probe.get("error") or f"endpoint serves {probe.get('served_version')!r}"
+        cause = Cause.CONTENT if probe.get("bad_answer") or probe.get("refused") else Cause.TRANSIENT
+        raise RolloutFailed(f"smoke chat failed: {reason}", cause)
 
     def run(self) -> Generator[Any, Any, dict]:
         req = self.req

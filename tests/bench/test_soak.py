@@ -72,6 +72,12 @@ def test_classify_answer() -> None:
     assert "never reached live" in why(_answer(f"alpha@{SHA_A[:12]}", "alpha says hello", app="soak-b"))
     live.add(("soak-a", f"x@{'c' * 12}"))
     assert "never uploaded" in why(_answer(f"x@{'c' * 12}", "alpha says hello"))
+    # a candidate answering inside its own gate (activating → rolled back) is not a wrong adapter; outside it is
+    gate = {("soak-a", f"v3@{SHA_B[:12]}"): [(0.0, 1000.0)]}
+    inside = _answer(f"v3@{SHA_B[:12]}", "beta says goodbye")
+    assert classify_answer(inside, live, BASE_OF, PHRASES, gate) is None
+    outside = {("soak-a", f"v3@{SHA_B[:12]}"): [(inside.ended + 1, inside.ended + 2)]}
+    assert "never reached live" in classify_answer(inside, live, BASE_OF, PHRASES, outside)
 
 
 def test_swap_windows_run_from_activating_to_the_end() -> None:

@@ -34,6 +34,7 @@ class Scenario:
     manifest: dict[str, Any] | None = None
     hot_swap_works: bool = True
     smoke_ok: bool = True
+    smoke_down: bool = False  # the smoke chat finds the server down (connection refused), not a bad answer
     refused: str | None = None  # the engine's load error for the new version
     stuck_on_new: bool = False  # once the new version was written, the endpoint serves it whatever happens
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployment records by id
@@ -110,8 +111,12 @@ def stand_in_app(s: Scenario) -> df.DFApp:
         version = s.served_version()
         smoke_failed = payload["smoke"] and not s.smoke_ok
         refused = s.refused if payload.get("expect_version") == "new@" + SHA[:12] else None
+        if payload["smoke"] and s.smoke_down:
+            return {"ready": False, "served_version": None, "reply": None, "refused": None, "bad_answer": False,
+                    "error": "GET /ready failed: ConnectionError: connection refused"}
         return {"ready": True, "served_version": version, "reply": None if smoke_failed else "hi",
-                "error": "smoke chat answered 500" if smoke_failed else None, "refused": refused}
+                "error": "smoke chat answered 400: no such adapter" if smoke_failed else None, "refused": refused,
+                "bad_answer": smoke_failed}
 
     @bp.activity_trigger(input_name="payload", activity=Activity.INGEST_RECORDS)
     def ingest_records(payload: dict) -> list[dict]:
@@ -188,8 +193,16 @@ async def test_failed_smoke_chat_rolls_back_to_the_previous_manifest(run_rollout
     """A failing health gate restores the previous manifest and ends rolled_back with the reason."""
     s = Scenario(manifest=PREVIOUS, smoke_ok=False)
     out, _ = await run_rollout(s)
-    assert out["stage"] == "rolled_back" and "smoke chat answered 500" in out["reason"]
+    assert out["stage"] == "rolled_back" and "smoke chat answered 400" in out["reason"] and out["cause"] == "content"
     assert s.writes[-1] == PREVIOUS and s.manifest["active"] == "old"
+
+
+async def test_server_down_during_the_smoke_chat_is_transient(run_rollout) -> None:
+    """The server dies during the smoke chat: rolled back, but as a transient failure (retried), not the content's."""
+    s = Scenario(manifest=PREVIOUS, smoke_down=True)
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "rolled_back" and out["cause"] == "transient" and "ConnectionError" in out["reason"]
+    assert s.writes[-1] == PREVIOUS
 
 
 async def test_invalid_adapter_fails_without_touching_the_manifest(run_rollout) -> None:
