@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from activities.validation import APP_NAME_PATTERN
+
 ENV_SOURCE = "environment"
 
 # Serverless GPU workload profile types and the container size each one gives (cpu cores, memory).
@@ -46,7 +48,7 @@ DEFAULT_TARGET_MODULES = (
 _KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 _STORAGE_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
 _SHARE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
-_ACA_NAME_RE = re.compile(r"^[a-z](?!.*--)[a-z0-9-]{0,30}[a-z0-9]$")
+_ACA_NAME_RE = re.compile(rf"^{APP_NAME_PATTERN.pattern}$")
 ACR_SUFFIX = ".azurecr.io"  # an image on such a host is pulled with INFERENCE_PULL_IDENTITY_ID
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _REGISTRY_SERVER_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+(?::[0-9]{{1,5}})?$")

@@ -49,7 +49,6 @@ from __future__ import annotations
 import copy
 import email.utils
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -67,6 +66,7 @@ from activities.platform.base import (
     TransientPlatformError,
     generate_secrets,
 )
+from activities.validation import APP_NAME_PATTERN
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -94,8 +94,6 @@ PROBE_RANGES: dict[str, tuple[int, int]] = {
     "successThreshold": (1, 10),
 }
 PROBE_TIMEOUT_S = 5  # per probe request (ARM's default is 1 s, tight for a busy GPU server)
-# Container app names: Azure's resource-name rules for Microsoft.App/containerApps.
-_APP_NAME = re.compile(r"[a-z](?:[a-z0-9]|-(?!-))*[a-z0-9]")
 # provisioningState values after which nothing runs on a resource (any other value: an operation is in flight, e.g.
 # InProgress, Creating, Updating, InitializationInProgress, Waiting, ResolvingDNS).
 _SETTLED_STATES = frozenset({"succeeded", "failed", "canceled", "upgradefailed"})
@@ -129,8 +127,8 @@ class OperationStillRunningError(TransientPlatformError):
 
 
 def check_app_name(name: str) -> None:
-    """Refuse a container app name ARM refuses (see `_APP_NAME`), saying what a valid one looks like."""
-    if not (2 <= len(name) <= 32 and _APP_NAME.fullmatch(name)):
+    """Refuse a container app name ARM refuses (`validation.APP_NAME_PATTERN`), saying what a valid one looks like."""
+    if not APP_NAME_PATTERN.fullmatch(name):
         raise InvalidAppNameError(
             f"invalid container app name {name!r}: use 2-32 lowercase letters, digits and '-', starting with a "
             "letter, ending with a letter or digit, without '--' (Azure Container Apps' naming rules)"
