@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench image clean
 
 setup: $(STAMP) node_modules/.installed
 
@@ -34,6 +34,10 @@ bench: setup
 	$(BIN)/python bench/chat_overhead.py
 	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/durable_overhead.py
+
+# The CPU target of inference_image/Dockerfile, built here with no registry (needs root for dockerd/debootstrap).
+image: setup
+	bash scripts/build_cpu_image.sh
 
 clean:
 	rm -rf $(VENV) node_modules build .devhost
