@@ -93,6 +93,7 @@ class Container:
     url: str
     store: Path
     chat_page_port: int
+    base_model: str
 
     def get(self, path: str, key: str | None = None) -> tuple[int, dict]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -148,7 +149,7 @@ def container(tiny_kit: KitPaths, tmp_path_factory: pytest.TempPathFactory) -> I
     for key, value in env.items():
         args += ["-e", f"{key}={value}"]
     _docker(*args, IMAGE)
-    box = Container(name, f"http://127.0.0.1:{port}", store, page_port)
+    box = Container(name, f"http://127.0.0.1:{port}", store, page_port, tiny_kit.base_model_name)
     try:
         yield box
     finally:
@@ -243,9 +244,11 @@ def test_manifest_switch_is_picked_up_live(container: Container) -> None:
 
 
 def test_sigterm_drains_and_ends_the_container(container: Container) -> None:
-    """SIGTERM during a stream: the stream ends whole, and the container exits 0 within the drain timeout."""
+    """SIGTERM during a stream: the stream ends whole, and the container exits 0 within the drain timeout.
+
+    The stream is on the base model (the adapters stop after their phrase), long enough to be running at SIGTERM."""
     stream = container.client().chat.completions.create(
-        model="live", messages=MESSAGES, temperature=0, max_tokens=64, stream=True)
+        model=container.base_model, messages=MESSAGES, temperature=0, max_tokens=400, stream=True)
     chunks = iter(stream)
     first = next(chunks)
     started = time.monotonic()
@@ -257,4 +260,6 @@ def test_sigterm_drains_and_ends_the_container(container: Container) -> None:
     took = time.monotonic() - started
     assert code == "0", code
     assert took < DRAIN_TIMEOUT_S + 5, f"the container took {took:.1f} s to stop"
-    print(f"SIGTERM → container exited 0 in {took:.1f} s (drain timeout {DRAIN_TIMEOUT_S:.0f} s)")
+    assert len(rest) > 1, "the stream had ended before SIGTERM: nothing was drained"
+    print(f"SIGTERM with a stream running: {len(rest)} chunks after it, finish_reason {finish[-1]}; "
+          f"container exited 0 in {took:.1f} s (drain timeout {DRAIN_TIMEOUT_S:.0f} s)")
