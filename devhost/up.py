@@ -169,8 +169,7 @@ def deploy_and_chat(api, store, app: str, name: str, folder: Path, key: str, tim
     started = time.time()
     uploaded = store.upload_adapter_folder(folder, app, name)
     print(f"\n→ uploaded {name} ({uploaded.sha256[:12]}) to {app}; deployment {uploaded.deployment_id}:", flush=True)
-    record = follow(api, uploaded.deployment_id, timeout, lambda e: print(f"   {e['stage']:<13} +{_seconds(started, e['at']):6.2f}s",
-                                                                     flush=True), interval=0.1)
+    record = follow(api, uploaded.deployment_id, timeout, lambda e: _print_stage(started, e), interval=0.1)
     live_s = time.time() - started
     stages = {e["stage"]: _seconds(started, e["at"]) for e in record.get("history", [])}
     if record.get("stage") != "live":
@@ -182,6 +181,14 @@ def deploy_and_chat(api, store, app: str, name: str, folder: Path, key: str, tim
     reply = "".join(stream_chat(endpoint, key, "live", DEMO_MESSAGE, temperature=0, max_tokens=32))
     print(f"   chat ({name} live): {DEMO_MESSAGE!r} → {reply!r}", flush=True)
     return RolloutTiming(name, live_s, stages, record["stage"], reply)
+
+
+def _print_stage(started: float, entry: dict[str, Any]) -> None:
+    """One stage line; `received` is the marker's time on the storage service's clock (whole seconds)."""
+    if entry["stage"] == "received":
+        print(f"   {'received':<13} (marker stored at {entry['at'][11:19]} UTC)", flush=True)
+    else:
+        print(f"   {entry['stage']:<13} +{_seconds(started, entry['at']):6.2f}s", flush=True)
 
 
 def print_table(rows: list[RolloutTiming]) -> None:
