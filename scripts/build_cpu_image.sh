@@ -73,9 +73,9 @@ for _ in $(seq 50); do
     "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$WHEEL_PORT/')" 2>/dev/null && break
     sleep 0.1
 done
-# BuildKit builds only the stages the cpu target needs (the classic builder would build the gpu stage before it, and
-# fail there with no index). A client without buildx cannot use BuildKit: Debian's docker.io client (/usr/bin/docker)
-# has it built in, so it is used then.
+# BuildKit builds only the stages the cpu target needs (the gpu stage comes after it in the Dockerfile, so the classic
+# builder would not build it either). A client without buildx cannot use BuildKit: Debian's docker.io client
+# (/usr/bin/docker) has it built in, so it is used then.
 client="${DOCKER_CLIENT:-docker}"
 if ! "$client" buildx version >/dev/null 2>&1 && [[ -z "${DOCKER_CLIENT:-}" ]]; then
     if [[ -x /usr/bin/docker ]] && /usr/bin/docker version >/dev/null 2>&1; then
