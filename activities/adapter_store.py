@@ -248,14 +248,11 @@ class BlobStoreSettings:
         )
 
 
-class BlobFile:
-    """An adapter file in Blob storage (`validation.AdapterFile`): ranged reads, sha256 as the marker claims."""
+class _RangedFile:
+    """A remote file of known size read by ranges (`validation.AdapterFile`); subclasses fetch one range."""
 
-    def __init__(self, container: ContainerClient, blob_name: str, size: int, sha256: str) -> None:
-        self._container = container
-        self.blob_name = blob_name
+    def __init__(self, size: int) -> None:
         self._size = size
-        self._sha256 = sha256
 
     @property
     def size(self) -> int:
@@ -263,8 +260,22 @@ class BlobFile:
 
     def read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self._size - offset))
-        if length == 0:
-            return b""
+        return self._fetch(offset, length) if length else b""
+
+    def _fetch(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+
+class BlobFile(_RangedFile):
+    """An adapter file in Blob storage: ranged reads, sha256 as the marker claims."""
+
+    def __init__(self, container: ContainerClient, blob_name: str, size: int, sha256: str) -> None:
+        super().__init__(size)
+        self._container = container
+        self.blob_name = blob_name
+        self._sha256 = sha256
+
+    def _fetch(self, offset: int, length: int) -> bytes:
         return self._container.download_blob(self.blob_name, offset=offset, length=length).readall()
 
     def sha256(self) -> str:
@@ -773,20 +784,15 @@ class _Staged:
         return self._sha256
 
 
-class _ShareFile:
-    """A file on the Azure Files share, read by ranges (`validation.AdapterFile`); sha256 by reading it all."""
+class _ShareFile(_RangedFile):
+    """A file on the Azure Files share, read by ranges; sha256 by reading it all."""
 
     def __init__(self, share: ShareClient, path: str, size: int) -> None:
+        super().__init__(size)
         self._client = share.get_file_client(path)
-        self._size = size
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def read(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self._size - offset))
-        return self._client.download_file(offset=offset, length=length).readall() if length else b""
+    def _fetch(self, offset: int, length: int) -> bytes:
+        return self._client.download_file(offset=offset, length=length).readall()
 
     def sha256(self) -> str:
         digest = hashlib.sha256()

@@ -47,14 +47,15 @@ KEEP_RECORDS = 200
 _READ_THREADS = 8
 
 
-def _stamp(when: datetime) -> str:
+def stamp(when: datetime) -> str:
+    """The server-time part of every id the orchestrator makes (`YYYYmmddTHHMMSSffffff`, UTC)."""
     return when.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")
 
 
 def upload_record_id(app: str, adapter: str, etag: str, modified: datetime) -> str:
     """The record id of the upload whose marker has this etag and last-modified time."""
     digest = hashlib.sha256(f"{adapter}\0{str(etag).strip(chr(34))}".encode()).hexdigest()[:10]
-    return f"{app}.{_stamp(modified)}-u{digest}"
+    return f"{app}.{stamp(modified)}-u{digest}"
 
 
 #: `<app>.<server time YYYYmmddTHHMMSSffffff>-u<10 hex>` (an upload) or `-r<6 hex>` (a deploy request).
@@ -141,7 +142,7 @@ class DeploymentRecords:
         check_name("adapter", adapter)
         done = self.store.get_complete(app, adapter)
         now = datetime.now(UTC)
-        record = _new(f"{app}.{_stamp(now)}-r{secrets.token_hex(3)}", app, adapter, "request", now)
+        record = _new(f"{app}.{stamp(now)}-r{secrets.token_hex(3)}", app, adapter, "request", now)
         record.update(sha256=done.sha256, force_restart=force_restart)
         self._write(record, create=True)
         return record
@@ -247,14 +248,16 @@ class DeploymentRecords:
         except ResourceNotFoundError:
             self.store.ensure_container()
             return []
-        return sorted({n[len(prefix):].rstrip("/") for n in names if APP_NAME_PATTERN.fullmatch(n[len(prefix):].rstrip("/"))})
+        apps = {name[len(prefix):].rstrip("/") for name in names}
+        return sorted(app for app in apps if APP_NAME_PATTERN.fullmatch(app))
 
 
 def _new(record_id: str, app: str, adapter: str, source: str, accepted: datetime) -> dict[str, Any]:
     at = accepted.astimezone(UTC).isoformat()
     return {
         "id": record_id, "app": app, "adapter": adapter, "source": source, "sha256": None,
-        "accepted_at": at, "seen_at": datetime.now(UTC).isoformat(), "force_restart": False, "stage": "received", "history": [{"stage": "received", "at": at}],
+        "accepted_at": at, "seen_at": datetime.now(UTC).isoformat(), "force_restart": False,
+        "stage": "received", "history": [{"stage": "received", "at": at}],
         "reason": None, "cause": None, "superseded_by": None, "attempts": 0, "retry_at": None, "instance_id": None,
     }
 

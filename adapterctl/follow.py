@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from activities.records import TERMINAL
+
 from .api import ApiError, OrchestratorApi
 
-TERMINAL = {"live", "rolled_back", "failed", "superseded"}
 RUNTIME_DONE = {"Completed", "Failed", "Terminated"}
 
 

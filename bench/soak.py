@@ -46,7 +46,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TERMINAL = frozenset({"live", "rolled_back", "failed", "superseded"})
+from activities.records import TERMINAL  # noqa: E402
+
 APPS = ("soak-a", "soak-b")
 BASES = ("alpha", "beta")
 CLIENT_THREADS = 4

@@ -9,7 +9,7 @@ from typing import Any
 
 import azure.functions as func
 
-from activities.validation import APP_NAME_PATTERN as APP_NAME
+from activities.validation import check_name
 
 
 class BadRequest(ValueError):
@@ -32,9 +32,10 @@ def error_response(message: str, status: int) -> func.HttpResponse:
 
 def app_name(req: func.HttpRequest) -> str:
     app = req.route_params.get("app", "")
-    if not APP_NAME.fullmatch(app):
-        raise BadRequest(f"invalid app name {app!r}: use 2-32 lowercase letters, digits and '-', starting with a letter")
-    return app
+    try:
+        return check_name("app", app)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 def json_body(req: func.HttpRequest) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from activities.catalog import Activity
 
 from .policies import IO_RETRY, RolloutTiming
 from .rollout import ROLLOUT_ORCHESTRATOR, RolloutRequest
+from .rollout_status import record_history
 
 bp = df.Blueprint()
 
@@ -135,7 +136,7 @@ class _Pass:
             outcome = {"stage": "failed", "reason": f"rollout crashed: {exc}", "cause": "transient", "history": []}
         self.state.rollouts += 1
         result = {k: outcome.get(k) for k in ("version", "activation", "reason", "cause") if k in outcome}
-        result["history"] = record.get("history", [])[:1] + (outcome.get("history") or [])[1:]
+        result["history"] = record_history(record, outcome.get("history") or [])
         baseline = record.get("baseline") or outcome.get("unrestored")  # the first unrestored manifest is kept
         stage, cause = outcome.get("stage") or "failed", outcome.get("cause")
         if stage != "live" and cause == "transient" and attempt < MAX_ATTEMPTS:

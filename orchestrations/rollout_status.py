@@ -32,6 +32,12 @@ class Stage(StrEnum):
 TERMINAL_STAGES = frozenset({Stage.LIVE, Stage.ROLLED_BACK, Stage.FAILED})
 
 
+def record_history(record: dict[str, Any], rollout_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A deployment record's stages: its own `received` (the server's acceptance time), then its rollout's after
+    the rollout's own `received`."""
+    return record.get("history", [])[:1] + rollout_history[1:]
+
+
 class Cause(StrEnum):
     """Why a rollout did not go live: decides whether the same content is tried again."""
 

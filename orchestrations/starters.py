@@ -22,10 +22,11 @@ from urllib.parse import quote
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities.records import stamp
 from activities.services import services
-from activities.validation import check_name
+from activities.validation import APP_NAME_PATTERN, check_name
 
-from .http_util import APP_NAME, BadRequest, answers_bad_requests, app_name, json_body, json_response
+from .http_util import BadRequest, answers_bad_requests, app_name, json_body, json_response
 from .policies import RolloutTiming
 from .provision import PROVISION_ORCHESTRATOR, RESTART_ORCHESTRATOR
 from .reconcile import RECONCILE_ORCHESTRATOR, WAKE_EVENT, ReconcileState, reconcile_instance_id
@@ -75,7 +76,7 @@ async def on_adapter_uploaded(marker: func.InputStream, client: df.DurableOrches
         log.warning("ignoring blob %r: not an adapter completion marker", marker.name)
         return
     app = parts[1]
-    if not APP_NAME.fullmatch(app):
+    if not APP_NAME_PATTERN.fullmatch(app):
         log.warning("ignoring upload %r: %r is not a valid app name", marker.name, app)
         return
     try:
@@ -123,7 +124,7 @@ async def start_deployment(req: func.HttpRequest, client: df.DurableOrchestratio
 @answers_bad_requests
 async def _start(req: func.HttpRequest, client: df.DurableOrchestrationClient, orchestrator: str) -> func.HttpResponse:
     app = app_name(req)
-    instance_id = f"{orchestrator}-{app}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+    instance_id = f"{orchestrator}-{app}.{stamp(datetime.now(UTC))}"
     payload = {"app": app, "timing": RolloutTiming.from_env().to_dict()}
     await client.start_new(orchestrator, instance_id, payload)
     url = _status_url(req, instance_id)

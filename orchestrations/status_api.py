@@ -19,16 +19,18 @@ import azure.functions as func
 
 from activities.records import TERMINAL, app_of
 from activities.services import services
+from activities.validation import APP_NAME_PATTERN
 
-from .http_util import APP_NAME, BadRequest, answers_bad_requests, app_name, error_response, json_response
+from .http_util import BadRequest, answers_bad_requests, app_name, error_response, json_response
 from .reconcile import reconcile_instance_id
+from .rollout_status import record_history
 
 bp = df.Blueprint()
 
 RECENT_LIMIT = 50
 MAX_LIMIT = 200
 #: Ids of the provision and restart orchestrations the starters return (Durable instances, read by id).
-_INSTANCE_ID = re.compile(rf"(?:provision|restart)-{APP_NAME.pattern}\.\d{{8}}T\d{{12}}")
+_INSTANCE_ID = re.compile(rf"(?:provision|restart)-{APP_NAME_PATTERN.pattern}\.\d{{8}}T\d{{12}}")
 #: What an open record takes from its running rollout's custom status.
 _LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause")
 
@@ -59,7 +61,7 @@ async def _with_progress(client: df.DurableOrchestrationClient, record: dict[str
     progress = status.custom_status if status and isinstance(status.custom_status, dict) else {}
     merged = {**record, **{k: progress[k] for k in _LIVE_FIELDS if progress.get(k) is not None}}
     if progress.get("history"):
-        merged["history"] = record.get("history", [])[:1] + progress["history"][1:]
+        merged["history"] = record_history(record, progress["history"])
     if merged.get("stage") in TERMINAL:  # the rollout ended; the reconciler has not written the record yet
         merged["stage"] = "finishing"
     return merged
