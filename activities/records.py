@@ -59,13 +59,19 @@ def upload_record_id(app: str, adapter: str, etag: str, modified: datetime) -> s
 
 
 #: `<app>.<server time YYYYmmddTHHMMSSffffff>-u<10 hex>` (an upload) or `-r<6 hex>` (a deploy request).
-RECORD_ID = re.compile(rf"({APP_NAME_PATTERN.pattern})\.\d{{8}}T\d{{12}}-(?:u[0-9a-f]{{10}}|r[0-9a-f]{{6}})")
+RECORD_ID = re.compile(rf"({APP_NAME_PATTERN.pattern})\.\d{{8}}T\d{{12}}-(?:(u)[0-9a-f]{{10}}|r[0-9a-f]{{6}})")
 
 
 def app_of(record_id: str) -> str:
     """The app a record id belongs to ('' when it is not a well-formed record id)."""
     match = RECORD_ID.fullmatch(record_id)
     return match.group(1) if match else ""
+
+
+def is_upload_id(record_id: str) -> bool:
+    """A well-formed id of an upload's record (not a deploy request's)."""
+    match = RECORD_ID.fullmatch(record_id)
+    return bool(match and match.group(2))
 
 
 def is_terminal(record: dict[str, Any]) -> bool:

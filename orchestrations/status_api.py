@@ -17,7 +17,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from activities.records import TERMINAL, app_of
+from activities.records import TERMINAL, app_of, is_upload_id
 from activities.services import services
 from activities.validation import APP_NAME_PATTERN
 
@@ -81,7 +81,7 @@ async def _find_record(deployment_id: str) -> dict[str, Any] | None:
         return None
     records = services().records
     record = await asyncio.to_thread(records.get, app, deployment_id)
-    if record is None and "-u" in deployment_id:
+    if record is None and is_upload_id(deployment_id):
         await asyncio.to_thread(records.ingest, app)
         record = await asyncio.to_thread(records.get, app, deployment_id)
     return record

@@ -11,7 +11,7 @@ import pytest
 
 import activities.records as records_module
 from activities.adapter_store import MARKER_NAME, AdapterStore, BlobStoreSettings
-from activities.records import DeploymentRecords, app_of
+from activities.records import DeploymentRecords, app_of, is_upload_id
 from devhost.azurite import Azurite
 from tests.activities.lora_builder import adapter_files, write_adapter
 
@@ -154,6 +154,8 @@ def test_record_ids_have_one_shape() -> None:
     """Only `<app>.<YYYYmmddTHHMMSSffffff>-u<10 hex>` / `-r<6 hex>` are record ids; anything else names no app."""
     assert app_of("demo.20260101T000000000000-rabcdef") == "demo"
     assert app_of("demo.20260101T000000000000-u0123456789") == "demo"
+    assert is_upload_id("my-uploads.20260101T000000000000-u0123456789")
+    assert not is_upload_id("my-uploads.20260101T000000000000-rabcdef")  # '-u' in the app name is not an upload
     for bad in ("demo", "demo.x", "provision-demo.20260101T000000000000", "demo.20260101T000000000000-rABCDEF",
                 "Demo.20260101T000000000000-rabcdef", "demo.20260101T000000000000-u12345", "a/b.1-r1",
                 "demo.2026010100000000000-rabcdef"):
