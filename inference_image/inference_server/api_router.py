@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .config import ServerConfig
 from .engines.base import Engine
-from .protocol import ApiError, unauthorized, unavailable
+from .protocol import ApiError, unauthorized, unavailable, unrouted
 from .serving import ChatService
 from .state import ServerState, build_engine
 
@@ -83,6 +83,11 @@ def _middleware(checker: KeyChecker) -> Callable[[web.Request, Handler], Awaitab
             return await handler(request)
         except ApiError as exc:
             return error_response(exc)
+        except web.HTTPException as exc:  # routing's own 404/405 (aiohttp's text bodies) in OpenAI's JSON shape
+            if exc.status < 400:
+                raise
+            allow = exc.headers.get("Allow")
+            return error_response(unrouted(exc.status, exc.reason, request.method, request.path, allow))
 
     return api_middleware
 

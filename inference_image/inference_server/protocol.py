@@ -52,7 +52,16 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
 
 
 def unknown_model(model: str) -> ApiError:
-    return ApiError(400, f"The model '{model}' does not exist", param="model", code="model_not_found")
+    """OpenAI's answer to a `model` it does not serve: 404 `model_not_found` (the client raises NotFoundError)."""
+    return ApiError(404, f"The model '{model}' does not exist or you do not have access to it",
+                    code="model_not_found")
+
+
+def unrouted(status: int, reason: str, method: str, path: str, allow: str | None = None) -> ApiError:
+    """An HTTP error raised by routing (no such path: 404, wrong method: 405 with its `Allow`) in OpenAI's shape."""
+    messages = {404: "Invalid URL", 405: "Invalid method for URL"}
+    return ApiError(status, f"{messages.get(status, reason)} ({method} {path})",
+                    headers={"Allow": allow} if allow else None)
 
 
 def unauthorized() -> ApiError:

@@ -70,7 +70,7 @@ class ChatService:
             state.check_admission()
             lease = state.registry.acquire(parsed.model)
         except UnknownModelError as exc:
-            state.metrics.error("", 400, "model_not_found")  # labels never carry client-chosen strings
+            state.metrics.error("", 404, "model_not_found")  # labels never carry client-chosen strings
             raise unknown_model(exc.args[0]) from exc
         except AliasUnavailableError as exc:
             state.metrics.error("", 503, "adapter_unavailable")

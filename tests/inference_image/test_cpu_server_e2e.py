@@ -132,10 +132,11 @@ async def test_streaming(server: Server, model: str) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-async def test_bad_request_through_openai(server: Server) -> None:
-    """The openai client surfaces our 400 as BadRequestError with the server's message."""
-    with pytest.raises(openai.BadRequestError, match="does not exist"):
+async def test_unknown_model_through_openai(server: Server) -> None:
+    """The openai client surfaces an unknown model as NotFoundError (404) with code model_not_found."""
+    with pytest.raises(openai.NotFoundError, match="does not exist") as caught:
         await client_for(server).chat.completions.create(model="nope", messages=MESSAGES)
+    assert caught.value.code == "model_not_found"
 
 
 async def test_switch_under_load(server: Server) -> None:

@@ -117,7 +117,7 @@ async def test_metrics_text(client: TestClient) -> None:
     text = await resp.text()
     assert resp.headers["Content-Type"].startswith("text/plain")
     assert 'inference_requests_total{model="alpha",status="200"} 1.0' in text
-    assert 'inference_requests_total{model="",status="400"} 1.0' in text  # client strings never become labels
+    assert 'inference_requests_total{model="",status="404"} 1.0' in text  # client strings never become labels
     assert 'inference_errors_total{type="model_not_found"} 1.0' in text
     assert 'inference_generated_tokens_total{model="alpha"} 5.0' in text
     assert "inference_request_latency_seconds_count 1.0" in text

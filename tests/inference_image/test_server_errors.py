@@ -1,4 +1,4 @@
-"""Every rejected request: status code and OpenAI error body (400, 401, 413, 503)."""
+"""Every rejected request: status code and OpenAI error body (400, 401, 404, 405, 413, 503)."""
 
 from __future__ import annotations
 
@@ -131,11 +131,28 @@ async def test_deep_json_is_400(roomy: TestClient, engine: EchoEngine) -> None:
     assert len(engine.requests) == 2
 
 
-async def test_unknown_model_is_400(client: TestClient) -> None:
-    """A model that is not base, alias or adapter is a 400 with code model_not_found."""
+async def test_unknown_model_is_404(client: TestClient, engine: EchoEngine) -> None:
+    """A model that is not base, alias or adapter is OpenAI's 404 with code model_not_found."""
     resp = await client.post("/v1/chat/completions", json=chat_body("gpt-9"), headers=AUTH)
-    assert resp.status == 400
-    assert_error(await resp.json(), param="model", code="model_not_found")
+    assert resp.status == 404
+    body = await resp.json()
+    assert_error(body, code="model_not_found")
+    assert "gpt-9" in body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
+    assert engine.requests == []
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("POST", "/v1/completions", 404), ("GET", "/nope", 404),
+                                                        ("GET", "/v1/chat/completions", 405)])
+async def test_unrouted_requests_get_openai_errors(client: TestClient, method: str, path: str, status: int) -> None:
+    """A path the server does not serve (404) or a method it does not take (405, with Allow) answers OpenAI's JSON
+    error shape, not aiohttp's text page; without a key it stays a 401."""
+    resp = await client.request(method, path, headers=AUTH)
+    assert resp.status == status
+    body = await resp.json()
+    assert_error(body)
+    assert body["error"]["message"].endswith(f"({method} {path})")
+    assert (resp.headers.get("Allow") == "POST") is (status == 405)
+    assert (await client.request(method, path)).status == 401
 
 
 async def test_alias_without_manifest_serves_base(client: TestClient) -> None:

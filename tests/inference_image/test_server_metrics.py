@@ -12,13 +12,13 @@ def test_cached_children_count_per_label_set() -> None:
     m.observe("alpha", 200, 0.3, None, 0)
     m.observe("beta", 200, 0.1, 0.02, 3)
     m.error("alpha", 503, "unavailable")
-    m.error("", 400, "model_not_found")
-    m.error("", 400, "model_not_found")
+    m.error("", 404, "model_not_found")
+    m.error("", 404, "model_not_found")
     text = m.render().decode()
     assert 'inference_requests_total{model="alpha",status="200"} 2.0' in text
     assert 'inference_requests_total{model="beta",status="200"} 1.0' in text
     assert 'inference_requests_total{model="alpha",status="503"} 1.0' in text
-    assert 'inference_requests_total{model="",status="400"} 2.0' in text
+    assert 'inference_requests_total{model="",status="404"} 2.0' in text
     assert 'inference_errors_total{type="model_not_found"} 2.0' in text
     assert 'inference_errors_total{type="unavailable"} 1.0' in text
     assert 'inference_generated_tokens_total{model="alpha"} 5.0' in text

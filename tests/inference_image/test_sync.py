@@ -73,7 +73,7 @@ async def test_retired_adapter_is_unloaded(client: TestClient, tmp_path: Path, e
     assert (await sync(client))["retired"] == ["alpha"]
     await client.app[STATE].registry.wait_freed()
     resp = await client.post("/v1/chat/completions", json=chat_body("alpha"), headers=AUTH)
-    assert resp.status == 400
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "model_not_found"
     assert [kind for kind, name in engine.events if name.startswith("alpha-")] == ["load", "unload"]
     assert len(engine.adapters) == 1
 
