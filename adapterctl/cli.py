@@ -1,10 +1,8 @@
 """`adapterctl` commands: deploy, status, apps, provision, restart, chat, config check.
 
-Works against devhost and Azure with the same flags: `--url` (env ADAPTERCTL_URL) is the Functions app,
-`--function-key` (env ADAPTERCTL_FUNCTION_KEY) its key; uploads go to the adapters container named by
-`--storage-connection` (env ADAPTERS_STORAGE_CONNECTION) or `--account-url` (env ADAPTERS_ACCOUNT_URL, signed
-in with DefaultAzureCredential). `--json` prints one JSON document for scripts. Exit status: 0 done,
-1 the rollout failed or was rolled back (the reason is printed), 2 bad usage or input, 3 API unreachable / error.
+Works against devhost and Azure with the same flags: `--url` is the Functions app, `--function-key` its key;
+uploads go to the adapters container named by `--storage-connection` or `--account-url` (signed in with
+DefaultAzureCredential). `--json` prints one JSON document for scripts.
 """
 
 from __future__ import annotations
@@ -12,59 +10,108 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from azure.core.exceptions import AzureError
 
 from .api import ApiError, OrchestratorApi, stream_chat
+from .connection import Defaults
 from .follow import follow, succeeded
+from .render import PlainProgress, progress_for, summary, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE, as a shell reports them
+DEFAULT_URL = "http://127.0.0.1:7071"
+
+EPILOG = f"""\
+where settings come from (the first that gives one wins):
+  1. the flag
+  2. the environment: ADAPTERCTL_URL, ADAPTERCTL_FUNCTION_KEY, ADAPTERS_STORAGE_CONNECTION or
+     ADAPTERS_ACCOUNT_URL, INFERENCE_API_KEY, MAX_LORA_RANK
+  3. a running `make demo` / `devhost up`: its connection file $DEVHOST_STATE_DIR/connection.env, else
+     ./.devhost/up/connection.env (read as data; used only when the URL is the stack's own)
+  4. built-in: --url {DEFAULT_URL}, --max-rank 64
+
+exit status:
+  0    done
+  1    the rollout failed, was rolled back or superseded (the reason is printed), following it timed out,
+       or `config check` found problems
+  2    bad usage or input, as one line `adapterctl: <what is wrong>`
+  3    the orchestrator, the chat endpoint or the upload storage is unreachable or answered with an error
+  130  interrupted (Ctrl-C; a rollout already started goes on: `adapterctl status ID`)
+  141  the output was closed early (e.g. `| head`); nothing more is printed
+"""
+
+
+class UsageError(ValueError):
+    """Bad input from the person running the command: exit 2 with one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`adapterctl: <what is wrong>`, exit 2) instead of usage and a second line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 class Output:
     """Human lines to stdout as things happen, or one JSON document at the end (`--json`)."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, stream: Any = None) -> None:
         self.as_json = as_json
+        self.stream = stream or sys.stdout
 
     def line(self, text: str) -> None:
         if not self.as_json:
-            print(text, flush=True)
+            print(text, file=self.stream, flush=True)
 
     def result(self, data: Any, text: str | None = None) -> None:
         if self.as_json:
-            print(json.dumps(data, indent=2, default=str))
+            print(json.dumps(data, indent=2, default=str), file=self.stream)
         elif text is not None:
-            print(text)
+            print(text, file=self.stream)
+
+    def progress(self) -> PlainProgress | None:
+        """The upload / rollout progress renderer for this output (none with `--json`)."""
+        return None if self.as_json else progress_for(self.stream)
 
 
 def _api(args: argparse.Namespace) -> OrchestratorApi:
     return OrchestratorApi(args.url, args.function_key, timeout=args.http_timeout)
 
 
-def _stage_printer(out: Output):
-    def show(entry: dict[str, Any]) -> None:
-        out.line(f"  {entry['stage']:<13} {entry['at']}")
-    return show
-
-
 def _finish(out: Output, record: dict[str, Any]) -> int:
     ok = succeeded(record)
-    summary = f"{record.get('id')}: {record.get('stage') or record.get('state') or record.get('runtime_status')}"
+    summary_line = f"{record.get('id')}: {record.get('stage') or record.get('state') or record.get('runtime_status')}"
     if not ok and record.get("reason"):
-        summary += f" — {record['reason']}"
-    out.result(record, summary)
+        summary_line += f" — {record['reason']}"
+    out.result(record, summary_line)
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _follow(api: OrchestratorApi, out: Output, record_id: str, timeout: float) -> int:
+    """Follow a record to its end, showing each stage as it comes; the exit status of how it ended."""
+    progress = out.progress()
+    try:
+        record = follow(api, record_id, timeout, progress.stage if progress else lambda _entry: None)
+    finally:
+        if progress:
+            progress.end({})
+    return _finish(out, record)
+
+
 def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
-    from activities.adapter_store import AdapterStore, BlobStoreSettings
+    from activities.adapter_store import BlobStoreSettings
     from activities.validation import AdapterValidationError, ValidationRules, validate_adapter_folder
+
+    from .upload import upload_with_progress
 
     folder = Path(args.path)
     adapter = args.name or folder.name
+    settings = _storage_settings(args)
     api = _api(args)
     base_model = args.base_model
     if base_model is None:  # the app's served base model, when it has one
@@ -80,14 +127,30 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         out.result({"ok": False, "stage": "validating", "reason": str(exc)}, f"invalid adapter: {exc}")
         return EXIT_USAGE
     out.line(f"{adapter}: valid (sha256 {report.sha256[:12]}, rank {report.rank}); uploading to app {args.app}")
-    store = AdapterStore(BlobStoreSettings(connection_string=args.storage_connection, account_url=args.account_url))
-    uploaded = store.upload_adapter_folder(folder, args.app, adapter)
+    progress = out.progress()
+    uploaded, files, total = upload_with_progress(
+        BlobStoreSettings(**settings), folder, args.app, adapter, progress.upload if progress else lambda *_: None)
+    if progress:
+        progress.upload_done(files, total)
     if args.no_wait:
         out.result({"ok": True, "id": uploaded.deployment_id, "app": args.app, "adapter": adapter,
                     "sha256": report.sha256}, f"uploaded; deployment {uploaded.deployment_id}")
         return EXIT_OK
     out.line(f"deployment {uploaded.deployment_id}")
-    return _finish(out, follow(api, uploaded.deployment_id, args.timeout, _stage_printer(out)))
+    return _follow(api, out, uploaded.deployment_id, args.timeout)
+
+
+def _storage_settings(args: argparse.Namespace) -> dict[str, str | None]:
+    """The upload account's settings, checked before anything is uploaded."""
+    if args.storage_connection:
+        return {"connection_string": args.storage_connection}
+    if not args.account_url:
+        raise UsageError("no upload storage: give --storage-connection or --account-url (or the environment's "
+                         "ADAPTERS_STORAGE_CONNECTION / ADAPTERS_ACCOUNT_URL), or start `make demo` here")
+    if not args.account_url.startswith("https://"):
+        raise UsageError("--account-url must start with https:// (for Azurite over http, give its connection "
+                         "string with --storage-connection)")
+    return {"account_url": args.account_url}
 
 
 def _declared_base_model(folder: Path) -> str:
@@ -99,26 +162,30 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     api = _api(args)
     if args.id:
         record = api.deployment(args.id)
-        out.result(record, json.dumps(record, indent=2))
+        out.result(record, summary(record))
         return EXIT_OK
     if not args.app:
-        raise ValueError("give a deployment ID or --app APP")
+        raise UsageError("status needs a deployment ID or --app APP")
     records = api.deployments(args.app)
-    rows = [f"{r['id']:<40} {r.get('adapter') or '-':<16} {r.get('stage') or '-':<12} {r.get('reason') or ''}"
-            for r in records]
-    out.result(records, "\n".join(rows) or f"no rollouts for {args.app}")
+    rows = [(r.get("id"), r.get("adapter"), r.get("stage"), (r.get("accepted_at") or "")[:19].replace("T", " "),
+             r.get("reason")) for r in records]
+    out.result(records, table(("ID", "ADAPTER", "STAGE", "ACCEPTED (UTC)", "REASON"), rows) if rows
+               else f"no rollouts for {args.app}")
     return EXIT_OK
 
 
 def cmd_apps(args: argparse.Namespace, out: Output) -> int:
     api = _api(args)
     details = [api.app(name) for name in api.apps()]
-    rows = []
-    for d in details:
-        served = d.get("served") or {}
-        rows.append(f"{d['app']:<20} {served.get('version') or '(base)':<32} {d.get('endpoint') or '-'}")
-    out.result(details, "\n".join(rows) or "no apps")
+    rows = [(d["app"], (d.get("served") or {}).get("version") or "(base)", _endpoint(d)) for d in details]
+    out.result(details, table(("APP", "SERVED VERSION", "ENDPOINT"), rows) if rows else "no apps")
     return EXIT_OK
+
+
+def _endpoint(app: dict[str, Any]) -> str | None:
+    """The app's endpoint, marked when the platform reports no server answering there."""
+    endpoint = app.get("endpoint")
+    return f"{endpoint} (not running)" if endpoint and app.get("running") is False else endpoint
 
 
 def _start_and_follow(args: argparse.Namespace, out: Output, start: str) -> int:
@@ -128,7 +195,7 @@ def _start_and_follow(args: argparse.Namespace, out: Output, start: str) -> int:
     if args.no_wait:
         out.result(started)
         return EXIT_OK
-    return _finish(out, follow(api, started["id"], args.timeout, _stage_printer(out)))
+    return _follow(api, out, started["id"], args.timeout)
 
 
 def cmd_provision(args: argparse.Namespace, out: Output) -> int:
@@ -140,6 +207,8 @@ def cmd_restart(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_chat(args: argparse.Namespace, out: Output) -> int:
+    if args.endpoint:
+        _check_url("--endpoint", args.endpoint)
     info = _api(args).app(args.app)
     endpoint = args.endpoint or info.get("endpoint")
     if not endpoint:
@@ -150,7 +219,7 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
                              temperature=args.temperature, max_tokens=args.max_tokens):
         pieces.append(piece)
         if not out.as_json:
-            print(piece, end="", flush=True)
+            print(piece, end="", file=out.stream, flush=True)
     out.line("")
     out.result({"app": args.app, "model": model, "reply": "".join(pieces)})
     return EXIT_OK
@@ -166,10 +235,10 @@ def cmd_config_check(args: argparse.Namespace, out: Output) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(prog="adapterctl", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=env("ADAPTERCTL_URL", "http://127.0.0.1:7071"), help="Functions app URL")
-    parser.add_argument("--function-key", default=env("ADAPTERCTL_FUNCTION_KEY"), help="function key")
+    parser = Parser(prog="adapterctl", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help=f"Functions app URL (ADAPTERCTL_URL; default {DEFAULT_URL})")
+    parser.add_argument("--function-key", help="function key (ADAPTERCTL_FUNCTION_KEY)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to follow a rollout")
     parser.add_argument("--http-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
@@ -180,13 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", required=True)
     p.add_argument("--name", help="adapter name (default: the folder's name)")
     p.add_argument("--base-model", help="expected base model (default: the app's)")
-    p.add_argument("--max-rank", type=int, default=int(env("MAX_LORA_RANK", "64")), help="largest LoRA rank")
-    p.add_argument("--storage-connection", default=env("ADAPTERS_STORAGE_CONNECTION"))
-    p.add_argument("--account-url", default=env("ADAPTERS_ACCOUNT_URL"))
-    p.add_argument("--no-wait", action="store_true")
+    p.add_argument("--max-rank", type=int, help="largest LoRA rank (MAX_LORA_RANK; default 64)")
+    p.add_argument("--storage-connection", help="upload storage connection string (ADAPTERS_STORAGE_CONNECTION)")
+    p.add_argument("--account-url", help="upload storage account URL, https:// (ADAPTERS_ACCOUNT_URL)")
+    p.add_argument("--no-wait", action="store_true", help="print the deployment's id and exit after the upload")
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("status", help="one deployment by ID, or an app's recent rollouts")
+    p = sub.add_parser("status", help="an app's recent rollouts (--app), or one deployment by ID")
     p.add_argument("id", nargs="?")
     p.add_argument("--app")
     p.set_defaults(func=cmd_status)
@@ -205,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message")
     p.add_argument("--model", help="adapter, alias or base name (default: the live alias)")
     p.add_argument("--endpoint", help="override the app's endpoint")
-    p.add_argument("--api-key", default=env("INFERENCE_API_KEY"))
+    p.add_argument("--api-key", help="chat API key (INFERENCE_API_KEY)")
     p.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
     p.add_argument("--max-tokens", type=int)
     p.set_defaults(func=cmd_chat)
@@ -218,17 +287,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Output(args.json)
+def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill what no flag gave: the environment, then a running local stack's connection file, then built-ins.
+    Warnings about the connection file go to stderr as one line each."""
+    defaults = Defaults(environ, args.url, warn=lambda line: print(f"adapterctl: {line}", file=sys.stderr))
+    env = defaults.get
+    if args.url is None:
+        args.url = env("ADAPTERCTL_URL", DEFAULT_URL)
+        _check_url(defaults.origin("ADAPTERCTL_URL"), args.url)
+    else:
+        _check_url("--url", args.url)
+    args.function_key = args.function_key or env("ADAPTERCTL_FUNCTION_KEY")
+    if hasattr(args, "storage_connection") and not (args.storage_connection or args.account_url):
+        # the account URL only ever comes from the environment; the file's connection string never overrides it
+        args.account_url = env("ADAPTERS_ACCOUNT_URL")
+        if not args.account_url or environ.get("ADAPTERS_STORAGE_CONNECTION"):
+            args.storage_connection = env("ADAPTERS_STORAGE_CONNECTION")
+    if hasattr(args, "max_rank") and args.max_rank is None:
+        args.max_rank = _whole("MAX_LORA_RANK", env("MAX_LORA_RANK", "64"))
+    if hasattr(args, "api_key"):
+        args.api_key = args.api_key or env("INFERENCE_API_KEY")
+
+
+def _check_url(what: str, url: str) -> None:
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise UsageError(f"{what} must start with http:// or https:// (got {url!r})")
+
+
+def _whole(name: str, value: str) -> int:
     try:
-        return args.func(args, out)
-    except ApiError as exc:
-        out.result({"ok": False, "reason": str(exc), "status": exc.status}, f"error: {exc}")
-        return EXIT_API
-    except AzureError as exc:  # the upload store: unreachable, refused credentials, ...
-        out.result({"ok": False, "reason": f"storage: {type(exc).__name__}: {exc}"}, f"storage error: {exc}")
-        return EXIT_API
-    except (ValueError, TimeoutError) as exc:
-        out.result({"ok": False, "reason": str(exc)}, f"error: {exc}")
-        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{name} must be a whole number (got {value!r})") from None
+
+
+def _fail(out: Output, code: int, reason: str, **extra: Any) -> int:
+    """One line on stderr (`adapterctl: ...`), and with `--json` the failure as the JSON document."""
+    if out.as_json:
+        out.result({"ok": False, "reason": reason, **extra})
+    print(f"adapterctl: {reason}", file=sys.stderr)
+    return code
+
+
+def _quiet_stdout() -> None:
+    """After the reader of stdout went away: send what is still buffered nowhere, so exit stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = Output("--json" in (sys.argv[1:] if argv is None else argv))
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            out = Output(args.json)
+            resolve_settings(args, os.environ)
+            code = args.func(args, out)
+        except UsageError as exc:
+            code = _fail(out, EXIT_USAGE, str(exc))
+        except ApiError as exc:
+            code = _fail(out, EXIT_API, str(exc), status=exc.status)
+        except AzureError as exc:  # the upload store: unreachable, refused credentials, ...
+            code = _fail(out, EXIT_API, f"storage: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        except TimeoutError as exc:
+            code = _fail(out, EXIT_FAILED, str(exc))
+        except ValueError as exc:  # a name or value the services refuse (e.g. an app name)
+            code = _fail(out, EXIT_USAGE, str(exc))
+        except KeyboardInterrupt:
+            code = _fail(out, EXIT_INTERRUPTED, "interrupted")
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_PIPE
