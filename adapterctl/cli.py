@@ -113,10 +113,7 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
     adapter = args.name or folder.name
     settings = _storage_settings(args)
     api = _api(args)
-    base_model = args.base_model
-    if base_model is None:  # the app's served base model, when it has one
-        manifest = api.app(args.app).get("manifest") or {}
-        base_model = manifest.get("base_model")
+    base_model = args.base_model or _served_base_model(api, args.app)
     try:
         if base_model is None:  # a new app: the orchestrator checks the base model; here, the rest
             base_model = _declared_base_model(folder)
@@ -138,6 +135,17 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         return EXIT_OK
     out.line(f"deployment {uploaded.deployment_id}")
     return _follow(api, out, uploaded.deployment_id, args.timeout)
+
+
+def _served_base_model(api: OrchestratorApi, app: str) -> str | None:
+    """The base model the app serves; None when it serves nothing yet or the orchestrator knows no such app."""
+    try:
+        info = api.app(app)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return None
+    return (info.get("manifest") or {}).get("base_model")
 
 
 def _storage_settings(args: argparse.Namespace) -> dict[str, str | None]:
