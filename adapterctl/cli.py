@@ -19,11 +19,20 @@ from azure.core.exceptions import AzureError
 
 from .api import ApiError, OrchestratorApi, stream_chat
 from .connection import Defaults
-from .follow import follow, succeeded
-from .render import PlainProgress, progress_for, summary, table
+from .output import (
+    EXIT_API,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PIPE,
+    EXIT_USAGE,
+    Output,
+    UsageError,
+    api_for,
+    follow_and_show,
+)
+from .render import summary, table
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
-EXIT_INTERRUPTED, EXIT_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE, as a shell reports them
 DEFAULT_URL = "http://127.0.0.1:7071"
 
 EPILOG = f"""\
@@ -46,61 +55,11 @@ exit status:
 """
 
 
-class UsageError(ValueError):
-    """Bad input from the person running the command: exit 2 with one line."""
-
-
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (`adapterctl: <what is wrong>`, exit 2) instead of usage and a second line."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-class Output:
-    """Human lines to stdout as things happen, or one JSON document at the end (`--json`)."""
-
-    def __init__(self, as_json: bool, stream: Any = None) -> None:
-        self.as_json = as_json
-        self.stream = stream or sys.stdout
-
-    def line(self, text: str) -> None:
-        if not self.as_json:
-            print(text, file=self.stream, flush=True)
-
-    def result(self, data: Any, text: str | None = None) -> None:
-        if self.as_json:
-            print(json.dumps(data, indent=2, default=str), file=self.stream)
-        elif text is not None:
-            print(text, file=self.stream)
-
-    def progress(self) -> PlainProgress | None:
-        """The upload / rollout progress renderer for this output (none with `--json`)."""
-        return None if self.as_json else progress_for(self.stream)
-
-
-def _api(args: argparse.Namespace) -> OrchestratorApi:
-    return OrchestratorApi(args.url, args.function_key, timeout=args.http_timeout)
-
-
-def _finish(out: Output, record: dict[str, Any]) -> int:
-    ok = succeeded(record)
-    summary_line = f"{record.get('id')}: {record.get('stage') or record.get('state') or record.get('runtime_status')}"
-    if not ok and record.get("reason"):
-        summary_line += f" — {record['reason']}"
-    out.result(record, summary_line)
-    return EXIT_OK if ok else EXIT_FAILED
-
-
-def _follow(api: OrchestratorApi, out: Output, record_id: str, timeout: float) -> int:
-    """Follow a record to its end, showing each stage as it comes; the exit status of how it ended."""
-    progress = out.progress()
-    try:
-        record = follow(api, record_id, timeout, progress.stage if progress else lambda _entry: None)
-    finally:
-        if progress:
-            progress.end({})
-    return _finish(out, record)
 
 
 def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
@@ -112,7 +71,7 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
     folder = Path(args.path)
     adapter = args.name or folder.name
     settings = _storage_settings(args)
-    api = _api(args)
+    api = api_for(args)
     base_model = args.base_model or _served_base_model(api, args.app)
     try:
         if base_model is None:  # a new app: the orchestrator checks the base model; here, the rest
@@ -134,7 +93,7 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
                     "sha256": report.sha256}, f"uploaded; deployment {uploaded.deployment_id}")
         return EXIT_OK
     out.line(f"deployment {uploaded.deployment_id}")
-    return _follow(api, out, uploaded.deployment_id, args.timeout)
+    return follow_and_show(api, out, uploaded.deployment_id, args.timeout)
 
 
 def _served_base_model(api: OrchestratorApi, app: str) -> str | None:
@@ -167,7 +126,7 @@ def _declared_base_model(folder: Path) -> str:
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    api = _api(args)
+    api = api_for(args)
     if args.id:
         record = api.deployment(args.id)
         out.result(record, summary(record))
@@ -183,7 +142,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_apps(args: argparse.Namespace, out: Output) -> int:
-    api = _api(args)
+    api = api_for(args)
     details = [api.app(name) for name in api.apps()]
     rows = [(d["app"], (d.get("served") or {}).get("version") or "(base)", _endpoint(d)) for d in details]
     out.result(details, table(("APP", "SERVED VERSION", "ENDPOINT"), rows) if rows else "no apps")
@@ -197,13 +156,13 @@ def _endpoint(app: dict[str, Any]) -> str | None:
 
 
 def _start_and_follow(args: argparse.Namespace, out: Output, start: str) -> int:
-    api = _api(args)
+    api = api_for(args)
     started = getattr(api, start)(args.app)
     out.line(f"{start} {started['id']}")
     if args.no_wait:
         out.result(started)
         return EXIT_OK
-    return _follow(api, out, started["id"], args.timeout)
+    return follow_and_show(api, out, started["id"], args.timeout)
 
 
 def cmd_provision(args: argparse.Namespace, out: Output) -> int:
@@ -217,7 +176,7 @@ def cmd_restart(args: argparse.Namespace, out: Output) -> int:
 def cmd_chat(args: argparse.Namespace, out: Output) -> int:
     if args.endpoint:
         _check_url("--endpoint", args.endpoint)
-    info = _api(args).app(args.app)
+    info = api_for(args).app(args.app)
     endpoint = args.endpoint or info.get("endpoint")
     if not endpoint:
         raise ApiError(f"app {args.app!r} has no endpoint yet")
@@ -363,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:  # a name or value the services refuse (e.g. an app name)
             code = _fail(out, EXIT_USAGE, str(exc))
         except KeyboardInterrupt:
-            code = _fail(out, EXIT_INTERRUPTED, "interrupted")
+            code = _fail(out, EXIT_INTERRUPTED, "interrupted; what was already started goes on (`adapterctl status`)")
         sys.stdout.flush()
         return code
     except BrokenPipeError:

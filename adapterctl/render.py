@@ -105,7 +105,7 @@ class PlainProgress:
     def stage(self, entry: dict[str, Any]) -> None:
         self._write(f"  {entry.get('stage', '?'):<13} {entry.get('at')}")
 
-    def end(self, record: dict[str, Any]) -> None:
+    def end(self) -> None:
         """Nothing to close: every line is already complete."""
 
 
@@ -149,7 +149,7 @@ class TtyProgress(PlainProgress):
             self.stream.write("\n")
             self._open = None
 
-    def end(self, record: dict[str, Any]) -> None:
+    def end(self) -> None:
         """Close the open stage line (the rollout ended without a terminal stage entry, or timed out)."""
         if self._open is not None:
             self.stream.write("\n")

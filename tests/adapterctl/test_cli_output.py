@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,18 @@ def test_help_says_where_defaults_come_from_and_the_exit_codes() -> None:
                    "INFERENCE_API_KEY", "exit status:", "  2    bad usage", "  3    the orchestrator", "  141  "):
         assert needed in text, needed
 
+
+
+def test_ctrl_c_while_following_exits_130_with_one_line(api: FakeApi) -> None:
+    """SIGINT while a restart is followed: the open stage line is closed, one line says what happened, exit 130."""
+    api.any_deployment = [record("x", "staging", STAGES[:3])]
+    api.routes["/api/apps/demo/restart"] = (202, {"id": "restart-demo.20261130T141411000000"})
+    env = {k: v for k, v in os.environ.items() if k != "ADAPTERCTL_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "adapterctl", "--url", api.url, "restart", "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    lines = [proc.stdout.readline() for _ in range(4)]  # the id, then three stages
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and [line.split()[0] for line in lines[1:]] == STAGES[:3]
+    assert out == "" and err == ("adapterctl: interrupted; what was already started goes on "
+                                 "(`adapterctl status`)\n")

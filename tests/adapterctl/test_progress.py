@@ -62,7 +62,7 @@ def test_tty_redraws_one_bar_then_marks_each_stage_done() -> None:
     assert screen(stream.getvalue())[1:] == ["  ✓ received      2026-11-30 14:14:11 UTC", "  … validating    +1.00s"]
     for entry in rec["history"][2:]:
         progress.stage(entry)
-    progress.end(rec)
+    progress.end()
     assert screen(stream.getvalue()) == [
         "uploaded 2 files, 10.0 MB", "  ✓ received      2026-11-30 14:14:11 UTC", "  ✓ validating    +1.00s",
         "  ✓ verifying     +2.00s", "  ✗ rolled_back   +3.00s", ""]
@@ -72,7 +72,7 @@ def test_tty_end_closes_an_open_stage_line() -> None:
     stream = Terminal()
     progress = TtyProgress(stream)
     progress.stage({"stage": "staging", "at": "2026-11-30T14:14:11+00:00"})
-    progress.end({})
+    progress.end()
     assert stream.getvalue().endswith("\n") and screen(stream.getvalue())[0].startswith("  … staging")
 
 
