@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.adapterctl.conftest import SETTINGS, write_connection
 from tests.e2e.helpers import variant
 from tinykit import PHRASES
 
@@ -84,3 +85,29 @@ def test_config_check_names_each_problem(local_stack, tmp_path: Path) -> None:
     assert code == 1 and not out["ok"]
     text = "\n".join(out["problems"])
     assert "RESOURCE_GROUP_NAME" in text and "inference.parameters.json" in text and "PLATFORM" in text
+
+
+def test_finds_the_stack_by_its_connection_file(local_stack, tmp_path: Path) -> None:
+    """No flag or environment: run where `make demo` left .devhost/up/connection.env, every command finds the stack;
+    deploy prints its upload and stages as plain lines, status a table and a summary, chat the reply."""
+    write_connection(tmp_path / ".devhost" / "up", {
+        "ADAPTERCTL_URL": local_stack.url, "ADAPTERS_STORAGE_CONNECTION": local_stack.env["AdaptersStorage"],
+        "INFERENCE_API_KEY": local_stack.api_key})
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+
+    def plain(*args: str) -> tuple[int, str]:
+        proc = subprocess.run([sys.executable, "-m", "adapterctl", "--timeout", "180", *args], capture_output=True,
+                              text=True, env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path, timeout=300)
+        assert proc.stderr == "", proc.stderr
+        return proc.returncode, proc.stdout
+
+    code, out = plain("deploy", str(local_stack.kit.adapters["beta"]), "--app", "cliconn")
+    assert code == 0 and "uploaded 2 files, " in out and out.splitlines()[-1].endswith(": live"), out
+    deployment_id = out.splitlines()[-1].split(":")[0]
+    code, out = plain("status", "--app", "cliconn")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["ID", "ADAPTER", "STAGE"]
+    assert out.splitlines()[1].split()[:3] == [deployment_id, "beta", "live"]
+    code, out = plain("status", deployment_id)
+    assert code == 0 and out.startswith(f"{deployment_id}: live\n") and "stages:\n  received" in out
+    code, out = plain("chat", "cliconn", "Hello!", "--temperature", "0", "--max-tokens", "24")
+    assert code == 0 and PHRASES["beta"] in out
