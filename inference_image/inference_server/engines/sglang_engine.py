@@ -30,6 +30,12 @@ Errors after streaming began: SGLang reports them inside its 200 stream as `data
 them (`EngineRequestError` for a 4xx code, else `EngineError`); on the pass-through path `open_sse()` arms the
 connection with `find_sse_error`, and the server replaces the event with its own OpenAI error event and ends the
 stream there.
+
+Text: SGLang streams text it decoded itself (its DetokenizerManager, checked in sglang 0.5.23), and this engine
+passes it on unchanged. SGLang holds a piece back while its decoded text ends in U+FFFD (an incomplete UTF-8
+sequence) and sends it once the character is whole, so a split character never streams half. Unlike the
+transformers engine (engines/utf8.py) it does not keep sampling to valid UTF-8: a lead byte followed by anything
+but its continuation, or a character cut by `max_tokens`, reaches the client as U+FFFD, as from SGLang directly.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ blocks on torch and nothing races on the model:
 Admission is bounded: at most `max_queue` generations wait (the running one not counted); one more gets
 `EngineNotReady("queue full")` at once. Control jobs are never refused.
 
+Generated text is valid UTF-8: with a byte-level vocabulary, tokens that cannot continue the text as UTF-8 are
+masked before each sampling step (utf8.py), and the incremental decoder holds a character back until it is whole.
+
 Tokens travel back through an `asyncio.Queue` per request (`call_soon_threadsafe`). A consumer that stops
 iterating (client disconnect, `aclose()`) sets the job's cancel flag, which the worker checks before each token.
 
@@ -46,6 +49,7 @@ from .base import (
     EngineRequestError,
     Usage,
 )
+from .utf8 import ACCEPT, Utf8Constraint
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,8 @@ class _IncrementalDecoder:
     """Turns token ids into text pieces, holding back bytes until they form whole characters.
 
     Decodes a short window (from `prefix` on) instead of the whole text each token; a piece is released only
-    when the window's text grew and does not end in U+FFFD (an incomplete UTF-8 sequence of byte-level BPE).
+    when the window's text grew and does not end in U+FFFD (an incomplete UTF-8 sequence of byte-level BPE). A
+    character still incomplete when generation ends (the length limit cut it) is dropped, never shown as U+FFFD.
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -115,12 +120,14 @@ class _IncrementalDecoder:
         return self._release(final=False)
 
     def flush(self) -> str:
-        """Whatever is still held back (an incomplete character comes out as U+FFFD)."""
+        """Whatever is still held back, less a trailing incomplete character (trailing U+FFFD)."""
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])
+        if final:  # an unfinished character's bytes decode as U+FFFD (one, or one per byte)
+            after = after.rstrip("\ufffd")
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             self._prefix, self._read = self._read, len(self._ids)
             return after[len(before) :]
@@ -197,6 +204,7 @@ class TransformersEngine(Engine):
         self._active: str | None = None
         self._internal_names = (f"adapter_{i}" for i in itertools.count())
         self._eos_ids: set[int] = set()
+        self._utf8: Utf8Constraint | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -354,6 +362,7 @@ class TransformersEngine(Engine):
         eos = model.generation_config.eos_token_id
         self._eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         self.context_length = getattr(model.config, "max_position_embeddings", None)
+        self._utf8 = Utf8Constraint.for_tokenizer(tokenizer)
         self._model, self._tokenizer = model, tokenizer
 
     def _check_adapter_folder(self, name: str, path: Path) -> None:
@@ -478,6 +487,7 @@ class TransformersEngine(Engine):
         else:
             generator.seed()
         decoder, stops = _IncrementalDecoder(tokenizer), _StopMatcher(request.stop)
+        utf8, state = self._utf8, ACCEPT
         finish, generated, hit = "length", 0, False
         inputs = torch.tensor([prompt], device=self.device)
         past = None
@@ -487,7 +497,10 @@ class TransformersEngine(Engine):
                     return
                 out = self._model(input_ids=inputs, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                token = _sample(out.logits[0, -1], request.temperature, request.top_p, generator)
+                logits = out.logits[0, -1] if utf8 is None else utf8.restrict(out.logits[0, -1], state)
+                token = _sample(logits, request.temperature, request.top_p, generator)
+                if utf8 is not None:
+                    state = utf8.advance(state, token)
                 generated += 1
                 if token in self._eos_ids:
                     finish = "stop"
