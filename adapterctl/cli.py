@@ -71,6 +71,8 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
     folder = Path(args.path)
     adapter = args.name or folder.name
     settings = _storage_settings(args)
+    if not folder.is_dir():
+        raise UsageError(f"no adapter folder {args.path!r}")
     api = api_for(args)
     base_model = args.base_model or _served_base_model(api, args.app)
     try:
@@ -80,8 +82,7 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         rules = ValidationRules(base_model=base_model, max_rank=args.max_rank)
         report = validate_adapter_folder(folder, rules)
     except (AdapterValidationError, OSError, ValueError) as exc:
-        out.result({"ok": False, "stage": "validating", "reason": str(exc)}, f"invalid adapter: {exc}")
-        return EXIT_USAGE
+        raise UsageError(f"invalid adapter {str(folder)!r}: {exc}") from exc
     out.line(f"{adapter}: valid (sha256 {report.sha256[:12]}, rank {report.rank}); uploading to app {args.app}")
     progress = out.progress()
     uploaded, files, total = upload_with_progress(

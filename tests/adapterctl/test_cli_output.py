@@ -74,6 +74,9 @@ def test_apps_table_marks_an_endpoint_without_a_server(run: Run, api: FakeApi) -
     (["deploy", ".", "--app", "demo"], "no upload storage: give --storage-connection or --account-url (or the "
                                        "environment's ADAPTERS_STORAGE_CONNECTION / ADAPTERS_ACCOUNT_URL), or "
                                        "start `make demo` here"),
+    (["deploy", "no-such-dir", "--app", "demo", "--storage-connection", "x"], "no adapter folder 'no-such-dir'"),
+    (["deploy", ".", "--app", "demo", "--storage-connection", "x", "--base-model", "m"],
+     "invalid adapter '.': missing_config: adapter_config.json is missing"),
 ])
 def test_input_errors_exit_2_with_one_line(run: Run, argv: list[str], message: str) -> None:
     code, out, err = run(*argv)
