@@ -5,6 +5,7 @@ import azure.functions as func
 
 from activities.functions import bp as activities
 from orchestrations.health_gate import bp as health_gate
+from orchestrations.lifecycle import bp as lifecycle
 from orchestrations.provision import bp as provisioning
 from orchestrations.reconcile import bp as reconciling
 from orchestrations.rollout import bp as rollouts
@@ -12,5 +13,5 @@ from orchestrations.starters import bp as starters
 from orchestrations.status_api import bp as status_api
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, activities):
+for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, lifecycle, activities):
     app.register_functions(blueprint)

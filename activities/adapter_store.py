@@ -18,7 +18,8 @@ Staging layout (a `StagingTarget`): `<root>/<app>/adapters/<adapter>/<sha256>/<f
 `.tmp-*` directory then renamed, so a version directory that exists is whole. Staging is idempotent (an existing
 version is not copied again) and keeps the newest `keep_versions` versions plus every version the app's manifest
 references, for rollback. The app's manifest is `<root>/<app>/manifest.json` (`inference_server.manifest`);
-manifest paths are relative to `<root>/<app>`, the store root that the app's replicas mount.
+manifest paths are relative to `<root>/<app>`, the store root that the app's replicas mount. Deleting an app
+(`remove_app`) removes its whole store root.
 """
 
 from __future__ import annotations
@@ -500,6 +501,10 @@ class StagingTarget(Protocol):
         """Replace the app's manifest atomically; None removes it."""
         ...
 
+    def remove_app(self, app: str) -> bool:
+        """Remove the app's whole store root (manifest and every staged version); False when there was none."""
+        ...
+
 
 class LocalFolderTarget:
     """A staging root on the local disk (the devhost, or a mounted share)."""
@@ -559,6 +564,16 @@ class LocalFolderTarget:
 
     def remove_version(self, app: str, adapter: str, sha256: str) -> None:
         shutil.rmtree(self._version_dir(app, adapter, sha256), ignore_errors=True)
+
+    def remove_app(self, app: str) -> bool:
+        """Remove `<root>/<app>` (renamed aside first, so a half-removed folder is never taken for the app's)."""
+        folder = self.app_root(app)
+        if not folder.exists():
+            return False
+        aside = self.root / f".deleted-{folder.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, aside)
+        shutil.rmtree(aside)
+        return True
 
     def read_manifest(self, app: str) -> Manifest | None:
         return read_manifest(self.app_root(app))
@@ -736,6 +751,13 @@ class AzureFileShareTarget:
 
     def remove_version(self, app: str, adapter: str, sha256: str) -> None:
         self._remove_tree(f"{self._adapter_dir(app, adapter)}/{_check_sha(sha256)}")
+
+    def remove_app(self, app: str) -> bool:
+        path = self._path(check_name("app", app))
+        if not self.share.get_directory_client(path).exists():
+            return False
+        self._remove_tree(path)
+        return True
 
     def read_manifest(self, app: str) -> Manifest | None:
         from azure.core.exceptions import ResourceNotFoundError

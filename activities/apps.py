@@ -3,16 +3,24 @@
 `LocalApps` runs the server as a local process (the embedded default); `AcaApps` provisions and updates the
 Container App through `activities.provisioning` (storage, logs, environment, then the app). Both answer the
 same calls with JSON-ready values, so the activities do not care where apps run. `heal` is the liveness half of
-the heal pass: it restarts an app that should run but does not (`Platform.heal_app`).
+the heal pass: it restarts an app that should run but does not (`Platform.heal_app`). `delete` removes the app from
+its platform (the local server stopped and its state dropped; the container app deleted, shared resources kept).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from enum import StrEnum
 from typing import Any, Protocol
 
 from activities.config import InferenceConfig, ProvisionParameters, Settings
 from activities.platform.base import ADMIN_KEY_SECRET, AppSpec, AppState, Platform
+
+
+class LifecycleActivity(StrEnum):
+    """The app lifecycle's activities (`orchestrations/lifecycle.py` → `activities/functions.py`)."""
+
+    DELETE_APP = "delete_app"  # {app} -> {ok, platform: "deleted" | "absent", store: bool, blobs: int}
 
 
 class Apps(Protocol):
@@ -26,6 +34,10 @@ class Apps(Protocol):
 
     def heal(self, app: str) -> dict[str, Any]:
         """`{"action": "restarted", "reason"}` when a dead or failed app was restarted, else `{"action": "none"}`."""
+        ...
+
+    def delete(self, app: str) -> bool:
+        """Remove the app from the platform (idempotent); False when it was not there."""
         ...
 
     def steps(self, app: str) -> list[str]: ...
@@ -56,6 +68,12 @@ class LocalApps:
 
     def heal(self, app: str) -> dict[str, Any]:
         return self.platform.heal_app(app)
+
+    def delete(self, app: str) -> bool:
+        """Stop the local server and drop its state (port, revision, generated admin key): `heal` leaves it alone."""
+        existed = self.platform.describe_app(app).exists
+        self.platform.stop_app(app, forget=True)
+        return existed
 
     def steps(self, app: str) -> list[str]:
         return [self.STEP]
@@ -100,6 +118,10 @@ class AcaApps:
 
     def heal(self, app: str) -> dict[str, Any]:
         return self._platform(app).heal_app(app)
+
+    def delete(self, app: str) -> bool:
+        """Delete the container app; the environment, storage, share, workspace and registry are shared and stay."""
+        return self._platform(app).delete_app(app)
 
     def steps(self, app: str) -> list[str]:
         from activities.provisioning import STEPS

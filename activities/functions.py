@@ -1,6 +1,9 @@
 """Durable activity functions: thin wrappers from JSON inputs to the modules that talk to each system.
 
-Covers every name in `activities.catalog.Activity`. Permanent failures (a bad adapter, a missing upload, ARM
+Covers every name in `activities.catalog.Activity` and `activities.apps.LifecycleActivity`. While an app is being
+deleted (its deletion marker, `DeploymentRecords.deletion`), the activities that would start or change its server
+(ensure, restart, provisioning steps) refuse with `code: app_deleting` and the heal pass leaves it alone, so nothing
+brings a deleted app back. Permanent failures (a bad adapter, a missing upload, ARM
 refusing a request) are returned as `{"ok": false, "code", "reason"}` so the orchestrator stops at once; a
 transient fault is raised for `call_activity_with_retry`, after sleeping for the server's Retry-After.
 """
@@ -16,6 +19,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from activities.apps import LifecycleActivity
 from activities.catalog import Activity
 from activities.services import services
 
@@ -107,15 +111,26 @@ def write_manifest(payload: dict) -> dict:
     return {"ok": True}
 
 
+def _deleting(app: str) -> dict[str, Any] | None:
+    """The refusal of an activity that would start or change a server while the app is being deleted."""
+    marker = services().records.deletion(app)
+    if marker is None:
+        return None
+    return _failure("app_deleting", f"app {app!r} is being deleted ({marker.get('id')})", "platform")
+
+
 @bp.activity_trigger(input_name="payload", activity=Activity.ENSURE_APP)
 @permanent_failures
 def ensure_app(payload: dict) -> dict:
-    return services().apps.ensure(payload["app"])
+    return _deleting(payload["app"]) or services().apps.ensure(payload["app"])
 
 
 @bp.activity_trigger(input_name="payload", activity=Activity.RESTART_APP)
 @permanent_failures
 def restart_app(payload: dict) -> dict:
+    refused = _deleting(payload["app"])
+    if refused:
+        return refused
     state = services().apps.restart(payload["app"])
     return {"ok": True, "revision": state.revision}
 
@@ -123,8 +138,24 @@ def restart_app(payload: dict) -> dict:
 @bp.activity_trigger(input_name="payload", activity=Activity.HEAL_APP)
 @permanent_failures
 def heal_app(payload: dict) -> dict:
-    """Restart the app when it should run but its server died or failed (`action`, and `reason` when restarted)."""
+    """Restart the app when it should run but its server died or failed (`action`, and `reason` when restarted);
+    never while it is being deleted."""
+    if services().records.deletion(payload["app"]) is not None:
+        return {"ok": True, "action": "none"}
     return {"ok": True, **services().apps.heal(payload["app"])}
+
+
+@bp.activity_trigger(input_name="payload", activity=LifecycleActivity.DELETE_APP)
+@permanent_failures
+def delete_app(payload: dict) -> dict:
+    """Delete the app: platform app, store root, then its blobs (uploads, records, the deletion marker last).
+    Idempotent (a retry finishes what an earlier attempt began)."""
+    svc = services()
+    app = payload["app"]
+    platform = svc.apps.delete(app)
+    store = svc.target.remove_app(app)
+    blobs = svc.records.delete_app(app)
+    return {"ok": True, "platform": "deleted" if platform else "absent", "store": store, "blobs": blobs}
 
 
 @bp.activity_trigger(input_name="payload", activity=Activity.PROBE_ENDPOINT)
@@ -169,4 +200,4 @@ def plan_provisioning(payload: dict) -> dict:
 @bp.activity_trigger(input_name="payload", activity=Activity.PROVISION_STEP)
 @permanent_failures
 def provision_step(payload: dict) -> dict:
-    return services().apps.run_step(payload["app"], payload["step"])
+    return _deleting(payload["app"]) or services().apps.run_step(payload["app"], payload["step"])

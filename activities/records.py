@@ -41,6 +41,8 @@ from activities.adapter_store import (
 from activities.validation import APP_NAME_PATTERN, check_name
 
 RECORDS_DIR = "_deployments"
+#: The app's deletion marker (`<app>/_lifecycle/deleting.json`), present while a deletion runs or after one failed.
+DELETING_BLOB = "_lifecycle/deleting.json"
 TERMINAL = frozenset({"live", "rolled_back", "failed", "superseded"})
 #: Records kept per app (older terminal ones are deleted; see the module docstring).
 KEEP_RECORDS = 200
@@ -143,19 +145,28 @@ class DeploymentRecords:
         return [r for r in found if r is not None]
 
     # -- entry points ---------------------------------------------------------------------------------------
-    def create_request(self, app: str, adapter: str, force_restart: bool = False) -> dict[str, Any]:
-        """Record a deploy request for a stored adapter (`LookupError` when it is missing or incomplete)."""
+    def create_request(self, app: str, adapter: str, force_restart: bool = False, expect_sha256: str | None = None,
+                       **extra: Any) -> dict[str, Any]:
+        """Record a deploy request for a stored adapter (`LookupError` when it is missing or incomplete, or when
+        `expect_sha256` is given and the store now holds other content under that name). `extra`: more fields
+        for the record (e.g. `rollback_of`)."""
         check_name("adapter", adapter)
         done = self.store.get_complete(app, adapter)
+        if expect_sha256 is not None and done.sha256 != expect_sha256:
+            raise LookupError(f"adapter {adapter!r} of app {app!r} now holds other content (sha256 "
+                              f"{done.sha256[:12]}, not {expect_sha256[:12]}): that version is no longer in the store")
         now = datetime.now(UTC)
         record = _new(f"{app}.{stamp(now)}-r{secrets.token_hex(3)}", app, adapter, "request", now)
-        record.update(sha256=done.sha256, force_restart=force_restart)
+        record.update(sha256=done.sha256, force_restart=force_restart, **extra)
         self._write(record, create=True)
         return record
 
     def ingest(self, app: str) -> list[dict[str, Any]]:
-        """Make records for markers that have none, prune old records; the open records, oldest first."""
+        """Make records for markers that have none, prune old records; the open records, oldest first. While the
+        app is being deleted (`deletion`): nothing (no new rollout starts; the deletion removes the records)."""
         prefix = self._app_prefix(app)
+        if self.deletion(app) is not None:
+            return []
         markers: dict[str, Any] = {}
         sizes: dict[str, dict[str, int]] = {}
         stages: dict[str, str] = {}
@@ -242,6 +253,73 @@ class DeploymentRecords:
         ids = sorted((b.name[len(prefix):-5] for b in self._listing(app, f"{RECORDS_DIR}/")
                       if b.name.endswith(".json") and app_of(b.name[len(prefix):-5]) == app), reverse=True)
         return sorted(self._get_many(app, ids[: limit + 8]), key=order, reverse=True)[:limit]
+
+    def has_app(self, app: str) -> bool:
+        """True when the upload container holds anything of the app (an upload, a record, a deletion marker)."""
+        return next(iter(self._listing(app)), None) is not None
+
+    def open_ids(self, app: str) -> list[str]:
+        """Ids of the app's records that have not ended (one listing, stages from the blobs' metadata)."""
+        prefix = f"{self._app_prefix(app)}{RECORDS_DIR}/"
+        ids = []
+        for blob in self._listing(app, f"{RECORDS_DIR}/"):
+            record_id = blob.name[len(prefix):].removesuffix(".json")
+            if blob.name.endswith(".json") and app_of(record_id) == app:
+                if (blob.metadata or {}).get("stage", "received") not in TERMINAL:
+                    ids.append(record_id)
+        return sorted(ids)
+
+    def live_records(self, app: str) -> list[dict[str, Any]]:
+        """The app's records that went live (with the version they served), newest first."""
+        return [r for r in self.recent(app, KEEP_RECORDS) if r.get("stage") == "live" and r.get("version")]
+
+    # -- the app's deletion (orchestrations/lifecycle.py) ------------------------------------------------------
+    def deletion(self, app: str) -> dict[str, Any] | None:
+        """The app's deletion marker (`{"id", "requested_at"}`), or None when no deletion runs."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            raw = self.store.container.download_blob(f"{self._app_prefix(app)}{DELETING_BLOB}").readall()
+        except ResourceNotFoundError:
+            return None
+        try:
+            marker = json.loads(raw)
+        except (ValueError, RecursionError):
+            marker = None
+        return marker if isinstance(marker, dict) else {"id": None, "requested_at": None}
+
+    def mark_deleting(self, app: str, deletion_id: str) -> dict[str, Any]:
+        """Write the deletion marker: from now on `ingest` starts nothing and the platform activities refuse to
+        start the app (see `activities.functions`)."""
+        self.store.ensure_container()
+        marker = {"id": deletion_id, "requested_at": datetime.now(UTC).isoformat()}
+        self.store.container.upload_blob(f"{self._app_prefix(app)}{DELETING_BLOB}", json.dumps(marker),
+                                         overwrite=True)
+        return marker
+
+    def clear_deleting(self, app: str) -> None:
+        """Remove the deletion marker (a deletion that was not started after all)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with contextlib.suppress(ResourceNotFoundError):
+            self.store.container.delete_blob(f"{self._app_prefix(app)}{DELETING_BLOB}")
+
+    def delete_app(self, app: str) -> int:
+        """Delete every blob of the app (uploads, records), the deletion marker last; returns how many. Idempotent."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        marker = f"{self._app_prefix(app)}{DELETING_BLOB}"
+        names = [b.name for b in self._listing(app) if b.name != marker]
+
+        def delete(name: str) -> None:
+            with contextlib.suppress(ResourceNotFoundError):
+                self.store.container.delete_blob(name)
+
+        if names:
+            with ThreadPoolExecutor(min(_READ_THREADS, len(names))) as pool:
+                list(pool.map(delete, names))
+        delete(marker)
+        return len(names)
 
     def list_apps(self) -> list[str]:
         """Apps that have anything in the upload container (a missing container: none). Folders whose name

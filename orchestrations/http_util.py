@@ -53,10 +53,12 @@ def answers_bad_requests(
     handler: Callable[..., Awaitable[func.HttpResponse]],
 ) -> Callable[..., Awaitable[func.HttpResponse]]:
     """Turn what an HTTP function raises into the JSON error response: `BadRequest` (its status), `LookupError`
-    (404), an upload the store refuses (409, naming why), storage or platform unavailable (503)."""
+    (404), an upload the store refuses (409, naming why), storage or platform unavailable (503; a `PlatformError`
+    with the platform's message)."""
     from azure.core.exceptions import AzureError
 
     from activities.adapter_store import AdapterStoreError
+    from activities.platform.base import PlatformError
 
     @functools.wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
@@ -70,5 +72,7 @@ def answers_bad_requests(
             return error_response(f"{exc.code}: {exc}", 409)
         except AzureError as exc:
             return error_response(f"storage or platform unavailable, try again: {type(exc).__name__}", 503)
+        except PlatformError as exc:
+            return error_response(f"platform unavailable, try again: {type(exc).__name__}: {exc}", 503)
 
     return wrapper

@@ -6,7 +6,8 @@ Covers:
   deployment record (activities/records.py), then wake the reconciler; a folder whose name breaks the app-name
   rule is not an app and is ignored (logged);
 - `POST /api/apps/{app}/deployments` (deploy a stored adapter; `force_restart` optional) → a deploy request's
-  record, then wake the reconciler; 202 with the record's id and status URL;
+  record, then wake the reconciler; 202 with the record's id and status URL (`request_deployment`, also behind
+  `POST /api/apps/{app}/rollback` in orchestrations/lifecycle.py); 409 while the app is being deleted;
 - `POST /api/apps/{app}/provision` and `POST /api/apps/{app}/restart` → their orchestrations; 202 with the status URL;
 - a timer every 5 minutes that wakes (or starts) the reconciler of every app in the upload container, so an upload
   whose event was lost, or an app whose reconciler was terminated, is still reconciled.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import azure.durable_functions as df
@@ -114,10 +116,23 @@ async def start_deployment(req: func.HttpRequest, client: df.DurableOrchestratio
         check_name("adapter", adapter)
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    record = await asyncio.to_thread(services().records.create_request, app, adapter, force)
+    return await request_deployment(req, client, app, adapter, force)
+
+
+async def request_deployment(req: func.HttpRequest, client: df.DurableOrchestrationClient, app: str, adapter: str,
+                             force_restart: bool = False, expect_sha256: str | None = None, **extra: Any
+                             ) -> func.HttpResponse:
+    """Record a deploy request of a stored adapter (`expect_sha256`: only while the store holds that content;
+    `extra`: more fields for the record and the answer) and wake the reconciler: 202 with the record's id and
+    status URL. 409 while the app is being deleted."""
+    records = services().records
+    deleting = await asyncio.to_thread(records.deletion, app)
+    if deleting is not None:
+        raise BadRequest(f"app {app!r} is being deleted ({deleting.get('id')}); deploy again once that ended", 409)
+    record = await asyncio.to_thread(records.create_request, app, adapter, force_restart, expect_sha256, **extra)
     await wake_reconciler(client, app, f"deploy request {record['id']}")
     url = _status_url(req, record["id"])
-    return json_response({"id": record["id"], "app": app, "adapter": adapter, "status_url": url}, 202,
+    return json_response({"id": record["id"], "app": app, "adapter": adapter, **extra, "status_url": url}, 202,
                          {"Location": url})
 
 

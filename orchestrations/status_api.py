@@ -2,10 +2,17 @@
 never Durable instance listings (the real host pages those at 100 and the Python SDK does not follow them).
 
 Covers `GET /api/deployments/{id}` (a record: stage, stage history with times, reason and cause on failure,
-`superseded_by`; provision / restart ids are Durable instances, read by id), `GET /api/apps/{app}/deployments`
+`superseded_by`; provision / restart / delete ids are Durable instances, read by id), `GET /api/apps/{app}/deployments`
 (`?limit=`, newest records first), `GET /api/apps/{app}` (open and served adapter, endpoint, replicas, last
-record, the template's inference.config.json shape) and `GET /api/apps` (apps in the upload container). An open
-record shows its rollout's current stage, read from the rollout instance by id.
+record, the template's inference.config.json shape; 404 for an app that does not exist, see `app_presence`; 503
+when the platform cannot say) and `GET /api/apps` (apps in the upload container; `{"apps": []}` before the first
+upload, the container made on the way). An open record shows its rollout's current stage, read from the rollout
+instance by id.
+
+An app exists when any of these holds (`app_presence`): the platform has it (a local server's state, a container
+app), the upload container holds anything of it (uploads, deployment records, a deletion marker), or its store
+root has a manifest. Provisioning or a first upload / deploy request creates it; `DELETE /api/apps/{app}`
+(orchestrations/lifecycle.py) removes all three.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities.platform.base import AppState
 from activities.records import TERMINAL, app_of, is_upload_id
 from activities.services import services
 from activities.validation import APP_NAME_PATTERN
@@ -30,7 +38,7 @@ bp = df.Blueprint()
 RECENT_LIMIT = 50
 MAX_LIMIT = 200
 #: Ids of the provision and restart orchestrations the starters return (Durable instances, read by id).
-_INSTANCE_ID = re.compile(rf"(?:provision|restart)-{APP_NAME_PATTERN.pattern}\.\d{{8}}T\d{{12}}")
+_INSTANCE_ID = re.compile(rf"(?:provision|restart|delete)-{APP_NAME_PATTERN.pattern}\.\d{{8}}T\d{{12}}")
 #: What an open record takes from its running rollout's custom status.
 _LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause")
 
@@ -120,22 +128,48 @@ async def list_deployments(req: func.HttpRequest, client: df.DurableOrchestratio
     return json_response({"app": app, "deployments": await app_rollouts(client, app, _limit(req))})
 
 
+async def app_presence(app: str, platform: AppState | None = None, store: bool | None = None) -> dict[str, bool]:
+    """Where the app is found: `platform` (a server / container app), `uploads` (anything in the upload container),
+    `store` (a manifest in its store root). The app exists when any is true. A platform that cannot answer raises
+    (`PlatformError`: the route answers 503)."""
+    svc = services()
+
+    async def platform_exists() -> bool:
+        state = platform if platform is not None else await asyncio.to_thread(svc.apps.describe, app)
+        return bool(state.exists)
+
+    async def stored() -> bool:
+        return store if store is not None else (await asyncio.to_thread(_manifest, app))[0] is not None
+
+    on_platform, uploads, store = await asyncio.gather(
+        platform_exists(), asyncio.to_thread(svc.records.has_app, app), stored())
+    return {"platform": on_platform, "uploads": uploads, "store": store}
+
+
 @bp.route(route="apps/{app}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 @answers_bad_requests
 async def get_app(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """Open and served adapter, endpoint, replicas and the newest deployment record of one app."""
+    """Open and served adapter, endpoint, replicas and the newest deployment record of one app (404: no such app)."""
     app = app_name(req)
     svc = services()
-    (served, manifest_error), platform, rollouts = await asyncio.gather(
+    (served, manifest_error), platform, deleting = await asyncio.gather(
         asyncio.to_thread(_manifest, app),
         asyncio.to_thread(svc.apps.describe, app),
-        app_rollouts(client, app, 20),
+        asyncio.to_thread(svc.records.deletion, app),
     )
+    presence = await app_presence(app, platform, served is not None)
+    if not any(presence.values()):
+        raise LookupError(f"no app {app!r}: no platform app, no uploads or deployment records, nothing staged "
+                          "(a first upload, deploy request or provisioning creates it)")
+    rollouts = await app_rollouts(client, app, 20)
     reconciler = await client.get_status(reconcile_instance_id(app))
     active = (served or {}).get("active")
     return json_response({
         "app": app,
+        "exists": True,
+        "presence": presence,
+        "deleting": deleting,
         "open": [r for r in rollouts if r.get("stage") not in TERMINAL],
         "served": {"adapter": active, **((served or {}).get("adapters", {}).get(active) or {})} if served else None,
         "manifest": served,
@@ -161,5 +195,5 @@ def _manifest(app: str) -> tuple[dict[str, Any] | None, str | None]:
 @bp.route(route="apps", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @answers_bad_requests
 async def list_apps(req: func.HttpRequest) -> func.HttpResponse:
-    """Apps with anything in the upload container."""
+    """Apps with anything in the upload container (`{"apps": []}` on a fresh host: a missing container is made)."""
     return json_response({"apps": await asyncio.to_thread(services().records.list_apps)})

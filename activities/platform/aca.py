@@ -7,7 +7,7 @@ missing (PUT), patches our fields when they differ (JSON merge PATCH, so fields 
 nothing otherwise. A changed template makes ACA cut a new revision by itself; `restart_app` restarts the latest
 revision's replicas (`restart_revision`) without a new revision, e.g. to reload the base model from the share.
 `heal_app` does the same when an app that should run (minReplicas > 0) has a latest revision with no running
-replica or reporting Failed / Degraded.
+replica or reporting Failed / Degraded. `delete_app` deletes the container app only (ARM's long-running DELETE).
 
 Fail closed: the ingress is public, so `ensure_app` refuses (before any write) a spec without a chat API key
 (`API_KEYS_SECRET`, from INFERENCE_API_KEY). The admin key (`spec.generated_secrets`, `ADMIN_KEY_SECRET` exposed as
@@ -622,6 +622,23 @@ class AcaPlatform:
             image=containers[0].get("image"),
             command=list(containers[0].get("command") or []),
         )
+
+    def delete_app(self, app: str) -> bool:
+        """Delete the container app (ARM's long-running DELETE, waited for within the call's budget); the
+        environment, its storage, the share, the workspace and the registry are shared and stay. False when the app
+        did not exist. An operation found in flight is waited for first."""
+        check_app_name(app)
+        arm = self.settings.arm
+        deadline = arm.deadline()
+        current = wait_until_settled(lambda: self._get(app), f"container app {app!r}", deadline, arm.polling_interval)
+        if current is None:
+            return False
+        log.info("deleting container app %s", app)
+        action = f"delete container app {app!r}"
+        with arm_errors(action):
+            poller = self.client.container_apps.begin_delete(self._rg, app)
+        wait_for_operation(poller, action, deadline)
+        return True
 
     def restart_app(self, app: str) -> AppState:
         """Restart the latest revision's replicas (same revision; spec changes get a new one via `ensure_app`)."""

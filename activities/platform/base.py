@@ -100,3 +100,7 @@ class Platform(Protocol):
         """Restart an app that should run but does not: `{"action": "restarted", "reason": ...}`, else
         `{"action": "none"}` (also for an app that does not exist)."""
         ...
+
+    def delete_app(self, app: str) -> bool:
+        """Remove the app (its server stops; shared resources stay); False when it did not exist. Idempotent."""
+        ...

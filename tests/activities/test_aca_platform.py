@@ -606,3 +606,70 @@ def test_operation_budget_fits_inside_function_timeout() -> None:
     arm = ArmConnection("sub", "rg")
     assert arm.operation_budget_s + 2 * arm.read_timeout < function_timeout
     assert arm.operation_budget_s >= 60  # long enough for an app update; environments go on across retries
+
+
+# -- delete_app: ARM's long-running DELETE (202 + Location, polled through `Deleting`), 204 for nothing --------
+ENV_PATH = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/managedEnvironments/env-ft"
+
+
+def test_delete_removes_the_app_through_the_long_running_operation(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """DELETE answers 202 + Location; the client polls it through `Deleting` (sleeping ARM's Retry-After) until the
+    app is gone: describe says it does not exist, revisions and secrets go with it."""
+    platform.ensure_app(SPEC)
+    fake_arm.put_resource(ENV_PATH, {"location": "westus3", "properties": {"workloadProfiles": []}})
+    fake_arm.clear_log()
+    assert platform.delete_app("chat") is True
+    (delete,) = fake_arm.writes()
+    assert delete.method == "DELETE" and delete.status == 202 and "Location" in delete.response_headers
+    polls = fake_arm.operation_polls()
+    assert len(polls) == fake_arm.in_progress_polls + 1 and all("/locations/" in r.path for r in polls)
+    assert polls[-1].status == 204
+    assert fake_arm.resource(APP_PATH) is None and fake_arm.revisions(APP_PATH) == []
+    assert not platform.describe_app("chat").exists
+    assert fake_arm.resource(ENV_PATH) is not None  # the shared environment stays
+    assert [r.path for r in fake_arm.writes()] == [delete.path]  # nothing else was written
+
+
+def test_delete_of_a_missing_app_writes_nothing(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """An app that is not there: False, no DELETE sent (ARM would answer 204)."""
+    assert platform.delete_app("chat") is False
+    assert fake_arm.writes() == []
+
+
+def test_fake_arm_answers_204_to_delete_of_nothing(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """The SDK's own begin_delete on a missing app ends at once (ARM's 204), as the real service does."""
+    platform.client.container_apps.begin_delete(RG, "ghost").result()
+    (delete,) = fake_arm.writes()
+    assert delete.status == 204 and fake_arm.operation_polls() == []
+
+
+def test_delete_waits_for_an_operation_in_flight(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """An app still being created is waited for (never deleted under ARM's feet), within the call's budget; a
+    DELETE sent anyway while it runs is ARM's 409, transient."""
+    fake_arm.in_progress_polls = 10**6
+    arm = replace(platform.settings.arm, operation_budget_s=0.3)
+    bounded = AcaPlatform(replace(platform.settings, arm=arm))
+    with pytest.raises(OperationStillRunningError):
+        bounded.ensure_app(SPEC)
+    with pytest.raises(OperationStillRunningError, match="InProgress"):
+        bounded.delete_app("chat")
+    assert [r.method for r in fake_arm.writes()] == ["PUT"]
+    with pytest.raises(TransientPlatformError, match="ContainerAppOperationInProgress"):
+        with arm_call("delete"):
+            platform.client.container_apps.begin_delete(RG, "chat").result()
+    fake_arm.in_progress_polls = 0
+    deadline = time.monotonic() + 5
+    while fake_arm.resource(APP_PATH)["properties"]["provisioningState"] != "Succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert platform.delete_app("chat") is True and fake_arm.resource(APP_PATH) is None
+
+
+def test_failed_delete_raises_with_arm_message(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A DELETE whose operation fails raises ArmOperationFailedError with ARM's message; the app stays (Failed)."""
+    platform.ensure_app(SPEC)
+    fake_arm.fail_operation("/containerapps/chat", "ContainerAppDeleteFailed", "Could not delete the app.")
+    with pytest.raises(ArmOperationFailedError, match="Could not delete the app"):
+        platform.delete_app("chat")
+    assert fake_arm.resource(APP_PATH)["properties"]["provisioningState"] == "Failed"
+    assert platform.delete_app("chat") is True  # deleting again works

@@ -21,10 +21,12 @@ from activities.platform.local import LocalPlatform, LocalPlatformSettings
 STANDIN = Path(__file__).resolve().parent / "standin_server.py"
 
 
-def heal(monkeypatch: pytest.MonkeyPatch, platform: LocalPlatform, app: str) -> dict:
-    """Run the heal_app activity function with `platform` as the services' apps."""
+def heal(monkeypatch: pytest.MonkeyPatch, platform: LocalPlatform, app: str, deleting: dict | None = None) -> dict:
+    """Run the heal_app activity function with `platform` as the services' apps (`deleting`: the app's deletion
+    marker, as `DeploymentRecords.deletion` returns it)."""
     apps = LocalApps(platform, lambda name: AppSpec(app=name, image="local"))
-    monkeypatch.setattr(functions, "services", lambda: SimpleNamespace(apps=apps))
+    records = SimpleNamespace(deletion=lambda name: deleting if name == app else None)
+    monkeypatch.setattr(functions, "services", lambda: SimpleNamespace(apps=apps, records=records))
     return functions.heal_app.build().get_user_function()({"app": app})
 
 
@@ -46,6 +48,9 @@ def test_heal_app_activity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         deadline = time.monotonic() + 5
         while platform.describe_app("chat").running and time.monotonic() < deadline:
             time.sleep(0.05)
+        marker = {"id": "delete-chat.20260101T000000000000", "requested_at": "2026-01-01T00:00:00+00:00"}
+        assert heal(monkeypatch, platform, "chat", deleting=marker) == {"ok": True, "action": "none"}
+        assert not platform.describe_app("chat").running  # an app being deleted is not brought back
         healed = heal(monkeypatch, platform, "chat")
         assert healed == {"ok": True, "action": "restarted", "reason": "process exited with code -9 (SIGKILL)"}
         assert platform.describe_app("chat").endpoint == state.endpoint

@@ -30,6 +30,8 @@ depends on it:
   Consumption-only environment (the environment type is fixed at creation). Error codes are the fake's own;
 - write-only fields (container app secret values, a Log Analytics shared key, a storage account key) are not
   returned by GET; a container app's secret values come back only from its `listSecrets` action;
+- a container app's DELETE is long-running as ARM's: 202 + `Location` (204 when there is none, 409 while an
+  operation runs); it reads `Deleting` until the operation ends, then it is gone (404), revisions and secrets too;
 - a container app gets a new revision when its template changes; revisions can be listed, read and restarted (a
   restart brings the revision's replicas back); `set_revision(...)` plays the runtime (a crashed replica);
 - a container app's managed identities are checked like ARM does (a registry or identity setting may only name an
@@ -139,6 +141,8 @@ _IN_PROGRESS = {
     "container_app": "InProgress",
 }
 _SETTLED_STATES = frozenset({"succeeded", "failed", "canceled"})
+# Resource kinds the fake deletes (long-running: 202 + Location, see `FakeArm._delete`).
+_DELETABLE = frozenset({"container_app"})
 # ARM's 409 code for a write while an operation runs (Container Apps names its own).
 _BUSY_CODES = {"container_app": "ContainerAppOperationInProgress"}
 
@@ -296,6 +300,7 @@ class _Operation:
     polls: int = 0
     error: tuple[str, str] | None = None  # (code, message) when scripted to fail
     done: bool = False
+    delete: bool = False  # a DELETE: the resource goes away when it succeeds
 
 
 @dataclass
@@ -676,6 +681,8 @@ class FakeArm:
             if current is None:
                 return 404, {}, _arm_error("ResourceNotFound", f"The Resource '{path}' was not found.")
             return 200, {}, copy.deepcopy(current)
+        if method == "DELETE" and kind in _DELETABLE:
+            return self._delete(kind, key, path, api_version)
         if method not in spec["methods"]:
             return 405, {}, _arm_error("MethodNotAllowed", f"{method} is not supported on {path}")
         if not isinstance(body, dict):
@@ -722,6 +729,28 @@ class FakeArm:
         sub = key.split("/resourcegroups/")[0]
         op_url = f"{self.base_url}{sub}/providers/fake.operations/{segment}/{op_id}?api-version={api_version}"
         return status, {header: op_url, "Retry-After": self.retry_after}, copy.deepcopy(new)
+
+    def _delete(self, kind: str, key: str, path: str, api_version: str) -> tuple[int, dict[str, str], Any]:
+        """ARM's DELETE (ContainerApps.json `ContainerApps_Delete`, the SDK's `_delete_initial` accepts 200 / 202 /
+        204): 204 when there is nothing to delete, 409 while an operation runs, else 202 + `Location` while the
+        resource reads `Deleting`; it is gone once the operation succeeded."""
+        state, current = self._state, self._state.resources.get(key)
+        if current is None:
+            return 204, {}, None
+        busy = str((current.get("properties") or {}).get("provisioningState") or "Succeeded")
+        if busy.lower() not in _SETTLED_STATES:
+            code = _BUSY_CODES.get(kind, "AnotherOperationInProgress")
+            return 409, {}, _arm_error(code, f"An operation is in progress on '{path}' ({busy}); retry later.")
+        failing = next((f for f in state.failing_operations if f[0] in key), None)
+        if failing:
+            state.failing_operations.remove(failing)
+        current["properties"]["provisioningState"] = "Deleting"
+        op_id = uuid.uuid4().hex
+        state.operations[op_id] = _Operation(key, kind, error=(failing[1], failing[2]) if failing else None,
+                                             delete=True)
+        sub = key.split("/resourcegroups/")[0]
+        op_url = f"{self.base_url}{sub}/providers/fake.operations/locations/{op_id}?api-version={api_version}"
+        return 202, {"Location": op_url, "Retry-After": self.retry_after}, None
 
     def _store_app(
         self, key: str, current: dict[str, Any] | None, new: dict[str, Any]
@@ -796,7 +825,12 @@ class FakeArm:
         resource = self._state.resources.get(operation.resource_key)
         if not operation.done and operation.polls > self.in_progress_polls:
             operation.done = True
-            if resource is not None:
+            if operation.delete and not operation.error:
+                self._state.resources.pop(operation.resource_key, None)
+                self._state.revisions.pop(operation.resource_key, None)
+                self._state.secrets.pop(operation.resource_key, None)
+                resource = None
+            elif resource is not None:
                 resource["properties"]["provisioningState"] = "Failed" if operation.error else "Succeeded"
         if not operation.done:
             waiting = {"Retry-After": self.retry_after}
@@ -806,6 +840,8 @@ class FakeArm:
         if style == "location":
             if operation.error:
                 return 400, {}, _arm_error(*operation.error)
+            if operation.delete:
+                return 204, {}, None
             return 200, {}, copy.deepcopy(resource)
         body: dict[str, Any] = {"id": op_id, "name": op_id, "status": "Failed" if operation.error else "Succeeded"}
         if operation.error:

@@ -28,7 +28,7 @@ async def test_heal_timer_starts_then_wakes_reconcilers(tmp_path, monkeypatch: p
         healed.append(app)
         return {"action": "none"}
 
-    records = SimpleNamespace(list_apps=lambda: ["healme"], ingest=ingest)
+    records = SimpleNamespace(list_apps=lambda: ["healme"], ingest=ingest, deletion=lambda app: None)
     svc = SimpleNamespace(records=records, apps=SimpleNamespace(heal=heal), read_manifest=lambda app: None)
     monkeypatch.setattr(starters, "services", lambda: svc)
     monkeypatch.setattr(activity_functions, "services", lambda: svc)

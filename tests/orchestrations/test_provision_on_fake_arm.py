@@ -44,6 +44,7 @@ async def aca_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         apps = AcaApps(settings, Provisioner(arm, secrets={"inference-api-keys": settings.inference_api_key}))
         store = AdapterStore(BlobStoreSettings(connection_string="UseDevelopmentStorage=true"))
         svc = Services(settings, store, LocalFolderTarget(tmp_path / "store"), apps, DeploymentRecords(store))
+        monkeypatch.setattr(svc.records, "deletion", lambda app: None)  # no blob store here: no app is being deleted
         monkeypatch.setattr(activity_functions, "services", lambda: svc)
         host = DevHost(function_app.app, state_dir=tmp_path / "durable", port=0)
         await host.start()
