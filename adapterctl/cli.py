@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("status", help="an app's recent rollouts (--app), or one deployment by ID")
-    p.add_argument("id", nargs="?")
-    p.add_argument("--app")
+    p.add_argument("id", nargs="?", help="a deployment record's id (as deploy prints it): its stages and reason")
+    p.add_argument("--app", help="the app whose recent rollouts to list, as a table")
     p.set_defaults(func=cmd_status)
 
     sub.add_parser("apps", help="apps with their served adapter and endpoint").set_defaults(func=cmd_apps)
