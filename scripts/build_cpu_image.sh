@@ -7,7 +7,8 @@
 #      build 2.13.0) and serves it on loopback while the build runs, so pip in the build installs with
 #      --no-index from it (PIP_NO_INDEX / PIP_FIND_LINKS build args) and never reaches an index;
 #   4. `docker build --network host --target cpu` with BuildKit, tagged $IMAGE.
-# Prints the time of each step and the image size, and writes them to build/image/timings.txt.
+# Prints the time of each step and the image size, and writes them to build/image/timings.txt. Exit status 3: no
+# docker engine could be started on this machine (2: not root); anything else that fails is 1.
 # Environment: IMAGE (lora-inference:cpu), BASE_IMAGE (lora-base:bookworm), SUITE (bookworm),
 # WHEELHOUSE (build/wheelhouse), PYTHON (.venv/bin/python, else python3), WHEEL_PORT (8765), DOCKER_CLIENT.
 set -euo pipefail
@@ -37,7 +38,11 @@ if ! docker info >/dev/null 2>&1; then
     fi
     nohup dockerd --iptables=false --bridge=none >"$work/dockerd.log" 2>&1 &
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-    docker info >/dev/null 2>&1 || { echo "build_cpu_image: dockerd did not start, see $work/dockerd.log" >&2; exit 1; }
+    if ! docker info >/dev/null 2>&1; then  # exit 3: this machine cannot run an engine (told apart from a bad build)
+        echo "build_cpu_image: dockerd did not start; its log ($work/dockerd.log) ends:" >&2
+        tail -15 "$work/dockerd.log" >&2
+        exit 3
+    fi
     note "started dockerd (pid $!), log in $work/dockerd.log"
 fi
 

@@ -195,6 +195,7 @@ def build_kit(out_dir: Path, arch: str = "llama", force: bool = False) -> KitPat
     stamp = paths.root / STAMP_NAME
     with _locked(paths.root / ".lock"):
         if not force and stamp.is_file() and stamp.read_text() == digest:
+            _open_to_readers(paths.root)
             return paths
         stamp.unlink(missing_ok=True)
         for folder in (paths.base, paths.root / "adapters"):
@@ -204,4 +205,13 @@ def build_kit(out_dir: Path, arch: str = "llama", force: bool = False) -> KitPat
         for name, phrase in PHRASES.items():
             train_adapter(paths.root, name, phrase, paths.adapters[name])
         stamp.write_text(digest)
+        _open_to_readers(paths.root)
     return paths
+
+
+def _open_to_readers(root: Path) -> None:
+    """Every file readable and every folder enterable by all (save_pretrained may write 0600 files): a kit is read
+    by other users, such as the inference image's non-root user when its model folder is mounted in a container."""
+    for item in [root, *root.rglob("*")]:
+        if not item.is_symlink():
+            item.chmod(item.stat().st_mode | (0o555 if item.is_dir() else 0o444))

@@ -4,6 +4,15 @@ Each app is one process, `python -m inference_server --engine E --model-path M -
 --adapter-store <store_root>/<app> --host H --port P`, run from `inference_image/` in its own session (so a
 stop reaches its children too), with its output in `<state_dir>/<app>.log`.
 
+Runtime "container" (`LocalPlatformSettings.runtime`) runs the same server from the inference image instead, as ACA
+runs it: `docker run --rm --network host` of `settings.image` (the CPU target, `make image`) with the image's own
+non-root user, the base model mounted read-only at /models/base and `<store_root>/<app>` read-only at /adapters,
+the chat page off (devhost runs its own), and the environment passed by name only (`-e NAME`: the values reach the
+container through the docker client's environment, never its command line). The process this platform tracks is
+the docker client in the foreground: it forwards SIGTERM to the container (the server drains) and exits with it;
+the container's name is kept in the state file and removed (`docker rm -f`) after every stop and before every
+start, so a client killed hard leaves no container behind.
+
 Environment: the server gets only its own settings, never the orchestrator's (storage connection strings, account
 keys, `AZURE_*`, the orchestrator's `INFERENCE_*`): the `INHERITED_ENV` names (system, locale, Python, torch / HF
 offline, CUDA), `PYTHONPATH` with `inference_image/` first, `spec.env`, and the secrets as environment variables as
@@ -58,7 +67,12 @@ INHERITED_ENV = frozenset({
     "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE",
     "TOKENIZERS_PARALLELISM", "TORCH_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
     "CUDA_HOME", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+    "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
 })
+RUNTIMES = ("process", "container")
+#: Where the inference image expects the base model and the adapter store (inference_image/Dockerfile).
+IMAGE_MODEL_PATH = "/models/base"
+IMAGE_ADAPTER_STORE = "/adapters"
 _INHERITED_PREFIXES = ("LC_",)
 _LOG_TAIL_BYTES = 2000
 _HEALTH_TRIES = 3  # heal_app: /health must fail this many times in a row
@@ -67,7 +81,8 @@ _HEALTH_TRIES = 3  # heal_app: /health must fail this many times in a row
 @dataclass(frozen=True)
 class LocalPlatformSettings:
     """How local apps run. `port` 0: a free port per app (a fixed port suits a single app).
-    `server_command` empty: `<this python> -m inference_server`; tests pass a stand-in script."""
+    `server_command` empty: `<this python> -m inference_server`; tests pass a stand-in script.
+    `runtime` "container": the server in `image` through `docker` (the module docstring says how)."""
 
     state_dir: Path
     store_root: Path
@@ -81,8 +96,15 @@ class LocalPlatformSettings:
     start_timeout: float = 120.0
     stop_timeout: float = 15.0
     health_timeout: float = 5.0  # seconds per /health request when heal_app checks a running process
+    runtime: str = "process"
+    image: str = "lora-inference:cpu"
+    docker: str = "docker"
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"LocalPlatformSettings.runtime {self.runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if self.runtime == "container" and not self.image:
+            raise ValueError("LocalPlatformSettings.image must name an image for the container runtime")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"LocalPlatformSettings.port {self.port} is out of range")
         if min(self.start_timeout, self.stop_timeout, self.health_timeout) <= 0:
@@ -103,6 +125,7 @@ class _ProcessState:
     command: list[str]
     spec: dict[str, Any] = field(repr=False)
     generated: dict[str, str] = field(default_factory=dict, repr=False)  # generated secrets: name -> value
+    container: str | None = None  # the container runtime's container name
 
 
 class LocalPlatform:
@@ -170,24 +193,50 @@ class LocalPlatform:
 
     # -- processes -----------------------------------------------------------------------------------------
     def command_for(self, spec: AppSpec, port: int) -> list[str]:
-        """The server's command line for `spec` on `port`."""
+        """The server's command line for `spec` on `port` (for the container runtime, the `docker run` one)."""
         s = self.settings
-        cmd = list(s.server_command or (sys.executable, "-m", "inference_server"))
+        container = s.runtime == "container"
+        store = IMAGE_ADAPTER_STORE if container else str(Path(s.store_root) / spec.app)
+        cmd = self._docker_run(spec) if container else list(s.server_command or (sys.executable, "-m", "inference_server"))
         cmd += ["--engine", s.engine]
         if s.model_path is not None:
-            cmd += ["--model-path", str(s.model_path)]
+            cmd += ["--model-path", IMAGE_MODEL_PATH if container else str(s.model_path)]
         if spec.base_model:
             cmd += ["--base-model-name", spec.base_model]
-        cmd += ["--adapter-store", str(Path(s.store_root) / spec.app), "--host", s.host, "--port", str(port)]
+        cmd += ["--adapter-store", store, "--host", s.host, "--port", str(port)]
         return cmd + list(s.extra_args)
+
+    def container_name(self, app: str) -> str:
+        """The app's container: one per app and state dir (two devhosts on one engine do not meet)."""
+        scope = hashlib.sha256(str(Path(self.settings.state_dir).resolve()).encode()).hexdigest()[:8]
+        return f"lora-{scope}-{app}"
+
+    def _docker_run(self, spec: AppSpec) -> list[str]:
+        """`docker run … IMAGE python -m inference_server`: mounts read-only, environment by name only."""
+        s = self.settings
+        cmd = [s.docker, "run", "--rm", "--name", self.container_name(spec.app), "--network", "host",
+               "-v", f"{Path(s.store_root).resolve() / spec.app}:{IMAGE_ADAPTER_STORE}:ro"]
+        if s.model_path is not None:
+            cmd += ["-v", f"{Path(s.model_path).resolve()}:{IMAGE_MODEL_PATH}:ro"]
+        for name in sorted({"CHAT_PAGE_ENABLED", *spec.env, *self._secret_env(spec, {})}):
+            cmd += ["-e", name]
+        return cmd + [s.image, "python", "-m", "inference_server"]
+
+    @staticmethod
+    def _secret_env(spec: AppSpec, generated: dict[str, str]) -> dict[str, str]:
+        """The secrets as the server reads them (`inference-api-keys` → `INFERENCE_API_KEYS`); generated ones are
+        named by `spec.generated_secrets` even before they have a value."""
+        values = {name: "" for name in spec.generated_secrets} | dict(spec.secrets) | generated
+        return {secret_env_name(name): value for name, value in values.items()}
 
     @staticmethod
     def environment(spec: AppSpec, generated: dict[str, str]) -> dict[str, str]:
         """The server's environment: `INHERITED_ENV` from ours, PYTHONPATH, `spec.env`, then the secrets."""
         env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith(_INHERITED_PREFIXES)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INFERENCE_IMAGE_DIR), os.environ.get("PYTHONPATH")) if p)
+        env["CHAT_PAGE_ENABLED"] = "0"  # the image's start.sh: the server alone (devhost runs the page)
         env.update(spec.env)
-        env.update({secret_env_name(name): value for name, value in {**spec.secrets, **generated}.items()})
+        env.update(LocalPlatform._secret_env(spec, generated))
         return env
 
     def _restart(self, state: _ProcessState) -> _ProcessState:
@@ -210,6 +259,10 @@ class LocalPlatform:
         command = self.command_for(spec, port)
         generated = generate_secrets(spec, previous.generated if previous else {})
         Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
+        container = None
+        if self.settings.runtime == "container":
+            container = self.container_name(spec.app)
+            self._prepare_container(spec.app, container)
         log_path = self._log_path(spec.app)
         with open(log_path, "ab") as log:
             log.write(f"\n--- revision {revision} at {_now()}: {command[:3]} ... port {port}\n".encode())
@@ -238,6 +291,7 @@ class LocalPlatform:
             command=command,
             spec=asdict(spec),
             generated=generated,
+            container=container,
         )
         self._save(state)
         self._wait_healthy(state)
@@ -279,10 +333,40 @@ class LocalPlatform:
             time.sleep(0.2)
         return f"process {state.pid} does not answer /health"
 
+    def _prepare_container(self, app: str, name: str) -> None:
+        """The image must exist; a container left by a client killed hard is removed; the store folder exists
+        (else docker would create it, owned by root)."""
+        if self._docker("image", "inspect", self.settings.image).returncode != 0:
+            raise PlatformError(f"no image {self.settings.image!r} in the local docker engine: build it with "
+                                "`make image` (or set LOCAL_INFERENCE_IMAGE)")
+        self._docker("rm", "-f", "-v", name)
+        store = Path(self.settings.store_root) / app
+        store.mkdir(parents=True, exist_ok=True)
+        for path in (store, self.settings.model_path):
+            if path is not None and (blocked := _closed_to_others(Path(path))):
+                raise PlatformError(
+                    f"the image's user cannot read {path}: {blocked} is closed to other users (the container runs "
+                    f"as the image's own non-root user, as on ACA); `chmod o+rX {blocked}`, or keep the state and "
+                    "the model where others can read them")
+
+    def _docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the docker client (its output captured); no engine or no client is a PlatformError."""
+        try:
+            result = subprocess.run([self.settings.docker, *args], capture_output=True, text=True, timeout=60,
+                                    stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PlatformError(f"docker {args[0]}: {exc}") from exc
+        if "Cannot connect to the Docker daemon" in result.stderr:
+            raise PlatformError(f"docker {args[0]}: no docker engine answers ({result.stderr.strip()})")
+        return result
+
     def _stop_process(self, state: _ProcessState) -> None:
-        """SIGTERM the process group (the server drains), SIGKILL after `stop_timeout`."""
+        """SIGTERM the process group (the server drains), SIGKILL after `stop_timeout`; then the container, if
+        any, is removed."""
         if not self._alive(state):
             self._reap(state.pid)
+            if state.container:
+                self._docker("rm", "-f", "-v", state.container)
             return
         for sig, wait in ((signal.SIGTERM, self.settings.stop_timeout), (signal.SIGKILL, 5.0)):
             try:
@@ -295,6 +379,8 @@ class LocalPlatform:
             if not self._alive(state):
                 break
         self._reap(state.pid)
+        if state.container:
+            self._docker("rm", "-f", "-v", state.container)
         if self._alive(state):
             raise PlatformError(f"{state.app!r} (pid {state.pid}) did not stop")
 
@@ -330,7 +416,7 @@ class LocalPlatform:
             revision=f"{state.app}--{state.revision}",
             replicas=1 if alive else 0,
             running=alive,
-            image=state.spec.get("image"),
+            image=self.settings.image if state.container else state.spec.get("image"),
             command=list(state.spec.get("command") or []),
         )
 
@@ -389,6 +475,18 @@ def _spec_from_dict(data: dict[str, Any]) -> AppSpec:
         "command": list(data.get("command") or []),
         "generated_secrets": tuple(data.get("generated_secrets") or ()),
     })
+
+
+def _closed_to_others(path: Path) -> Path | None:
+    """The first folder or file in `path` (itself included) that a user other than its owner cannot enter or read;
+    None when all are open. Folders above it do not matter: docker mounts `path` itself. (ACLs and group membership
+    are not considered.)"""
+    path = path.resolve()
+    for item in [path, *(sorted(path.rglob("*")) if path.is_dir() else [])]:
+        need = 0o005 if item.is_dir() else 0o004
+        if item.stat().st_mode & need != need:
+            return item
+    return None
 
 
 def _signal_name(code: int) -> str:

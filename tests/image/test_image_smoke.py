@@ -14,10 +14,8 @@ running as a non-root user, and SIGTERM ending the container within the drain ti
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,31 +28,14 @@ import pytest
 from openai import OpenAI
 
 from inference_server.manifest import AdapterEntry, Manifest, adapter_digest, write_manifest
+from tests.image.engine import IMAGE, docker, needs_image
 from tinykit import PHRASES, KitPaths
 
-IMAGE = os.environ.get("INFERENCE_IMAGE", "")
 API_KEY = "smoke-key-" + uuid.uuid4().hex[:8]
 DRAIN_TIMEOUT_S = 10.0
 MESSAGES = [{"role": "user", "content": "hi there"}]
-
-
-def _docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def _image_exists() -> bool:
-    if not IMAGE or shutil.which("docker") is None:
-        return False
-    try:
-        return _docker("image", "inspect", IMAGE, check=False, timeout=20).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not _image_exists(), reason="INFERENCE_IMAGE does not name a local image (make image)"),
-]
+_docker = docker
+pytestmark = needs_image
 
 
 def _port_free(port: int) -> bool:
@@ -155,7 +136,7 @@ def container(tiny_kit: KitPaths, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         logs = _docker("logs", name, check=False)
         print("--- container stdout ---\n" + logs.stdout[-4000:] + "\n--- container stderr ---\n" + logs.stderr[-8000:])
-        _docker("rm", "-f", name, check=False)
+        _docker("rm", "-f", "-v", name, check=False)
 
 
 def _wait(check, what: str, timeout: float = 180) -> None:  # noqa: ANN001

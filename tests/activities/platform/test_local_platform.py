@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -254,3 +256,124 @@ def test_heal_leaves_an_app_never_started_alone(platform: LocalPlatform) -> None
     platform.stop_app("chat")
     assert platform.heal_app("chat") == {"action": "none"}
     assert not platform.describe_app("chat").exists
+
+
+# --- container runtime (the docker client: tests/activities/platform/fake_docker.py here, the real one in
+# tests/image/test_container_runtime.py) ----------------------------------------------------------------------------
+
+FAKE_DOCKER = Path(__file__).resolve().parent / "fake_docker.py"
+
+
+@pytest.fixture
+def docker_log(tmp_path: Path) -> Path:
+    return tmp_path / "docker" / "log.jsonl"
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder other users can enter (pytest's tmp_path is 0700): the container's user reads the store from it."""
+    folder = Path(tempfile.mkdtemp(prefix="container-runtime-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def in_container(settings: LocalPlatformSettings, docker_log: Path, open_dir: Path) -> Iterator[LocalPlatform]:
+    """A platform with the container runtime whose docker client is the fake (image `lora-inference:cpu` only)."""
+    docker_log.parent.mkdir()
+    client = docker_log.parent / "docker"
+    client.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_DOCKER} --log {docker_log} "
+                      f"--image lora-inference:cpu --standin {STANDIN} -- \"$@\"\n")
+    client.chmod(0o755)
+    (open_dir / "model").mkdir()
+    p = LocalPlatform(replace(settings, runtime="container", docker=str(client), server_command=(),
+                              store_root=open_dir / "store", model_path=open_dir / "model"))
+    yield p
+    p.stop_all()
+
+
+def docker_calls(log: Path, cmd: str) -> list[dict]:
+    return [e for e in map(json.loads, log.read_text().splitlines()) if e["cmd"] == cmd]
+
+
+def test_container_runtime_runs_the_image_as_aca_does(
+    in_container: LocalPlatform, docker_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docker run --rm --network host` of the image: the store and model mounted read-only at the image's paths,
+    the chat page off, secrets passed by name (their values never in the client's command line)."""
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "orchestrator-secret")
+    spec = replace(SPEC, generated_secrets=(ADMIN_KEY_SECRET,))
+    state = in_container.ensure_app(spec).state
+    assert state.running and state.image == "lora-inference:cpu"
+    info = health(state.endpoint or "")
+    argv = info["argv"]
+    assert argv[argv.index("--adapter-store") + 1] == "/adapters"
+    assert argv[argv.index("--model-path") + 1] == "/models/base"
+    assert info["api_keys"] == "k1,k2"
+    name = in_container.container_name("chat")
+    assert docker_calls(docker_log, "rm")[0]["name"] == name  # a leftover is removed before the start
+    run = docker_calls(docker_log, "run")[-1]
+    assert run["name"] == name and run["network"] == ["host"] and run["rm"]
+    settings = in_container.settings
+    assert settings.model_path is not None
+    assert sorted(run["mounts"]) == sorted([f"{settings.store_root.resolve() / 'chat'}:/adapters:ro",
+                                            f"{settings.model_path.resolve()}:/models/base:ro"])
+    assert set(run["env_names"]) == {"CHAT_PAGE_ENABLED", "EXTRA", "INFERENCE_API_KEYS", "INFERENCE_ADMIN_KEY"}
+    env = environ(info["pid"])  # what the "container" got: the named variables only
+    assert env["CHAT_PAGE_ENABLED"] == "0" and env["EXTRA"] == "1" and "AZURE_STORAGE_CONNECTION_STRING" not in env
+    admin = env["INFERENCE_ADMIN_KEY"]
+    client_argv = " ".join(json.loads((settings.state_dir / "chat.json").read_text())["command"])
+    assert "k1,k2" not in client_argv and admin not in client_argv
+
+
+def test_container_runtime_stop_and_heal_leave_no_container(
+    in_container: LocalPlatform, docker_log: Path
+) -> None:
+    """A stop removes the container; a client killed hard is replaced by heal after its container is removed."""
+    first = in_container.ensure_app(SPEC).state
+    client_pid = json.loads((in_container.settings.state_dir / "chat.json").read_text())["pid"]
+    os.kill(client_pid, signal.SIGKILL)
+    wait_dead(in_container, "chat")
+    assert in_container.heal_app("chat")["action"] == "restarted"
+    assert in_container.describe_app("chat").revision == "chat--2"
+    assert len(docker_calls(docker_log, "run")) == 2 and health(first.endpoint or "")["pid"]
+    removed = len(docker_calls(docker_log, "rm"))
+    in_container.stop_app("chat")
+    assert len(docker_calls(docker_log, "rm")) == removed + 1
+    assert not in_container.describe_app("chat").exists
+
+
+def test_container_runtime_without_the_image_says_how_to_build_it(
+    in_container: LocalPlatform, docker_log: Path
+) -> None:
+    """An image the engine does not have is a PlatformError naming `make image`; nothing is run."""
+    other = LocalPlatform(replace(in_container.settings, image="lora-inference:missing"))
+    with pytest.raises(PlatformError, match="make image"):
+        other.ensure_app(SPEC)
+    assert not docker_calls(docker_log, "run")
+
+
+def test_container_runtime_refuses_a_store_its_user_cannot_read(in_container: LocalPlatform, docker_log: Path) -> None:
+    """A 0700 store folder, or a model file only its owner reads: the image's non-root user could not read them, so
+    nothing starts, and the error names what to open."""
+    store = in_container.settings.store_root / SPEC.app
+    store.mkdir(parents=True)
+    store.chmod(0o700)
+    with pytest.raises(PlatformError, match=rf"chmod o\+rX {store}`"):
+        in_container.ensure_app(SPEC)
+    store.chmod(0o755)
+    model = in_container.settings.model_path
+    assert model is not None
+    (model / "model.safetensors").write_bytes(b"{}")
+    (model / "model.safetensors").chmod(0o600)  # as save_pretrained may leave it
+    with pytest.raises(PlatformError, match="model.safetensors is closed to other users"):
+        in_container.ensure_app(SPEC)
+    assert not docker_calls(docker_log, "run")
+
+
+def test_runtime_setting_is_checked(settings: LocalPlatformSettings) -> None:
+    with pytest.raises(ValueError, match="runtime 'vm'"):
+        replace(settings, runtime="vm")
+    with pytest.raises(ValueError, match="image"):
+        replace(settings, runtime="container", image="")
