@@ -125,3 +125,38 @@ async def test_existing_environment_without_the_gpu_profile_ends_the_run(aca_hos
     assert out["state"] == "failed" and [s["step"] for s in out["steps"]][-1] == "environment", out
     assert "only when an environment is created" in out["reason"] and "acaEnvironmentName" in out["reason"]
     assert not [r for r in fake.writes() if r.path.lower().endswith(f"managedenvironments/{APP}-env")]
+
+
+async def test_delete_orchestration_deletes_the_container_app_only(aca_host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After provisioning, the delete orchestration deletes the container app (ARM's long-running DELETE) and
+    nothing else: the account, share, workspace, environment and its storage stay. Again: nothing to delete."""
+    host, fake = aca_host
+    swept: list[str] = []
+    records = activity_functions.services().records
+    monkeypatch.setattr(records, "delete_app", lambda app: swept.append(app) or 0)  # blobs: tests/activities
+    assert (await run(host, "provision", "p7"))["state"] == "provisioned"
+    fake.clear_log()
+    out = await run(host, "delete", "d1")
+    assert out == {"app": APP, "state": "deleted", "platform": "deleted", "store": False, "blobs": 0}, out
+    # the only write: the container app's DELETE (the shared resources are not touched)
+    assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in fake.writes()] == [("DELETE", APP)]
+    app_path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/containerApps/{APP}"
+    assert fake.resource(app_path) is None
+    env_path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/managedEnvironments/{APP}-env"
+    assert fake.resource(env_path) is not None
+    assert swept == [APP]
+    fake.clear_log()
+    assert (await run(host, "delete", "d2"))["platform"] == "absent"
+    assert fake.writes() == []
+
+
+async def test_failed_delete_ends_failed_with_arms_message(aca_host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ARM failing the DELETE operation ends the orchestration `failed` with ARM's message; nothing else removed."""
+    host, fake = aca_host
+    records = activity_functions.services().records
+    monkeypatch.setattr(records, "delete_app", lambda app: pytest.fail("blobs removed after a failed delete"))
+    assert (await run(host, "provision", "p8"))["state"] == "provisioned"
+    fake.fail_operation(f"containerapps/{APP}", "ContainerAppDeleteFailed", "Could not delete the container app")
+    out = await run(host, "delete", "d3")
+    assert out["state"] == "failed" and "Could not delete the container app" in out["reason"], out
+    assert "DELETE it again" in out["reason"]
