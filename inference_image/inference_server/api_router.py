@@ -1,6 +1,7 @@
 """The aiohttp app: route table, auth and error middleware, typed app state, engine lifecycle.
 
-Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health` (no auth), `GET /ready`, `GET /metrics`,
+Routes: `POST /v1/chat/completions`, `GET /v1/models` (each entry with the model's `sampling_defaults`, see
+generation.py), `GET /health` (no auth), `GET /ready`, `GET /metrics`,
 `GET /admin/adapters`, `POST /admin/sync` (admin key). Bearer keys are compared with `hmac.compare_digest`.
 With no API keys configured the chat API is open (local use); admin routes then fall back to the API keys.
 `/ready` answers its status code to anyone; with a valid key its body has the details, among them `load_errors`:
@@ -101,7 +102,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     registry, base = state.registry, state.config.base_model_name
-    card = {"object": "model", "created": 0, "owned_by": "inference-server"}
+    card = {"object": "model", "created": 0, "owned_by": "inference-server",
+            "sampling_defaults": state.sampling_defaults.to_json()}
     active = registry.active_ref
     data = [
         {**card, "id": base, "root": base, "parent": None, "version": None},

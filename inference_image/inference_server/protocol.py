@@ -94,6 +94,18 @@ def internal_error() -> ApiError:
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request gets for a sampling field it leaves out: OpenAI's values unless the model says otherwise
+    (generation.py reads the model's)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def to_json(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "top_p": self.top_p}
+
+
+@dataclass(frozen=True)
 class ParsedChat:
     """A validated request: the `model` the client asked for, its stream options, and the engine request.
 
@@ -145,8 +157,11 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def parse_chat_request(data: dict[str, Any], *, max_tokens_cap: int) -> ParsedChat:
-    """Validate an OpenAI chat completion body; `adapter` is left None for the router to resolve."""
+def parse_chat_request(
+    data: dict[str, Any], *, max_tokens_cap: int, defaults: SamplingDefaults = SamplingDefaults()
+) -> ParsedChat:
+    """Validate an OpenAI chat completion body; `adapter` is left None for the router to resolve, sampling fields
+    left out take `defaults`."""
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("'model' must be a non-empty string", "model")
@@ -154,17 +169,27 @@ def parse_chat_request(data: dict[str, Any], *, max_tokens_cap: int) -> ParsedCh
     n = data.get("n")
     if n is not None and (not _is_int(n) or n != 1):
         raise invalid("Only n=1 is supported", "n")
+    sampling = sampling_fields(data, defaults)
     request = ChatRequest(
         messages=_messages(data.get("messages")),
         max_tokens=_max_tokens(data, max_tokens_cap),
-        temperature=_number(data, "temperature", 1.0, 0.0, 2.0, low_open=False),
-        top_p=_number(data, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
         stop=_stop(data.get("stop")),
         seed=_seed(data.get("seed")),
         stream=stream,
     )
     given = data.get("max_completion_tokens") is not None or data.get("max_tokens") is not None
     return ParsedChat(model=model, request=request, include_usage=stream and _include_usage(data), max_tokens_given=given)
+
+
+def sampling_fields(data: dict[str, Any], defaults: SamplingDefaults) -> SamplingDefaults:
+    """`temperature` in [0, 2] and `top_p` in (0, 1] from `data` (a 400 naming the field otherwise); `defaults` fill
+    in what `data` leaves out."""
+    return SamplingDefaults(
+        temperature=_number(data, "temperature", defaults.temperature, 0.0, 2.0, low_open=False),
+        top_p=_number(data, "top_p", defaults.top_p, 0.0, 1.0, low_open=True),
+    )
 
 
 def _is_int(value: Any) -> bool:

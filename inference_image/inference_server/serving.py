@@ -65,7 +65,8 @@ class ChatService:
         state = self._state
         started = time.perf_counter()
         try:
-            parsed = parse_chat_request(parse_json(await self._read_body(request)), max_tokens_cap=state.config.max_tokens_cap)
+            parsed = parse_chat_request(parse_json(await self._read_body(request)),
+                                        max_tokens_cap=state.config.max_tokens_cap, defaults=state.sampling_defaults)
             parsed = await self._fit_context(parsed)
             state.check_admission()
             lease = state.registry.acquire(parsed.model)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import ServerConfig
 from .engines.base import Engine, EngineError
+from .generation import read_sampling_defaults
 from .metrics import ServerMetrics
 from .protocol import unavailable
 from .registry import AdapterRegistry
@@ -39,6 +40,7 @@ class ServerState:
     def __init__(self, config: ServerConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
+        self.sampling_defaults = read_sampling_defaults(config.model_path)
         self.registry = AdapterRegistry(engine, config.base_model_name, config.alias)
         self.syncer = ManifestSyncer(self.registry, config.adapter_store)
         self.metrics = ServerMetrics(lambda: len(self.registry.refs()), lambda: self.in_flight)
