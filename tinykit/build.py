@@ -2,11 +2,14 @@
 
 Layout of a kit folder:
     base/                 config.json (with `_name_or_path` = the base model name), model.safetensors,
-                          tokenizer.json + tokenizer_config.json (ByteLevel BPE, bos/eos/pad, a chat template)
+                          tokenizer.json + tokenizer_config.json (ByteLevel BPE, bos/eos/pad, a chat template),
+                          generation_config.json (token ids and the sampling defaults: greedy)
     adapters/<name>/      adapter_config.json + adapter_model.safetensors (see `tinykit.train`)
     .tinykit-stamp        sha256 of the build spec; a matching stamp makes `build_kit` return at once
 
-Everything is built on the spot (no download) with fixed seeds, so two builds give byte-identical weights.
+Everything is built on the spot (no download) with fixed seeds, so two builds give byte-identical weights. The
+sampling defaults in generation_config.json touch no weight, so they stay outside the stamp: every `build_kit` call
+brings them up to date, also in a kit cached before they existed.
 Concurrent builders of the same folder (parallel test sessions) serialize on a file lock.
 """
 
@@ -31,6 +34,10 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS)
 VOCAB_SIZE = 512
 BASE_SEED = 1234
+GENERATION_CONFIG = "generation_config.json"
+#: The base model's sampling defaults (Hugging Face's generation_config.json keys): greedy, the one setting where
+#: the adapters answer their phrases (sampled, the random-init model makes noise). Servers read them as defaults.
+GENERATION_DEFAULTS = {"do_sample": False}
 
 #: One turn per message (`<|role|>` newline content `<|end|>` newline); the generation prompt opens the
 #: assistant turn. Contents may be strings or OpenAI-style lists of text parts.
@@ -194,19 +201,30 @@ def build_kit(out_dir: Path, arch: str = "llama", force: bool = False) -> KitPat
     paths.root.mkdir(parents=True, exist_ok=True)
     stamp = paths.root / STAMP_NAME
     with _locked(paths.root / ".lock"):
-        if not force and stamp.is_file() and stamp.read_text() == digest:
-            _open_to_readers(paths.root)
-            return paths
-        stamp.unlink(missing_ok=True)
-        for folder in (paths.base, paths.root / "adapters"):
-            shutil.rmtree(folder, ignore_errors=True)
-        paths.base.mkdir(parents=True)
-        build_base(paths.base, arch)
-        for name, phrase in PHRASES.items():
-            train_adapter(paths.root, name, phrase, paths.adapters[name])
-        stamp.write_text(digest)
+        if force or not (stamp.is_file() and stamp.read_text() == digest):
+            stamp.unlink(missing_ok=True)
+            for folder in (paths.base, paths.root / "adapters"):
+                shutil.rmtree(folder, ignore_errors=True)
+            paths.base.mkdir(parents=True)
+            build_base(paths.base, arch)
+            for name, phrase in PHRASES.items():
+                train_adapter(paths.root, name, phrase, paths.adapters[name])
+            stamp.write_text(digest)
+        write_generation_defaults(paths.base)
         _open_to_readers(paths.root)
     return paths
+
+
+def write_generation_defaults(base: Path) -> None:
+    """Merge GENERATION_DEFAULTS into `base`/generation_config.json (other keys kept), rewriting it only when that
+    changes it, and atomically: a server starting meanwhile reads the old file or the new one, never half of one."""
+    path = base / GENERATION_CONFIG
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    wanted = {**current, **GENERATION_DEFAULTS}
+    if wanted != current:
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+        partial.replace(path)
 
 
 def _open_to_readers(root: Path) -> None:

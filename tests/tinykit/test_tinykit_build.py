@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -135,3 +136,29 @@ def test_cli_prints_the_kit_paths(tiny_kit: KitPaths, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert f"base model tiny-llama: {tiny_kit.base}" in out
     assert all(f"adapter {name}: {tiny_kit.adapters[name]}" in out for name in PHRASES)
+
+
+def test_base_model_ships_greedy_sampling_defaults(tiny_kit: KitPaths) -> None:
+    """generation_config.json says greedy (do_sample false) beside the token ids; the server reads temperature 0."""
+    from inference_server.generation import read_sampling_defaults
+    from inference_server.protocol import SamplingDefaults
+
+    config = json.loads((tiny_kit.base / "generation_config.json").read_text())
+    assert config["do_sample"] is False and config["eos_token_id"] == 1
+    assert read_sampling_defaults(tiny_kit.base) == SamplingDefaults(temperature=0.0, top_p=1.0)
+
+
+@pytest.mark.parametrize("old", [None, {"eos_token_id": 1}], ids=["missing", "without-defaults"])
+def test_cached_kit_gains_the_sampling_defaults(tiny_kit: KitPaths, tmp_path: Path, old: dict | None) -> None:
+    """A kit cached before the defaults existed gets them from the next build_kit, with its weights untouched."""
+    cached = build_kit(shutil.copytree(tiny_kit.root, tmp_path / "kit"), arch=tiny_kit.arch)
+    config = cached.base / "generation_config.json"
+    if old is None:
+        config.unlink()
+    else:
+        config.write_text(json.dumps(old))
+    weights = {p: p.stat().st_mtime_ns for p in cached.root.rglob("*.safetensors")}
+    assert build_kit(cached.root, arch=cached.arch) == cached
+    assert json.loads(config.read_text()) == {**(old or {}), "do_sample": False}
+    assert {p: p.stat().st_mtime_ns for p in cached.root.rglob("*.safetensors")} == weights
+    assert not list(cached.base.glob("*.partial"))
