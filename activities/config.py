@@ -35,6 +35,11 @@ CONSUMPTION_GPU_PROFILES: dict[str, tuple[float, str]] = {
     "Consumption-GPU-NC24-A100": (24.0, "220Gi"),
     "Consumption-GPU-NC8as-T4": (8.0, "56Gi"),
 }
+# The CPU target (INFERENCE_TARGET=cpu): the environment's Consumption profile, and the container size given to it
+# (ARM allows 0.25-4 cores with twice as many GiB there; the largest, for a small model).
+CPU_PROFILE = "Consumption"
+CPU_CONTAINER_SIZE: tuple[float, str] = (4.0, "8Gi")
+TARGETS = ("gpu", "cpu")
 DEFAULT_TARGET_MODULES = (
     "q_proj",
     "k_proj",
@@ -277,7 +282,8 @@ class ProvisionParameters:
 
 @dataclass(frozen=True)
 class WorkloadProfile:
-    """The managed environment's GPU workload profile. Consumption GPU profiles have no counts; dedicated ones do."""
+    """The managed environment's workload profile the inference app runs on: a GPU one (Consumption GPU profiles have
+    no counts; dedicated ones do), or for the CPU target the environment's own Consumption profile."""
 
     name: str
     type: str
@@ -288,10 +294,26 @@ class WorkloadProfile:
     def consumption(self) -> bool:
         return self.type in CONSUMPTION_GPU_PROFILES
 
+    @property
+    def cpu_only(self) -> bool:
+        """The CPU target's profile: the Consumption profile every workload-profiles environment has."""
+        return self.type == CPU_PROFILE
+
+    @property
+    def engine(self) -> str:
+        """The inference server's engine for this profile: SGLang on a GPU, transformers on CPU."""
+        return "transformers" if self.cpu_only else "sglang"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkloadProfile:
-        """`GPU_WORKLOAD_PROFILE` = a Consumption-GPU-* type, or a dedicated profile name + `GPU_WORKLOAD_PROFILE_TYPE`."""
+        """`INFERENCE_TARGET` gpu (default): `GPU_WORKLOAD_PROFILE` = a Consumption-GPU-* type, or a dedicated
+        profile name + `GPU_WORKLOAD_PROFILE_TYPE`. `INFERENCE_TARGET` cpu: the Consumption profile."""
+        target = env.get("INFERENCE_TARGET", "").strip().lower() or "gpu"
+        if target not in TARGETS:
+            raise ConfigError("INFERENCE_TARGET", ENV_SOURCE, f"expected one of {TARGETS}, got {target!r}")
         key = "GPU_WORKLOAD_PROFILE"
+        if target == "cpu":  # GPU_WORKLOAD_PROFILE (set by the template either way) does not apply
+            return cls(name=CPU_PROFILE, type=CPU_PROFILE)
         value = env.get(key, "").strip() or "Consumption-GPU-NC8as-T4"
         if value in CONSUMPTION_GPU_PROFILES:
             return cls(name=value.removeprefix("Consumption-GPU-"), type=value)
@@ -330,7 +352,8 @@ class Settings:
     platform: str = "local"  # PLATFORM: "local" (embedded default) or "aca"
     inference_image: str = ""  # INFERENCE_IMAGE: required for "aca"
     model_path: str = "/mnt/adapters/models/base"  # MODEL_PATH: the base model's folder, in the share
-    gpu_workload_profile: WorkloadProfile = field(
+    # INFERENCE_TARGET (gpu | cpu) and GPU_WORKLOAD_PROFILE: where the inference app runs, and so its engine
+    workload_profile: WorkloadProfile = field(
         default_factory=lambda: WorkloadProfile("NC8as-T4", "Consumption-GPU-NC8as-T4")
     )
     max_lora_rank: int = 64  # MAX_LORA_RANK
@@ -381,7 +404,7 @@ class Settings:
             platform=platform,
             inference_image=image,
             model_path=model_path,
-            gpu_workload_profile=WorkloadProfile.from_env(env),
+            workload_profile=WorkloadProfile.from_env(env),
             max_lora_rank=_int(env, "MAX_LORA_RANK", cls.max_lora_rank, minimum=1),
             allowed_target_modules=modules or DEFAULT_TARGET_MODULES,
             max_adapter_mb=_int(env, "MAX_ADAPTER_MB", cls.max_adapter_mb, minimum=1),

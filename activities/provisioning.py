@@ -103,9 +103,10 @@ def check_profile_allowed(environment: str, props: Mapping[str, Any], profile: W
         "creates it with the profile)"
     )
     if not existing:
+        what = ("the CPU target's app on its Consumption workload profile" if profile.cpu_only
+                else f"workload profiles such as {profile.name!r} ({profile.type})")
         raise WorkloadProfileError(
-            f"managed environment {environment!r} is a Consumption-only environment and cannot take workload "
-            f"profiles such as {profile.name!r} ({profile.type}): {fix}"
+            f"managed environment {environment!r} is a Consumption-only environment and cannot take {what}: {fix}"
         )
     same = next((p for p in existing if p.get("name") == profile.name), None)
     if same is not None and same.get("workloadProfileType") == profile.type:
@@ -263,7 +264,7 @@ class ProvisionPlan(_JsonDataclass):
         environment = params.aca_environment_name or f"{app}-env"
         storage_name = params.aca_environment_storage_name or share
         workspace = params.aca_log_analytics_name or f"{environment}-logs"
-        profile = settings.gpu_workload_profile
+        profile = settings.workload_profile
         mount = "/mnt/adapters"
         return cls(
             inference_config=replace(
@@ -284,14 +285,7 @@ class ProvisionPlan(_JsonDataclass):
                 command=params.default_commands or (),
                 base_model=settings.base_model_name,
                 max_replicas=params.maximum_instance_count or 1,
-                env={
-                    "INFERENCE_ENGINE": "sglang",
-                    "INFERENCE_MODEL_PATH": settings.model_path,
-                    "INFERENCE_ADAPTER_STORE": f"{mount}/{app}",
-                    "INFERENCE_MAX_LORA_RANK": str(settings.max_lora_rank),
-                    # SGLang refuses a LoRA launch without initial adapters unless rank and modules are both given
-                    "INFERENCE_LORA_TARGET_MODULES": ",".join(settings.allowed_target_modules),
-                },
+                env=_server_env(settings, f"{mount}/{app}"),
                 secret_names=(API_KEYS_SECRET,) if settings.inference_api_key else (),
                 registry_server=settings.inference_registry_server,
                 pull_identity_id=settings.inference_pull_identity_id,
@@ -584,6 +578,17 @@ class Provisioner:
         return StepResult(step=step, name=name, action=action.value, endpoint=endpoint)
 
 
+def _server_env(settings: Settings, store: str) -> dict[str, str]:
+    """The inference server's settings on ACA: its engine follows the workload profile (INFERENCE_TARGET)."""
+    engine = settings.workload_profile.engine
+    env = {"INFERENCE_ENGINE": engine, "INFERENCE_MODEL_PATH": settings.model_path, "INFERENCE_ADAPTER_STORE": store}
+    if engine == "sglang":
+        # SGLang refuses a LoRA launch without initial adapters unless rank and modules are both given
+        env.update(INFERENCE_MAX_LORA_RANK=str(settings.max_lora_rank),
+                   INFERENCE_LORA_TARGET_MODULES=",".join(settings.allowed_target_modules))
+    return env
+
+
 def _merge_profiles(existing: list[Mapping[str, Any]], profile: WorkloadProfile) -> list[dict[str, Any]]:
     """Existing profiles with ours added or replaced by name, and the Consumption profile every environment needs."""
     ours: dict[str, Any] = {"name": profile.name, "workloadProfileType": profile.type}
@@ -593,7 +598,8 @@ def _merge_profiles(existing: list[Mapping[str, Any]], profile: WorkloadProfile)
     if not any(p.get("name") == "Consumption" for p in merged):
         merged.insert(0, {"name": "Consumption", "workloadProfileType": "Consumption"})
     keep = {p.get("name"): p for p in existing}
-    merged.append(ours)
+    if not profile.cpu_only:  # the CPU target runs on that Consumption profile
+        merged.append(ours)
     # keep ARM's order for profiles already there, so an unchanged environment compares equal
     order = [p.get("name") for p in existing] + [p["name"] for p in merged if p["name"] not in keep]
     return sorted(merged, key=lambda p: order.index(p["name"]))

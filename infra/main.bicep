@@ -48,6 +48,13 @@ param modelPath string = '/mnt/adapters/models/base'
 @description('GPU workload profile of the inference container (GPU_WORKLOAD_PROFILE): a Consumption-GPU-* type.')
 param gpuWorkloadProfile string = 'Consumption-GPU-NC8as-T4'
 
+@description('Where the inference app runs (INFERENCE_TARGET): gpu (SGLang image on gpuWorkloadProfile) or cpu (the image\'s cpu target, transformers engine, on the Consumption profile: a small model for a development endpoint).')
+@allowed([
+  'gpu'
+  'cpu'
+])
+param inferenceTarget string = 'gpu'
+
 @minValue(1)
 param maxLoraRank int = 64
 
@@ -374,6 +381,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     INFERENCE_PULL_IDENTITY_ID: pullIdentity.id
     BASE_MODEL_NAME: baseModelName
     MODEL_PATH: modelPath
+    INFERENCE_TARGET: inferenceTarget
     GPU_WORKLOAD_PROFILE: gpuWorkloadProfile
     MAX_LORA_RANK: string(maxLoraRank)
     ALLOWED_TARGET_MODULES: allowedTargetModules

@@ -56,7 +56,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from activities.config import CONSUMPTION_GPU_PROFILES, InferenceConfig, Settings, WorkloadProfile
+from activities.config import (
+    CONSUMPTION_GPU_PROFILES,
+    CPU_CONTAINER_SIZE,
+    InferenceConfig,
+    Settings,
+    WorkloadProfile,
+)
 from activities.platform.base import (
     API_KEYS_SECRET,
     AppSpec,
@@ -398,9 +404,12 @@ class AcaSettings:
         self.resources()  # raises ValueError when a dedicated profile has no size
 
     def resources(self) -> dict[str, Any]:
-        """The container's cpu/memory: explicit, else the GPU profile's whole size."""
+        """The container's cpu/memory: explicit, else the GPU profile's whole size (the CPU target's: 4 cores, 8 GiB,
+        the most ARM gives one app on the Consumption profile)."""
         if self.cpu is not None and self.memory:
             return {"cpu": self.cpu, "memory": self.memory}
+        if self.workload_profile.cpu_only:
+            return {"cpu": CPU_CONTAINER_SIZE[0], "memory": CPU_CONTAINER_SIZE[1]}
         profile = self.workload_profile.type
         size = CONSUMPTION_GPU_PROFILES.get(profile) or CONSUMPTION_GPU_PROFILES.get(
             f"Consumption-GPU-{profile}"

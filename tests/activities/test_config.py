@@ -161,7 +161,7 @@ def test_settings_defaults_from_minimal_env() -> None:
     """Only BASE_MODEL_NAME is required for the local platform; the rest has documented defaults."""
     settings = Settings.from_env(MINIMAL_ENV)
     assert settings.platform == "local" and settings.max_lora_rank == 64
-    assert settings.gpu_workload_profile == WorkloadProfile("NC8as-T4", "Consumption-GPU-NC8as-T4")
+    assert settings.workload_profile == WorkloadProfile("NC8as-T4", "Consumption-GPU-NC8as-T4")
     assert "q_proj" in settings.allowed_target_modules
     with pytest.raises(ConfigError, match="BASE_MODEL_NAME"):
         Settings.from_env({})
@@ -186,7 +186,7 @@ def test_settings_reads_app_settings() -> None:
     }
     settings = Settings.from_env(env)
     assert settings.platform == "aca" and settings.model_path == "/mnt/adapters/models/phi3"
-    assert settings.gpu_workload_profile == WorkloadProfile("NC24-A100", "Consumption-GPU-NC24-A100")
+    assert settings.workload_profile == WorkloadProfile("NC24-A100", "Consumption-GPU-NC24-A100")
     assert settings.max_lora_rank == 16 and settings.allowed_target_modules == ("qkv_proj", "o_proj")
     assert settings.max_adapter_mb == 100
     assert settings.arm_endpoint == "https://127.0.0.1:9999"
@@ -208,6 +208,7 @@ def test_settings_reads_app_settings() -> None:
         ),
         ({"GPU_WORKLOAD_PROFILE": "Consumption-GPU-H100"}, "GPU_WORKLOAD_PROFILE"),
         ({"GPU_WORKLOAD_PROFILE": "gpu-dedicated"}, "GPU_WORKLOAD_PROFILE_TYPE"),
+        ({"INFERENCE_TARGET": "tpu"}, "INFERENCE_TARGET"),
         ({"INFERENCE_REGISTRY_SERVER": "https://cr1.azurecr.io"}, "INFERENCE_REGISTRY_SERVER"),
         ({"INFERENCE_REGISTRY_SERVER": "cr1.azurecr.io/inference"}, "INFERENCE_REGISTRY_SERVER"),
         ({"INFERENCE_PULL_IDENTITY_ID": "id-adapters-pull"}, "INFERENCE_PULL_IDENTITY_ID"),
@@ -284,9 +285,20 @@ def test_dedicated_workload_profile() -> None:
         "GPU_WORKLOAD_PROFILE_TYPE": "NC24-A100",
         "GPU_WORKLOAD_PROFILE_MAX_COUNT": "2",
     }
-    profile = Settings.from_env({**MINIMAL_ENV, **env}).gpu_workload_profile
+    profile = Settings.from_env({**MINIMAL_ENV, **env}).workload_profile
     assert profile == WorkloadProfile("gpu-a100", "NC24-A100", 0, 2) and not profile.consumption
     assert WorkloadProfile.from_dict(profile.to_dict()) == profile
+
+
+def test_cpu_target_runs_transformers_on_the_consumption_profile() -> None:
+    """INFERENCE_TARGET=cpu: the environment's Consumption profile (GPU_WORKLOAD_PROFILE does not apply) and the
+    transformers engine; the default target is the GPU one, with SGLang."""
+    env = {**MINIMAL_ENV, "INFERENCE_TARGET": "CPU", "GPU_WORKLOAD_PROFILE": "Consumption-GPU-NC24-A100"}
+    profile = Settings.from_env(env).workload_profile
+    assert profile == WorkloadProfile("Consumption", "Consumption") and profile.cpu_only
+    assert profile.engine == "transformers" and not profile.consumption
+    default = Settings.from_env(MINIMAL_ENV).workload_profile
+    assert default.engine == "sglang" and not default.cpu_only
 
 
 def test_secrets_stay_out_of_repr() -> None:

@@ -17,7 +17,7 @@ from activities.platform.aca import (
     OperationStillRunningError,
     arm_errors,
 )
-from activities.platform.base import ADMIN_KEY_SECRET, PlatformError, TransientPlatformError
+from activities.platform.base import ADMIN_KEY_SECRET, AppSpec, PlatformError, TransientPlatformError
 from activities.provisioning import (
     STEPS,
     FileShareRequest,
@@ -158,6 +158,7 @@ def test_environment_is_wired_to_the_workspace(
 
 
 ENV_PATH = f"{BASE}/Microsoft.App/managedEnvironments/inference-app-env"
+APP_PATH = f"{BASE}/Microsoft.App/containerApps/inference-app"
 
 
 def test_gpu_profile_is_not_added_to_an_existing_environment(
@@ -204,6 +205,43 @@ def test_consumption_only_environment_is_refused(
     with pytest.raises(WorkloadProfileError, match="Consumption-only environment .* acaEnvironmentName"):
         provisioner.run_step("environment", plan)
     assert fake_arm.writes() == []
+
+
+CPU_SETTINGS = replace(SETTINGS, workload_profile=WorkloadProfile("Consumption", "Consumption"))
+
+
+def test_cpu_target_runs_the_transformers_engine_on_the_consumption_profile(
+    provisioner: Provisioner, fake_arm: FakeArm
+) -> None:
+    """INFERENCE_TARGET=cpu: the environment gets no GPU profile, and the app runs on its Consumption profile with the
+    largest size ARM gives there (4 cores, 8 GiB), the transformers engine and no SGLang-only settings."""
+    plan = provisioner.plan(CONFIG, PARAMS, CPU_SETTINGS)
+    assert [r.action for r in provisioner.provision_all(plan)] == ["created"] * len(STEPS)
+    environment = fake_arm.resource(ENV_PATH)["properties"]
+    assert environment["workloadProfiles"] == [{"name": "Consumption", "workloadProfileType": "Consumption"}]
+    app = fake_arm.resource(APP_PATH)["properties"]
+    assert app["workloadProfileName"] == "Consumption"
+    [container] = app["template"]["containers"]
+    assert container["resources"] == {"cpu": 4.0, "memory": "8Gi"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["INFERENCE_ENGINE"] == "transformers"
+    assert "INFERENCE_LORA_TARGET_MODULES" not in env and "INFERENCE_MAX_LORA_RANK" not in env
+    assert [r.action for r in provisioner.provision_all(plan)] == ["unchanged"] * len(STEPS)
+
+
+def test_fake_arm_refuses_a_size_the_consumption_profile_does_not_give(
+    provisioner: Provisioner, fake_arm: FakeArm
+) -> None:
+    """As ARM does: on Consumption, cpu must total 0.25-4 cores with twice as many GiB (the fake is that strict)."""
+    plan = provisioner.plan(CONFIG, PARAMS, CPU_SETTINGS)
+    for step in STEPS[:-1]:
+        provisioner.run_step(step, plan)
+    platform = provisioner.platform(plan.container_app)
+    platform.settings = replace(platform.settings, cpu=4.0, memory="16Gi")
+    with pytest.raises(PlatformError, match="total requested CPU and memory resources .* is invalid"):
+        platform.ensure_app(AppSpec(app="inference-app", image="example.azurecr.io/inference:1",
+                                    secrets={"inference-api-keys": API_KEY}))
+    assert fake_arm.resource(APP_PATH) is None
 
 
 def test_shared_environment_with_our_profile_is_updated_and_keeps_others(

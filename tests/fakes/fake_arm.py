@@ -361,6 +361,25 @@ def _check_identities(app: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _check_consumption_size(app: dict[str, Any]) -> dict[str, Any] | None:
+    """ARM's error when an app on the Consumption workload profile asks for a size that profile does not give: the
+    containers' cpu must total 0.25-4 cores in steps of 0.25, with twice as many GiB of memory."""
+    props = app["properties"]
+    if str(props.get("workloadProfileName") or "").lower() != "consumption":
+        return None
+    containers = (props.get("template") or {}).get("containers") or []
+    cpu = sum(float((c.get("resources") or {}).get("cpu") or 0) for c in containers)
+    memory = sum(float(str((c.get("resources") or {}).get("memory") or "0Gi").removesuffix("Gi")) for c in containers)
+    if 0.25 <= cpu <= 4.0 and (cpu * 4).is_integer() and memory == cpu * 2:
+        return None
+    return _arm_error(
+        "ContainerAppInvalidResourceTotal",
+        f"The total requested CPU and memory resources for this application (CPU: {cpu}, memory: {memory}Gi) is "
+        "invalid. Total CPU and memory for all containers defined in a Container App must add up to one of the "
+        "following CPU - Memory combinations: [cpu: 0.25, memory: 0.5Gi]; … [cpu: 4.0, memory: 8.0Gi]",
+    )
+
+
 def _fill_identities(app: dict[str, Any]) -> None:
     """What ARM adds to a container app's identities and identity-based registries."""
     identity = app.get("identity") or {}
@@ -757,7 +776,7 @@ class FakeArm:
     ) -> dict[str, Any] | None:
         """Check identities, keep secret values write-only and cut a new revision when the template changed."""
         state = self._state
-        error = _check_identities(new)
+        error = _check_identities(new) or _check_consumption_size(new)
         if error:
             return error
         secrets = new["properties"].get("configuration", {}).get("secrets") or []

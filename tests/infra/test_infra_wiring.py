@@ -488,7 +488,7 @@ def test_settings_from_env_accepts_the_template():
     assert s.platform == "aca"
     assert s.inference_image == f"{login_server}/inference:latest"
     assert s.inference_registry_server == login_server and s.inference_pull_identity_id == pull_id
-    assert s.gpu_workload_profile.type in CONSUMPTION_GPU_PROFILES
+    assert s.workload_profile.type in CONSUMPTION_GPU_PROFILES
     assert s.model_path == Settings.model_path
     assert s.model_path.startswith(AcaSettings.mount_path + "/")
     assert s.max_lora_rank == Settings.max_lora_rank
