@@ -20,8 +20,9 @@ steps. Order, and why nothing brings the app back:
    that would start or change the server (ensure, restart, provisioning steps) refuse (`app_deleting`); deploy and
    rollback requests answer 409;
 2. the route refuses (409, the marker removed again) while a rollout may run: an open deployment record
-   (received, in a rollout, or retrying), or a reconciler in a pass (`checking`, `rolling_out`). Deleting never
-   waits for a rollout or cuts one short: try again once it ended (`adapterctl status --app APP`);
+   (received, in a rollout, or retrying), or a reconciler still in a pass (`checking`, `rolling_out`) after
+   `SETTLE_S` (a heal pass ends within it). Deleting never waits for a rollout or cuts one short: try again once
+   it ended (`adapterctl status --app APP`);
 3. the route ends the app's reconciler (it is waiting: nothing is lost) and starts the orchestration, which deletes
    the platform app, the store root, then the blobs, the marker last. A new upload or deploy request afterwards
    starts the app afresh (a new reconciler). An upload that arrives during the deletion is deleted with the app.
@@ -55,6 +56,8 @@ bp = df.Blueprint()
 DELETE_ORCHESTRATOR = "delete"
 #: Reconciler phases in which it waits (for a wake, a timer or a retry time): no pass runs, nothing is rolled out.
 WAITING_PHASES = frozenset({"idle", "error", "waiting_retry"})
+#: How long DELETE waits for a reconciler's pass with nothing open (a heal pass) to end before answering 409.
+SETTLE_S = 5.0
 
 
 # -- rollback ------------------------------------------------------------------------------------------------------
@@ -108,12 +111,27 @@ async def _busy(client: df.DurableOrchestrationClient, app: str) -> str | None:
     open_ids = await asyncio.to_thread(services().records.open_ids, app)
     if open_ids:
         return f"app {app!r} has deployments that have not ended ({', '.join(open_ids[:3])})"
+    return await _in_pass(client, app)
+
+
+async def _in_pass(client: df.DurableOrchestrationClient, app: str) -> str | None:
     status = await client.get_status(reconcile_instance_id(app))
     if status and status.runtime_status in LIVE_STATES:
         custom = status.custom_status if isinstance(status.custom_status, dict) else {}
         if custom.get("phase") not in WAITING_PHASES:
             return f"the reconciler of app {app!r} is in a pass ({custom.get('phase') or 'starting'})"
     return None
+
+
+async def _settled(client: df.DurableOrchestrationClient, app: str) -> str | None:
+    """`_busy`, giving a reconciler that is in a pass with nothing open (a heal pass) `SETTLE_S` to end it: with
+    the deletion marker written, its next look finds nothing to roll out."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_S
+    busy = await _busy(client, app)
+    while busy and busy.startswith("the reconciler") and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+        busy = await _busy(client, app)
+    return busy
 
 
 @bp.route(route="apps/{app}", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
@@ -133,7 +151,7 @@ async def delete_app_route(req: func.HttpRequest, client: df.DurableOrchestratio
         raise LookupError(f"no app {app!r} to delete")
     deletion_id = f"{DELETE_ORCHESTRATOR}-{app}.{stamp(datetime.now(UTC))}"
     await asyncio.to_thread(records.mark_deleting, app, deletion_id)
-    busy = await _busy(client, app)
+    busy = await _settled(client, app)
     if busy:
         if previous is None:
             await asyncio.to_thread(records.clear_deleting, app)

@@ -303,3 +303,34 @@ async def test_busy_reconciler_phases(host) -> None:
         assert await lifecycle._busy(_Client(status(phase)), "quiet") is None, phase
     assert await lifecycle._busy(_Client(status("checking", df.OrchestrationRuntimeStatus.Terminated)), "quiet") is None
     assert await lifecycle._busy(_Client(None), "quiet") is None
+
+
+class _Sequence(_Client):
+    """A reconciler whose successive statuses are given (the last one repeats)."""
+
+    def __init__(self, *statuses) -> None:
+        self.statuses = list(statuses)
+
+    async def get_status(self, instance_id: str):
+        return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+
+async def test_delete_gives_a_heal_pass_time_to_end(host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reconciler in a pass with nothing open is waited for up to SETTLE_S; still in it after that: busy. Open
+    records are busy at once (no wait)."""
+    import azure.durable_functions as df
+
+    def status(phase):
+        return SimpleNamespace(runtime_status=df.OrchestrationRuntimeStatus.Running, custom_status={"phase": phase})
+
+    monkeypatch.setattr(lifecycle, "SETTLE_S", 1.0)
+    assert await lifecycle._settled(_Sequence(status("checking"), status("checking"), status("idle")), "quiet") is None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert "in a pass (checking)" in await lifecycle._settled(_Sequence(status("checking")), "quiet")
+    assert 0.9 < loop.time() - started < 3
+    upload(host, "quiet", "alpha", "1")
+    host.svc.records.ingest("quiet")
+    started = loop.time()
+    assert "not ended" in await lifecycle._settled(_Sequence(status("idle")), "quiet")
+    assert loop.time() - started < 0.5
