@@ -1,4 +1,5 @@
-"""A small async client for the chat API the page talks to: `GET /v1/models` and streaming chat completions.
+"""A small async client for the chat API the page talks to: `GET /v1/models` (with each model's default
+temperature) and streaming chat completions.
 
 Every failure becomes a `ChatApiError` whose message is written for people ("chat API not reachable at URL",
 "API key rejected (401)"); the page shows that text as it is. Each call opens its own `aiohttp` session, so a
@@ -41,12 +42,14 @@ class ApiTimeoutError(ChatApiError, TimeoutError):
 
 @dataclass(frozen=True)
 class ModelCard:
-    """One entry of `/v1/models`: `root` is what an alias routes to; `version` is None for the base model."""
+    """One entry of `/v1/models`: `root` is what an alias routes to; `version` is None for the base model;
+    `temperature` is the model's default (its `sampling_defaults`), None when the API does not say."""
 
     id: str
     root: str
     parent: str | None
     version: str | None
+    temperature: float | None = None
 
     @property
     def is_base(self) -> bool:
@@ -55,11 +58,12 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class ChatTurn:
-    """One request: the whole conversation (role/content dicts) and the sampling settings."""
+    """One request: the whole conversation (role/content dicts) and the sampling settings (`temperature` None:
+    left out, so the server applies the model's default)."""
 
     model: str
     messages: list[dict[str, str]]
-    temperature: float = 0.7
+    temperature: float | None = None
     max_tokens: int = 256
 
 
@@ -112,8 +116,10 @@ class ChatClient:
     @asynccontextmanager
     async def chat(self, turn: ChatTurn) -> AsyncIterator[ChatReply]:
         """Open a streaming completion; errors before the first byte raise here, later ones from `pieces()`."""
-        body = {"model": turn.model, "messages": turn.messages, "temperature": turn.temperature,
-                "max_tokens": turn.max_tokens, "stream": True}
+        body: dict[str, Any] = {"model": turn.model, "messages": turn.messages, "max_tokens": turn.max_tokens,
+                                "stream": True}
+        if turn.temperature is not None:
+            body["temperature"] = turn.temperature
         async with self._session() as session:
             with _translated(self.api_url):
                 response = await session.post(self.api_url + "/v1/chat/completions", json=body)
@@ -183,4 +189,10 @@ def _chunk_text(data: bytes) -> str:
 
 def _card(item: dict[str, Any]) -> ModelCard:
     return ModelCard(id=str(item["id"]), root=str(item.get("root") or item["id"]), parent=item.get("parent"),
-                     version=item.get("version"))
+                     version=item.get("version"), temperature=_default_temperature(item.get("sampling_defaults")))
+
+
+def _default_temperature(defaults: Any) -> float | None:
+    """`sampling_defaults.temperature` when it is a number (the server's extension of OpenAI's model object)."""
+    value = defaults.get("temperature") if isinstance(defaults, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1,7 +1,8 @@
 """The Gradio page: a streaming chat with an adapter picker, system prompt and sampling controls.
 
 `ChatHandlers` holds the event logic and returns plain values (tests call it without a browser); `build_page`
-lays out the Blocks and wires the events. Every request sends the whole conversation. API failures appear as a
+lays out the Blocks and wires the events. The temperature slider starts at the picked model's default, read from
+the chat API's `/v1/models` (`sampling_defaults`) on page load and on "Refresh adapters". Every request sends the whole conversation. API failures appear as a
 marked assistant note in the chat and in the status line, never as a stack trace; notes (and the user message
 that got one) are left out of later requests.
 """
@@ -9,7 +10,7 @@ that got one) are left out of later requests.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
@@ -17,7 +18,19 @@ from .client import ChatApiError, ChatClient, ChatReply, ChatTurn, ModelCard
 from .config import PageConfig
 
 NOTE_MARK = "⚠️ "
+#: The temperature slider's value until the chat API gives the model's default (OpenAI's default).
+FALLBACK_TEMPERATURE = 1.0
 Choice = tuple[str, str]
+
+
+class ModelsView(NamedTuple):
+    """What a refresh shows: the picker's choices and value, the status line, and the picked model's default
+    temperature for the slider (None: the API did not say, the slider stays as it is)."""
+
+    choices: list[Choice]
+    value: str | None
+    status: str
+    temperature: float | None = None
 
 
 def message_text(content: Any) -> str:
@@ -78,19 +91,21 @@ class ChatHandlers:
         self._client = client
         self._config = config
 
-    async def refresh(self, current: str | None) -> tuple[list[Choice], str | None, str]:
-        """Choices for the adapter picker, the value to keep selected, and a status line."""
+    async def refresh(self, current: str | None) -> ModelsView:
+        """Choices for the adapter picker, the value to keep selected, a status line, and that model's default
+        temperature."""
         try:
             cards = await self._client.list_models()
         except ChatApiError as exc:
-            return [], current, note(str(exc))
+            return ModelsView([], current, note(str(exc)))
         names = [card.id for card in cards]
         keep = next((n for n in (current, self._config.default_model) if n in names), names[0] if names else None)
         alias = next((c for c in cards if not c.is_base and c.root != c.id), None)
         routed = ""
         if alias is not None:
             routed = f" · `{alias.id}` → **{alias.root}**" + (f" `{alias.version}`" if alias.version else "")
-        return model_choices(cards), keep, f"Connected to `{self._client.api_url}`{routed}"
+        temperature = next((card.temperature for card in cards if card.id == keep), None)
+        return ModelsView(model_choices(cards), keep, f"Connected to `{self._client.api_url}`{routed}", temperature)
 
     async def respond(
         self, message: str, history: list[dict[str, Any]], model: str | None, system: str, temperature: float,
@@ -127,7 +142,7 @@ def build_page(client: ChatClient, config: PageConfig) -> gr.Blocks:
                                     elem_id="adapter-picker")
                 refresh = gr.Button("Refresh adapters", size="sm", elem_id="refresh-adapters")
                 system = gr.Textbox(label="System prompt", lines=3, placeholder="Optional", elem_id="system-prompt")
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature",
+                temperature = gr.Slider(0.0, 2.0, value=FALLBACK_TEMPERATURE, step=0.05, label="Temperature",
                                         elem_id="temperature")
                 max_tokens = gr.Slider(1, config.max_tokens_cap, value=min(256, config.max_tokens_cap), step=1,
                                        label="Max tokens", elem_id="max-tokens")
@@ -143,10 +158,12 @@ def build_page(client: ChatClient, config: PageConfig) -> gr.Blocks:
                     fill_height=True,
                 )
 
-        async def on_refresh(current: str | None) -> tuple[Any, str]:
-            choices, value, line = await handlers.refresh(current)
-            return gr.Dropdown(choices=choices, value=value), line
+        async def on_refresh(current: str | None) -> tuple[Any, str, Any]:
+            view = await handlers.refresh(current)
+            slider = gr.Slider() if view.temperature is None else gr.Slider(value=view.temperature)
+            return gr.Dropdown(choices=view.choices, value=view.value), view.status, slider
 
-        refresh.click(on_refresh, inputs=[model], outputs=[model, status])
-        page.load(on_refresh, inputs=[model], outputs=[model, status])
+        outputs = [model, status, temperature]
+        refresh.click(on_refresh, inputs=[model], outputs=outputs)
+        page.load(on_refresh, inputs=[model], outputs=outputs)
     return page

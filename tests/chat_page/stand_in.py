@@ -10,10 +10,11 @@ from aiohttp import web
 
 API_KEY = "page-key"
 PIECES = ["Hel", "lo", " world"]
-MODELS = [
-    {"id": "tiny", "root": "tiny", "parent": None, "version": None},
-    {"id": "live", "root": "alpha", "parent": "tiny", "version": "alpha-1-v1"},
-    {"id": "alpha", "root": "alpha", "parent": "tiny", "version": "alpha-1-v1"},
+DEFAULTS = {"sampling_defaults": {"temperature": 0.2, "top_p": 1.0}}
+MODELS = [  # beta's entry has no sampling defaults, as from an API that does not give them
+    {"id": "tiny", "root": "tiny", "parent": None, "version": None, **DEFAULTS},
+    {"id": "live", "root": "alpha", "parent": "tiny", "version": "alpha-1-v1", **DEFAULTS},
+    {"id": "alpha", "root": "alpha", "parent": "tiny", "version": "alpha-1-v1", **DEFAULTS},
     {"id": "beta", "root": "beta", "parent": "tiny", "version": "beta-1-v2"},
 ]
 

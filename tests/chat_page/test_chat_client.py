@@ -38,15 +38,22 @@ async def test_streams_pieces_with_served_version(stand_in: ChatStandIn) -> None
 
 
 async def test_models_list_parsed(stand_in: ChatStandIn) -> None:
-    """`/v1/models` becomes cards in the API's order: base (no parent), alias routed to its adapter, adapters."""
+    """`/v1/models` becomes cards in the API's order: base (no parent), alias routed to its adapter, adapters, each
+    with its default temperature when the API gives one."""
     cards = await ChatClient(stand_in.url + "/", API_KEY).list_models()
     assert cards == [
-        ModelCard("tiny", "tiny", None, None),
-        ModelCard("live", "alpha", "tiny", "alpha-1-v1"),
-        ModelCard("alpha", "alpha", "tiny", "alpha-1-v1"),
-        ModelCard("beta", "beta", "tiny", "beta-1-v2"),
+        ModelCard("tiny", "tiny", None, None, 0.2),
+        ModelCard("live", "alpha", "tiny", "alpha-1-v1", 0.2),
+        ModelCard("alpha", "alpha", "tiny", "alpha-1-v1", 0.2),
+        ModelCard("beta", "beta", "tiny", "beta-1-v2", None),
     ]
     assert [card.is_base for card in cards] == [True, False, False, False]
+
+
+async def test_turn_without_temperature_leaves_it_to_the_server(stand_in: ChatStandIn) -> None:
+    """A turn with no temperature sends none, so the server applies the model's default."""
+    await collect(ChatClient(stand_in.url, API_KEY), ChatTurn("live", MESSAGES, max_tokens=9))
+    assert stand_in.requests == [{"model": "live", "messages": MESSAGES, "max_tokens": 9, "stream": True}]
 
 
 async def test_wrong_key_is_a_clear_message(stand_in: ChatStandIn) -> None:

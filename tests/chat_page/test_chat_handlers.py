@@ -88,15 +88,21 @@ async def test_mid_stream_failure_keeps_partial_text(stand_in: ChatStandIn) -> N
 
 async def test_refresh_lists_models_and_keeps_pick(stand_in: ChatStandIn) -> None:
     """Refresh labels each model with its version, keeps the current pick, and shows where the alias routes."""
-    choices, value, status = await handlers(stand_in.url).refresh("beta")
+    choices, value, status, _ = await handlers(stand_in.url).refresh("beta")
     assert choices == [("tiny (base model)", "tiny"), ("live → alpha (alpha-1-v1)", "live"),
                        ("alpha (alpha-1-v1)", "alpha"), ("beta (beta-1-v2)", "beta")]
     assert value == "beta"
     assert "`live` → **alpha**" in status
-    assert (await handlers(stand_in.url).refresh(None))[1] == "live"
+    assert (await handlers(stand_in.url).refresh(None)).value == "live"
+
+
+async def test_refresh_gives_the_picked_models_default_temperature(stand_in: ChatStandIn) -> None:
+    """The slider's value comes from the kept model's `sampling_defaults`; none given, the slider is left alone."""
+    assert (await handlers(stand_in.url).refresh(None)).temperature == 0.2
+    assert (await handlers(stand_in.url).refresh("beta")).temperature is None
 
 
 async def test_refresh_when_down_keeps_pick_and_says_why(free_port: Callable[[], int]) -> None:
-    """With the API down, refresh lists nothing, keeps the pick and shows the reason."""
+    """With the API down, refresh lists nothing, keeps the pick, shows the reason and leaves the slider alone."""
     url = f"http://127.0.0.1:{free_port()}"
-    assert await handlers(url).refresh("beta") == ([], "beta", f"{NOTE_MARK}chat API not reachable at {url}")
+    assert await handlers(url).refresh("beta") == ([], "beta", f"{NOTE_MARK}chat API not reachable at {url}", None)

@@ -164,16 +164,15 @@ def tab(browser: Browser) -> Iterator[Tab]:
 
 
 def test_streamed_reply_from_picked_adapter(stack: Running, tab: Tab) -> None:
-    """Picking "beta" and sending a message streams beta's phrase; the status shows beta and its version."""
+    """The temperature starts at the kit's greedy default read from the API (0, not the page's fallback); picking
+    "beta" and sending a message streams beta's phrase; the status shows beta and its version."""
     page = tab.page
     page.goto(stack.page_url)
     status = page.locator("#chat-status")
     expect(status).to_contain_text("live → alpha")
+    expect(page.locator("#temperature input[type=number]")).to_have_value("0")
     page.get_by_label("Adapter").click()
     page.get_by_role("option", name="beta (beta-1-v1)").click()
-    temperature = page.locator("#temperature input[type=number]")
-    temperature.fill("0")
-    temperature.press("Enter")
     tab.send("hi there")
     expect(page.locator("#chatbot")).to_contain_text(PHRASES["beta"])
     expect(status).to_contain_text("Served by beta · version beta-1-v1")
