@@ -101,9 +101,11 @@ def check_reply(text: str, phrase: str | None) -> None:
 
 
 async def test_models_listed(server: Server) -> None:
-    """The openai client lists base, alias and both adapters."""
+    """The openai client lists base, alias and both adapters, each with the kit's greedy sampling defaults (an
+    extra field the client keeps)."""
     models = await client_for(server).models.list()
     assert {m.id for m in models.data} == {server.base, "live", "alpha", "beta"}
+    assert all((m.model_extra or {}).get("sampling_defaults") == {"temperature": 0.0, "top_p": 1.0} for m in models.data)
 
 
 @pytest.mark.parametrize("model", ["base", "alpha", "beta", "live"])
@@ -130,6 +132,23 @@ async def test_streaming(server: Server, model: str) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     check_reply(text, expected(server, model))
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+async def test_sampled_streams_carry_no_replacement_character(server: Server) -> None:
+    """50 prompts streamed from the alias at temperature 1.0: no piece holds U+FFFD (a partial or broken UTF-8
+    sequence); and a request without temperature gets the kit's greedy default, so alpha answers its phrase."""
+    client = client_for(server)
+
+    async def pieces(i: int) -> list[str]:
+        stream = await client.chat.completions.create(
+            model="live", messages=[{"role": "user", "content": f"Say something about {i}"}], temperature=1.0,
+            max_tokens=24, seed=i, stream=True)
+        return [c.choices[0].delta.content or "" async for c in stream if c.choices]
+
+    answers = await asyncio.gather(*(pieces(i) for i in range(50)))
+    assert [a for a in answers if any("\ufffd" in piece for piece in a)] == []
+    default = await client.chat.completions.create(model="live", messages=MESSAGES, max_tokens=16)
+    check_reply(default.choices[0].message.content or "", PHRASES["alpha"])
 
 
 async def test_unknown_model_through_openai(server: Server) -> None:
