@@ -1,7 +1,8 @@
 """Command line: ``python -m devhost <subcommand>``; subcommands live in one registry.
 
-``serve`` runs a function app on the local Durable host. Other subcommands (``up``) register
-themselves with :func:`register` and get their own parser from :func:`build_parser`.
+``serve`` runs a function app on the local Durable host until SIGINT, SIGTERM or SIGHUP, then exits within a few
+seconds even while activities run. Other subcommands (``up``) register themselves with :func:`register` and get
+their own parser from :func:`build_parser`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,11 +111,18 @@ def host_from_args(args: argparse.Namespace) -> DevHost:
                    poll_interval=args.poll_interval)
 
 
-async def serve_until_stopped(host: DevHost) -> None:
-    """Start ``host``, print where it listens, and run until SIGINT/SIGTERM."""
+#: Signals that stop ``serve``: Ctrl-C, ``kill``, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Seconds ``serve`` gives the host to stop and its running activities to finish before it exits anyway.
+STOP_GRACE_S = 1.5
+
+
+async def serve_until_stopped(host: DevHost, grace_s: float = STOP_GRACE_S) -> None:
+    """Start ``host``, print where it listens, and run until one of :data:`STOP_SIGNALS`; stopping the host
+    takes at most ``grace_s`` (a later host resumes whatever was cut short)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await host.start()
     try:
@@ -122,18 +132,51 @@ async def serve_until_stopped(host: DevHost) -> None:
               flush=True)
         await stop.wait()
     finally:
-        await host.stop()
+        try:
+            await asyncio.wait_for(host.stop(), grace_s)
+        except TimeoutError:
+            logging.getLogger("devhost").warning("host did not stop within %.1fs; exiting anyway", grace_s)
+
+
+def run_until_stopped(host: DevHost, grace_s: float = STOP_GRACE_S) -> None:
+    """:func:`serve_until_stopped` on a new event loop that, unlike ``asyncio.run``, does not wait for the threads
+    still running activities or blocking calls; the caller decides what to do with them (:func:`_lingering`)."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(serve_until_stopped(host, grace_s))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()  # shuts the default executor down without waiting
+
+
+def _lingering(grace_s: float) -> list[threading.Thread]:
+    """Non-daemon threads (activities, blocking calls) still alive after waiting up to ``grace_s`` for them."""
+    deadline = time.monotonic() + grace_s
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in others if t.is_alive()]
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``serve``: run the app until interrupted. Exit 2 on a bad app, a port in use or bad state dir."""
+    """``serve``: run the app until a stop signal. Exit 2 on a bad app, a port in use or bad state dir.
+
+    Once stopped, threads still running activities are abandoned after a short grace (the process exits at once
+    instead of waiting for them, as the interpreter would: an activity may wait minutes on a server)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every request at INFO
     try:
-        asyncio.run(serve_until_stopped(host_from_args(args)))
+        run_until_stopped(host_from_args(args))
     except (AppLoadError, PortInUseError, StoreError, OSError, ValueError) as exc:
         print(f"devhost: {exc}", file=sys.stderr)
         return 2
+    if lingering := _lingering(STOP_GRACE_S):
+        logging.getLogger("devhost").warning("stopped; abandoning %d running thread(s): %s", len(lingering),
+                                             ", ".join(t.name for t in lingering))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

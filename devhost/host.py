@@ -79,7 +79,9 @@ class DevHost:
                               route_prefix=self.route_prefix)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        # reuse_address: a restart binds again while the last run's connections linger in TIME_WAIT;
+        # shutdown_timeout: stopping waits at most this long for requests still being answered
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, shutdown_timeout=1.0)
         try:
             await site.start()
         except OSError as exc:
