@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .config import ServerConfig
 from .engines.base import Engine
-from .protocol import ApiError, unauthorized, unavailable, unrouted
+from .protocol import ApiError, http_error, unauthorized, unavailable
 from .serving import ChatService
 from .state import ServerState, build_engine
 
@@ -88,7 +88,7 @@ def _middleware(checker: KeyChecker) -> Callable[[web.Request, Handler], Awaitab
             if exc.status < 400:
                 raise
             allow = exc.headers.get("Allow")
-            return error_response(unrouted(exc.status, exc.reason, request.method, request.path, allow))
+            return error_response(http_error(exc.status, exc.reason, request.method, request.path, allow))
 
     return api_middleware
 

@@ -57,8 +57,9 @@ def unknown_model(model: str) -> ApiError:
                     code="model_not_found")
 
 
-def unrouted(status: int, reason: str, method: str, path: str, allow: str | None = None) -> ApiError:
-    """An HTTP error raised by routing (no such path: 404, wrong method: 405 with its `Allow`) in OpenAI's shape."""
+def http_error(status: int, reason: str, method: str, path: str, allow: str | None = None) -> ApiError:
+    """An HTTP error aiohttp raised itself (routing: no such path 404, wrong method 405 with its `Allow`) in OpenAI's
+    shape, worded as OpenAI words those two."""
     messages = {404: "Invalid URL", 405: "Invalid method for URL"}
     return ApiError(status, f"{messages.get(status, reason)} ({method} {path})",
                     headers={"Allow": allow} if allow else None)
