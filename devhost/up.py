@@ -3,12 +3,17 @@
 Builds the tiny model kit if missing, starts Azurite and the local Durable host running `function_app:app`
 (as a child process, with the local platform: the inference server runs as a process too), uploads adapter
 `alpha`, waits until it is live, chats, then does the same with `beta`, and prints a table of stage timings.
-Then it keeps serving with the URLs printed until Ctrl-C, SIGTERM or SIGHUP (`--once`: exit after the table),
-starting again a child that exits (`devhost.supervisor`), and stops every child process it started.
+Then it keeps serving (the chat page too) until Ctrl-C, SIGTERM or SIGHUP (`--once`: exit after the table),
+starting again a child that exits (`devhost.supervisor`). URLs are printed once they answer. A stop signal prints
+"stopping…" and stops every child process it started within a few seconds (SIGTERM to all at once, SIGKILL
+after `STOP_GRACE_S`).
 
 Everything lives in the state folder (Azurite's blobs, the Durable history, the adapter store, logs, the chat API
 key), marked as ours by a `.devhost-state` file: a later `up` on it resumes (orchestrations continue where they
-were); `--fresh` starts over. A non-empty folder without the mark is neither used nor deleted.
+were); `--fresh` starts over. A non-empty folder without the mark is neither used nor deleted. On every start
+`up` writes `<state>/connection.env` (0600): `export NAME='value'` lines with the URLs, the storage connection
+string and the chat API key, for `source` and for `adapterctl`, which reads it when no flag or variable says
+otherwise.
 """
 
 from __future__ import annotations
@@ -18,24 +23,34 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from devhost.cli import Subcommand, register
+from devhost.host import PortInUseError
 from devhost.supervisor import Supervisor, Watched
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MESSAGE = "Hello! Who are you?"
 STATE_MARKER = ".devhost-state"
+CONNECTION_FILE = "connection.env"
+#: The connection file's names, in the order written (`adapterctl.connection` reads the same names).
+CONNECTION_NAMES = ("ADAPTERCTL_URL", "ADAPTERS_STORAGE_CONNECTION", "INFERENCE_API_KEY", "CHAT_API_URL",
+                    "CHAT_PAGE_URL", "DEVHOST_STATE_DIR")
+#: Seconds a child gets between SIGTERM and SIGKILL when the stack stops.
+STOP_GRACE_S = 2.0
 
 
 class StateDirError(OSError):
@@ -51,19 +66,36 @@ class RolloutTiming:
     reply: str
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 meaning any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0: any free port)")
+    return port
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app-name", default="demo", help="the inference app to deploy to (default %(default)s)")
-    parser.add_argument("--port", type=int, default=7071, help="devhost (status API) port; 0 picks a free one")
-    parser.add_argument("--azurite-port", type=int, default=0, help="Azurite blob port (default: a free one)")
-    parser.add_argument("--inference-port", type=int, default=0, help="chat API port (default: a free one)")
-    parser.add_argument("--chat-page-port", type=int, default=7860, help="Gradio chat page port (0: none)")
+    parser.add_argument("--port", type=port_number, default=7071,
+                        help="status API (orchestrator) port (default %(default)s; 0: any free port)")
+    parser.add_argument("--azurite-port", type=port_number, default=0,
+                        help="Azurite blob port (default 0: any free port)")
+    parser.add_argument("--inference-port", type=port_number, default=0,
+                        help="chat API (inference server) port (default 0: any free port)")
+    parser.add_argument("--chat-page-port", type=port_number, default=7860,
+                        help="chat page port (default %(default)s; 0: any free port)")
+    parser.add_argument("--no-chat-page", action="store_true", help="do not start the chat page")
     parser.add_argument("--state-dir", default=".devhost/up",
-                        help="state folder, resumed when an earlier `up` made it (default %(default)s)")
+                        help="state folder, resumed when an earlier `up` made it; it gets connection.env, to "
+                             "`source` (default %(default)s)")
     parser.add_argument("--fresh", action="store_true",
                         help="start over: delete the state folder first (only one made by `up`)")
     parser.add_argument("--kit-dir", default="build/tinykit/llama", help="tiny model kit folder")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each rollout")
-    parser.add_argument("--once", action="store_true", help="exit after the timing table")
+    parser.add_argument("--once", action="store_true", help="stop everything and exit after the timing table")
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, expect_ok: bool = False) -> None:
@@ -90,25 +122,32 @@ def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 15 s."""
-    if proc.poll() is None:
+def stop_processes(procs: Iterable[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every running one at once, then SIGKILL those still running after `grace_s`."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
         proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in running:
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
 
 
-@contextmanager
-def child(name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[Watched]:
-    """A child process stopped on exit, as a `Watched` that starts it again with the same command."""
-    procs = [_spawn(cmd, env, log_path)]
-    try:
-        yield Watched(name, lambda: procs[-1].poll(), lambda: procs.append(_spawn(cmd, env, log_path)))
-    finally:
-        _stop(procs[-1])
+class Child:
+    """A child process that can be started again with the same command (for the `Supervisor`)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name, self.cmd, self.env, self.log_path = name, cmd, env, log_path
+        self.proc = _spawn(cmd, env, log_path)
+
+    def restart(self) -> None:
+        self.proc = _spawn(self.cmd, self.env, self.log_path)
+
+    def watched(self) -> Watched:
+        return Watched(self.name, lambda: self.proc.poll(), self.restart)
 
 
 @contextmanager
@@ -143,18 +182,58 @@ def _locked(marker: Path) -> Iterator[None]:
         yield
 
 
-def _free_port(port: int) -> int:
-    """`port` if it is free (0: any free port); `PortInUseError` naming it otherwise."""
-    import socket
-
-    from devhost.host import PortInUseError
-
+def _bind(port: int) -> int:
+    """Bind a socket on loopback as our servers do (TIME_WAIT connections of an earlier run are no obstacle; a
+    listener is) and return its port; `OSError` when taken."""
     with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise PortInUseError(f"port {port} on 127.0.0.1 is already in use; pass another --port (0: any)") from exc
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
         return sock.getsockname()[1]
+
+
+def free_port() -> int:
+    """A port nothing listens on now."""
+    return _bind(0)
+
+
+def check_ports(wanted: dict[str, int]) -> None:
+    """Each flag's port (0: any, not checked) must be free and asked by one flag only; `PortInUseError` naming the
+    flag to change otherwise."""
+    asked: dict[int, str] = {}
+    for flag, port in wanted.items():
+        if not port:
+            continue
+        if port in asked:
+            raise PortInUseError(f"{asked[port]} and {flag} both ask for port {port}; pass another {flag} "
+                                 f"(0: any free port)")
+        asked[port] = flag
+        try:
+            _bind(port)
+        except OSError as exc:
+            raise PortInUseError(f"port {port} on 127.0.0.1 is already in use; pass another {flag} "
+                                 f"(0: any free port)") from exc
+
+
+def _quoted(value: str) -> str:
+    """`value` for a shell, always in single quotes (`shlex.quote` leaves plain words bare)."""
+    quoted = shlex.quote(value)
+    return quoted if quoted.startswith("'") else f"'{quoted}'"
+
+
+def write_connection(path: Path, values: dict[str, str]) -> None:
+    """`export NAME='value'` lines for the set `CONNECTION_NAMES`, written to `path` atomically with mode 0600."""
+    lines = [f"# the running `python -m devhost up`; load with: source {path}\n"]
+    lines += [f"export {name}={_quoted(values[name])}\n" for name in CONNECTION_NAMES if values.get(name)]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # O_CREAT keeps an existing file's mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _seconds(since: float, stamp: str) -> float:
@@ -203,7 +282,8 @@ def print_table(rows: list[RolloutTiming]) -> None:
 
 @dataclass
 class LocalStack:
-    """Everything `up` started: the status API client, the upload store, the kit and the chat API key."""
+    """Everything `up` started: the status API client, the upload store, the kit and the chat API key; the host
+    and other `children`; what `connection_file` holds."""
 
     url: str
     api: Any
@@ -216,12 +296,29 @@ class LocalStack:
     host_cmd: list[str]
     azurite: Any = None
     resumed: bool = False
+    children: list[Child] = field(default_factory=list)
+    connection: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def connection_file(self) -> Path:
+        return self.state / CONNECTION_FILE
+
+    def publish(self, **values: str) -> None:
+        """Add `values` (names of `CONNECTION_NAMES`) to the connection file and write it again."""
+        self.connection.update(values)
+        write_connection(self.connection_file, self.connection)
+
+    def start_child(self, name: str, cmd: list[str], log_name: str) -> Child:
+        """A process stopped with the stack (first, with the host), its output in `<state>/<log_name>`."""
+        started = Child(name, cmd, self.env, self.state / log_name)
+        self.children.append(started)
+        return started
 
     def process_ids(self) -> list[int]:
         """Every process of the stack: Azurite, the host and what it started (inference servers included)."""
         import psutil
 
-        pids = [*self.azurite.pids, self.host.pid]
+        pids = [*self.azurite.pids, self.host.pid, *(c.proc.pid for c in self.children)]
         pids += [c.pid for c in psutil.Process(self.host.pid).children(recursive=True)]
         for state_file in (self.state / "platform").glob("*.json"):
             pid = json.loads(state_file.read_text()).get("pid")
@@ -239,6 +336,33 @@ class LocalStack:
         self.host = _spawn(self.host_cmd, self.env, self.state / "devhost.log")
         _wait_http(f"{self.url}/api/apps", 60, self.host)
 
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop everything within about twice `grace_s`: the host and the children together (so no rollout starts
+        a server again), then the inference servers and Azurite together (their state is kept: on a resumed stack
+        the reconcilers' heal pass starts the servers again)."""
+        stop_processes([self.host, *(c.proc for c in self.children)], grace_s)
+        _all_at_once([self.azurite.stop, *_local_app_stoppers(self.env, grace_s)])
+
+
+def _local_app_stoppers(env: dict[str, str], grace_s: float) -> list[Callable[[], object]]:
+    """One call per inference server the host started (they outlive a killed host by design) that stops it."""
+    from activities.platform.local import LocalPlatform, LocalPlatformSettings
+
+    platform = LocalPlatform(LocalPlatformSettings(state_dir=Path(env["DEVHOST_STATE_DIR"]) / "platform",
+                                                   store_root=Path(env["ADAPTER_STORE_PATH"]), stop_timeout=grace_s))
+    apps = sorted(p.stem for p in (Path(env["DEVHOST_STATE_DIR"]) / "platform").glob("*.json"))
+    return [lambda app=app: platform.stop_app(app, forget=False) for app in apps]
+
+
+def _all_at_once(calls: list[Callable[[], object]]) -> None:
+    """Run `calls` in parallel; a failure is one line on stderr, and the others still run."""
+    if not calls:
+        return
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="devhost-up-stop") as pool:
+        for future in [pool.submit(call) for call in calls]:
+            if (exc := future.exception()) is not None:
+                print(f"devhost up: stopping: {exc}", file=sys.stderr, flush=True)
+
 
 @contextmanager
 def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int = 0,
@@ -246,21 +370,25 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
                 fresh: bool = False) -> Iterator[LocalStack]:
     """Azurite + the devhost running `function_app:app` with the local platform; all stopped on exit.
 
-    Their state stays in `state_dir` and is resumed by a later stack (`fresh`: started over), see `claim_state`."""
+    Ports: 0 is any free one; a taken one raises `PortInUseError` naming the `up` flag. Their state stays in
+    `state_dir` and is resumed by a later stack (`fresh`: started over), see `claim_state`; the connection file
+    there is written as soon as the host answers."""
     from activities.adapter_store import AdapterStore, BlobStoreSettings
     from adapterctl.api import OrchestratorApi
     from devhost.azurite import Azurite
     from tinykit import build_kit
 
     state_dir, kit_dir = Path(state_dir).resolve(), Path(kit_dir).resolve()
+    check_ports({"--port": port, "--azurite-port": azurite_port, "--inference-port": inference_port})
     with ExitStack() as stack:
         resumed = stack.enter_context(claim_state(state_dir, fresh))
         print(f"{'resuming the' if resumed else 'new'} state in {state_dir}", flush=True)
         print(f"building the tiny model kit in {kit_dir} (skipped when already built)…", flush=True)
         kit = build_kit(kit_dir)
         api_key = _api_key(state_dir / "api-key")
-        host_port = _free_port(port)
-        azurite = stack.enter_context(Azurite(blob_port=azurite_port, location=state_dir / "azurite"))
+        host_port = port or free_port()
+        azurite = stack.enter_context(Azurite(blob_port=azurite_port, location=state_dir / "azurite",
+                                              stop_timeout=STOP_GRACE_S))
         env = {
             **os.environ,
             "AdaptersStorage": azurite.connection_string,
@@ -279,17 +407,17 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
         }
         host_cmd = [sys.executable, "-m", "devhost", "serve", "--app", "function_app:app", "--port", str(host_port),
                     "--state-dir", str(state_dir / "durable"), "--poll-interval", "0.2"]
-        stack.callback(_stop_local_apps, env)
-        up = LocalStack(f"http://127.0.0.1:{host_port}", None, None, kit, api_key, state_dir, env,
-                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite, resumed)
-        stack.callback(lambda: _stop(up.host))
-        url = up.url
-        _wait_http(f"{url}/api/apps", 60, up.host)
-        print(f"devhost up at {url} (Azurite at {azurite.blob_endpoint}; logs in {state_dir})", flush=True)
         store = AdapterStore(BlobStoreSettings(connection_string=azurite.connection_string))
-        store.ensure_container()
         stack.callback(store.close)
-        up.api, up.store = OrchestratorApi(url), store
+        store.ensure_container()  # before the host starts: its first polls and requests find the container
+        up = LocalStack(f"http://127.0.0.1:{host_port}", None, store, kit, api_key, state_dir, env,
+                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite, resumed)
+        stack.callback(up.stop)
+        _wait_http(f"{up.url}/api/apps", 60, up.host)
+        up.publish(ADAPTERCTL_URL=up.url, ADAPTERS_STORAGE_CONNECTION=azurite.connection_string,
+                   INFERENCE_API_KEY=api_key, DEVHOST_STATE_DIR=str(state_dir))
+        print(f"devhost up at {up.url} (Azurite at {azurite.blob_endpoint}; logs in {state_dir})", flush=True)
+        up.api = OrchestratorApi(up.url)
         yield up
 
 
@@ -303,16 +431,19 @@ def _api_key(path: Path) -> str:
     return key
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run_up(args: argparse.Namespace) -> int:
     """`up`; exit 2 with a one-line reason when a port is taken or the state folder is refused, 1 when the demo
-    does not reach its end or a child keeps exiting."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # `kill`, a closed terminal: as clean a stop as Ctrl-C
+    does not reach its end or a child keeps exiting, 0 when stopped by a signal."""
+    for sig in STOP_SIGNALS:  # Ctrl-C (even when started with it ignored, `cmd &`), `kill`, a closed terminal
         signal.signal(sig, _interrupt)
     try:
         return _demo(args)
-    except KeyboardInterrupt:  # Ctrl-C at any point: _demo's exit stack has stopped every child by now
-        print("\nstopped", flush=True)
+    except KeyboardInterrupt:  # a stop signal at any point: _demo's exit stack has stopped every child by now
+        with suppress(OSError):
+            print("stopped", flush=True)
         return 0
     except OSError as exc:
         print(f"devhost up: {exc}", file=sys.stderr)
@@ -323,38 +454,58 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """The first stop signal: say so, ignore the next ones (nothing cuts the stopping short), unwind."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    with suppress(OSError):  # no terminal any more (SIGHUP)
+        os.write(sys.stdout.fileno(), "\nstopping…\n".encode())  # not print: this may run inside a print
     raise KeyboardInterrupt
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working folder when inside it (as a user would type it), else absolute."""
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from tinykit import PHRASES
 
-    if args.chat_page_port:
-        _free_port(args.chat_page_port)
+    page_port = None if args.no_chat_page else args.chat_page_port or free_port()
+    check_ports({"--port": args.port, "--azurite-port": args.azurite_port, "--inference-port": args.inference_port,
+                 **({} if page_port is None else {"--chat-page-port": page_port})})
     with ExitStack() as stack:
         up = stack.enter_context(local_stack((ROOT / args.state_dir).resolve(), ROOT / args.kit_dir, args.port,
                                              args.azurite_port, args.inference_port, fresh=args.fresh))
-        rows = []
+        rows: list[RolloutTiming] = []
+        page: Child | None = None
         for name in ("alpha", "beta"):
             row = deploy_and_chat(up.api, up.store, args.app_name, name, up.kit.adapters[name], up.api_key,
                                   args.timeout)
             if PHRASES[name] not in row.reply:
                 raise RuntimeError(f"{name} is live but the reply lacks its phrase {PHRASES[name]!r}: {row.reply!r}")
             rows.append(row)
+            endpoint = up.api.app(args.app_name)["endpoint"]
+            up.publish(CHAT_API_URL=f"{endpoint}/v1")
+            if page is None and page_port is not None and not args.once:  # it starts while the next rollout runs
+                page = up.start_child("chat page", [
+                    sys.executable, "-m", "chat_page", "--api-url", endpoint, "--api-key-env", "INFERENCE_API_KEY",
+                    "--port", str(page_port), "--host", "127.0.0.1"], "chat_page.log")
         print_table(rows)
-        endpoint = up.api.app(args.app_name)["endpoint"]
-        key_file = up.state / "api-key"
-        print(f"\nstatus API: {up.url}/api/apps/{args.app_name}\nchat API:   {endpoint}/v1/chat/completions "
-              f"(model 'live'; API key in {key_file})", flush=True)
         if args.once:
+            print("\nstopping…", flush=True)
             return 0
         watched = [Watched("Azurite", up.azurite.poll, up.azurite.restart),
                    Watched("devhost serve", lambda: up.host.poll(), up.start_host)]
-        if args.chat_page_port:
-            page_cmd = [sys.executable, "-m", "chat_page", "--api-url", endpoint, "--api-key-env", "INFERENCE_API_KEY",
-                        "--port", str(args.chat_page_port), "--host", "127.0.0.1"]
-            watched.append(stack.enter_context(child("chat page", page_cmd, up.env, up.state / "chat_page.log")))
-            print(f"chat page:  http://127.0.0.1:{args.chat_page_port}", flush=True)
+        urls = [f"status API: {up.url}/api/apps/{args.app_name}",
+                f"chat API:   {up.connection['CHAT_API_URL']}/chat/completions (model 'live')"]
+        if page is not None:
+            page_url = f"http://127.0.0.1:{page_port}"
+            _wait_http(page_url, 120, page.proc)
+            up.publish(CHAT_PAGE_URL=page_url)
+            watched.append(page.watched())
+            urls.append(f"chat page:  {page_url}")
+        print("", *urls, f"settings (URLs, API key, storage connection): source {_shown(up.connection_file)}",
+              sep="\n", flush=True)
         print("serving until Ctrl-C…", flush=True)
         try:
             Supervisor(watched).run()
@@ -363,13 +514,5 @@ def _demo(args: argparse.Namespace) -> int:
     return 1
 
 
-def _stop_local_apps(env: dict[str, str]) -> None:
-    """Stop the inference servers the host started (they outlive a killed host by design), keeping their state:
-    on a resumed stack the reconcilers' heal pass starts them again."""
-    from activities.platform.local import LocalPlatform, LocalPlatformSettings
-
-    state = Path(env["DEVHOST_STATE_DIR"])
-    LocalPlatform(LocalPlatformSettings(state_dir=state / "platform", store_root=Path(env["ADAPTER_STORE_PATH"]))).stop_all(forget=False)
-
-
-register(Subcommand("up", "run the whole loop locally: deploy adapters A then B and chat", configure, run_up))
+register(Subcommand("up", "run the whole loop locally: deploy adapters A then B and chat, then serve", configure,
+                    run_up))

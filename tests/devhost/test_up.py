@@ -8,10 +8,13 @@ import queue
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
@@ -23,6 +26,7 @@ from activities.adapter_store import AdapterStore, BlobStoreSettings, UploadedAd
 from adapterctl.api import ApiError, OrchestratorApi
 from adapterctl.follow import follow
 from devhost.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+from tests.devhost.test_up_connection import sourced
 from tinykit import PHRASES
 
 pytestmark = pytest.mark.slow
@@ -30,8 +34,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def up_command(state: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "devhost", "up", "--port", "0", "--chat-page-port", "0",
-            "--state-dir", str(state), *extra]
+    """`up` on free ports, without the chat page unless `extra` asks for one (`--chat-page-port`)."""
+    page = [] if "--chat-page-port" in extra else ["--no-chat-page"]
+    return [sys.executable, "-m", "devhost", "up", "--port", "0", *page, "--state-dir", str(state), *extra]
+
+
+def exports(state: Path) -> dict[str, str]:
+    """The connection file's values as bash sees them after `source`, checking its mode first."""
+    path = state / "connection.env"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    return sourced(path)
+
+
+def answers_http(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=5).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def processes_using(path: Path) -> list[psutil.Process]:
@@ -53,7 +75,9 @@ def test_demo_once_ends_with_beta_live(tiny_kit, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"→ '{PHRASES['alpha']}'" in out.stdout and f"→ '{PHRASES['beta']}'" in out.stdout
     assert "upload→live" in out.stdout and "| beta |" in out.stdout
+    assert "stopping…" in out.stdout and "serving until" not in out.stdout
     assert processes_using(tmp_path / "state") == []
+    assert "Traceback" not in (tmp_path / "state" / "devhost.log").read_text()  # e.g. ContainerNotFound
 
 
 def test_taken_port_is_a_clear_error(tiny_kit, tmp_path: Path) -> None:
@@ -66,31 +90,37 @@ def test_taken_port_is_a_clear_error(tiny_kit, tmp_path: Path) -> None:
         cmd[cmd.index("--port") + 1] = str(port)
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"port {port}" in out.stderr and "Traceback" not in out.stderr
+    assert "pass another --port (0: any free port)" in out.stderr
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_ctrl_c_stops_every_child_process(tiny_kit, tmp_path: Path, stop_signal: int) -> None:
-    """Serving mode prints the URLs; SIGINT (Ctrl-C), SIGTERM or SIGHUP stops Azurite, the host and the inference
-    server."""
+def test_stop_signal_stops_every_child_process_within_seconds(tiny_kit, tmp_path: Path, stop_signal: int) -> None:
+    """Serving mode prints the URLs once they answer and writes the connection file; SIGINT (Ctrl-C), SIGTERM or
+    SIGHUP prints "stopping…" and stops Azurite, the host, the chat page and the inference server within 5 s."""
     state = tmp_path / "state"
-    proc = subprocess.Popen(up_command(state), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "serving until Ctrl-C" in line or not line:
-            break
-    assert "serving until Ctrl-C" in lines[-1], "".join(lines)
-    assert any("chat API:" in line for line in lines) and any("status API:" in line for line in lines)
-    assert processes_using(state), "the stack should be running"
-    proc.send_signal(stop_signal)
-    assert proc.wait(timeout=60) == 0, proc.stdout.read()
-    deadline = time.monotonic() + 10
-    while processes_using(state) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_using(state) == []
+    with running_up(state, "--chat-page-port", "0") as up:
+        url, _ = up.serving()
+        assert all(f"{word}:" in "".join(up.seen) for word in ("status API", "chat API", "chat page"))
+        values = exports(state)
+        assert answers_http(values["CHAT_PAGE_URL"]), "the chat page URL was printed before it answered"
+        assert values["ADAPTERCTL_URL"] == url and values["DEVHOST_STATE_DIR"] == str(state.resolve())
+        assert values["INFERENCE_API_KEY"] == (state / "api-key").read_text()
+        assert values["INFERENCE_API_KEY"] not in "".join(up.seen)  # the key is in the file, never printed
+        assert f"source {state.resolve() / 'connection.env'}" in "".join(up.seen)
+        models = urllib.request.Request(f"{values['CHAT_API_URL']}/models",
+                                        headers={"Authorization": f"Bearer {values['INFERENCE_API_KEY']}"})
+        urllib.request.urlopen(models, timeout=10).close()
+        with store_at(values["ADAPTERS_STORAGE_CONNECTION"]) as store:
+            assert store.container.exists()
+        assert processes_using(state), "the stack should be running"
+        begun = time.monotonic()
+        up.proc.send_signal(stop_signal)
+        up.wait_for("stopping…", timeout=5)
+        assert up.proc.wait(timeout=30) == 0, "".join(up.seen)
+        while processes_using(state) and time.monotonic() - begun < 10:
+            time.sleep(0.1)
+        assert processes_using(state) == []
+        assert time.monotonic() - begun < 5, f"stopped after {time.monotonic() - begun:.1f}s"
 
 
 class RunningUp:
@@ -148,6 +178,12 @@ def running_up(state: Path, *extra: str) -> Iterator[RunningUp]:
             except subprocess.TimeoutExpired:
                 up.proc.kill()
                 up.proc.wait()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def child_running(up: RunningUp, *words: str) -> psutil.Process:
@@ -215,7 +251,9 @@ def test_second_up_resumes_the_state_folder(tiny_kit, tmp_path: Path) -> None:
     """Stop up, start it again on the same folder: the earlier blobs, rollouts and served adapter are there, the
     chat API key is the same, and the demo runs again."""
     state = tmp_path / "state"
-    with running_up(state) as up:
+    ports = ["--port", str(free_tcp_port()), "--azurite-port", str(free_tcp_port()),
+             "--chat-page-port", str(free_tcp_port())]
+    with running_up(state, *ports) as up:
         url, connection = up.serving()
         with store_at(connection) as store:
             marker = store.upload_adapter_folder(tiny_kit.adapters["alpha"], "keep", "alpha")
@@ -224,9 +262,10 @@ def test_second_up_resumes_the_state_folder(tiny_kit, tmp_path: Path) -> None:
         key = (state / "api-key").read_text()
         assert up.stop() == 0
     assert processes_using(state) == []
-    with running_up(state) as up:
+    with running_up(state, *ports) as up:  # at once, on the same ports: connections in TIME_WAIT are no obstacle
         assert "resuming the state" in up.wait_for("state in")
         url, connection = up.serving()
+        assert exports(state)["ADAPTERCTL_URL"] == url
         api = OrchestratorApi(url)
         assert api.app("keep")["served"]["adapter"] == "alpha"
         assert [r["id"] for r in api.deployments("keep")] == before["keep"]
