@@ -153,16 +153,33 @@ async def delete_app_route(req: func.HttpRequest, client: df.DurableOrchestratio
     await asyncio.to_thread(records.mark_deleting, app, deletion_id)
     busy = await _settled(client, app)
     if busy:
-        if previous is None:
-            await asyncio.to_thread(records.clear_deleting, app)
-        else:  # an earlier deletion failed: its marker stays
-            await asyncio.to_thread(records.mark_deleting, app, previous.get("id") or deletion_id)
+        await _undo(app, previous, deletion_id)  # an earlier deletion that failed keeps its marker
         raise BadRequest(f"{busy}; not deleting while a rollout may run: try again when it ended", 409)
     reconciler = await client.get_status(reconcile_instance_id(app))
     if reconciler and reconciler.runtime_status in LIVE_STATES:
-        await client.terminate(reconcile_instance_id(app), f"app deleted by {deletion_id}")
-    await client.start_new(DELETE_ORCHESTRATOR, deletion_id, {"app": app})
+        try:
+            await client.terminate(reconcile_instance_id(app), f"app deleted by {deletion_id}")
+        except Exception as exc:  # noqa: BLE001 - it may have ended by itself meanwhile: fine, else refuse
+            reconciler = await client.get_status(reconcile_instance_id(app))
+            if reconciler and reconciler.runtime_status in LIVE_STATES:
+                await _undo(app, previous, deletion_id)
+                raise BadRequest(f"could not end the reconciler of app {app!r} ({type(exc).__name__}); try again",
+                                 503) from exc
+    try:
+        await client.start_new(DELETE_ORCHESTRATOR, deletion_id, {"app": app})
+    except Exception as exc:  # noqa: BLE001 - the marker stays (nothing starts the app); DELETE again retries
+        raise BadRequest(f"could not start the deletion of app {app!r} ({type(exc).__name__}); the app stays marked "
+                         "as being deleted: DELETE it again", 503) from exc
     return _accepted(req, app, deletion_id)
+
+
+async def _undo(app: str, previous: dict[str, Any] | None, deletion_id: str) -> None:
+    """Put the deletion marker back as it was before this request (none, or a failed deletion's)."""
+    records = services().records
+    if previous is None:
+        await asyncio.to_thread(records.clear_deleting, app)
+    else:
+        await asyncio.to_thread(records.mark_deleting, app, previous.get("id") or deletion_id)
 
 
 def _accepted(req: func.HttpRequest, app: str, deletion_id: str) -> func.HttpResponse:

@@ -334,3 +334,26 @@ async def test_delete_gives_a_heal_pass_time_to_end(host, monkeypatch: pytest.Mo
     started = loop.time()
     assert "not ended" in await lifecycle._settled(_Sequence(status("idle")), "quiet")
     assert loop.time() - started < 0.5
+
+
+async def test_a_deletion_that_cannot_start_is_a_503_and_retried(host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Durable client failing to start the orchestration: 503 JSON saying to DELETE again; the marker stays
+    (nothing starts the app); DELETE again deletes it."""
+    import azure.durable_functions as df
+
+    upload(host, "retry", "alpha", "1")
+    real = df.DurableOrchestrationClient.start_new
+
+    async def failing(self, *args, **kwargs):
+        raise RuntimeError("task hub unavailable")
+
+    monkeypatch.setattr(df.DurableOrchestrationClient, "start_new", failing)
+    status, body = await call(host, "DELETE", "apps/retry")
+    assert status == 503 and "DELETE it again" in body["error"]["message"], body
+    assert host.svc.records.deletion("retry") is not None
+    status, body = await call(host, "POST", "apps/retry/deployments", {"adapter": "alpha"})
+    assert status == 409
+    monkeypatch.setattr(df.DurableOrchestrationClient, "start_new", real)
+    status, accepted = await call(host, "DELETE", "apps/retry")
+    assert status == 202 and (await finished(host, accepted["id"]))["state"] == "deleted"
+    assert (await call(host, "GET", "apps/retry"))[0] == 404
