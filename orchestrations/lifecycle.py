@@ -49,7 +49,7 @@ from .http_util import BadRequest, answers_bad_requests, app_name, json_body, js
 from .policies import IO_RETRY
 from .reconcile import reconcile_instance_id
 from .starters import LIVE_STATES, _status_url, request_deployment
-from .status_api import app_presence
+from .status_api import _manifest, app_presence
 
 bp = df.Blueprint()
 
@@ -65,7 +65,7 @@ def rollback_target(app: str, to: str | None) -> dict[str, Any]:
     """The version to roll back to: `{"adapter", "sha256", "version", "current"}`; LookupError when there is none."""
     svc = services()
     live = svc.records.live_records(app)
-    manifest = svc.read_manifest(app) or {}
+    manifest = _manifest(app)[0] or {}  # unreadable: the records alone say what was live
     active = (manifest.get("adapters") or {}).get(manifest.get("active") or "") or {}
     current = active.get("version") or (live[0]["version"] if live else None)
     known = [{"adapter": r["adapter"], "sha256": r.get("sha256"), "version": r["version"]} for r in live]

@@ -357,3 +357,16 @@ async def test_a_deletion_that_cannot_start_is_a_503_and_retried(host, monkeypat
     status, accepted = await call(host, "DELETE", "apps/retry")
     assert status == 202 and (await finished(host, accepted["id"]))["state"] == "deleted"
     assert (await call(host, "GET", "apps/retry"))[0] == 404
+
+
+async def test_rollback_with_an_unreadable_manifest_uses_the_records(host) -> None:
+    """A damaged manifest is no 500: the records say what was live (the newest live one counts as current)."""
+    alpha = upload(host, "rbbad", "alpha", "1")
+    alpha_v = went_live(host, "rbbad", alpha)
+    beta = upload(host, "rbbad", "beta", "2")
+    beta_v = went_live(host, "rbbad", beta)
+    manifest = host.tmp / "store" / "rbbad" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{not json")
+    status, body = await call(host, "POST", "apps/rbbad/rollback")
+    assert status == 202 and body["rollback_of"] == beta_v and body["rollback_to"] == alpha_v, body
