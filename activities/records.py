@@ -17,6 +17,12 @@ Lifecycle: `received` (open) → the rollout's stages → `live` | `rolled_back`
 well-formed, complete upload gets a `failed` record at once (cause `input`), never a rollout. The reconciler is
 the only writer after creation. Per app the newest `KEEP_RECORDS` records are kept; older terminal ones are
 deleted, except an upload's record while its marker still exists (it is what says that upload was handled).
+
+Deleting an app (orchestrations/lifecycle.py) first writes its deletion marker `<app>/_lifecycle/deleting.json`:
+while it exists `ingest` makes and returns nothing (no rollout starts). The deletion then removes every blob of the
+app, its records included, the marker last: a deleted app keeps no records (the deletion's own record is its
+Durable instance), and a later upload or deploy request starts the app afresh. A deploy request may name the content
+it expects (`expect_sha256`: a rollback refuses a version whose adapter now holds other content).
 """
 
 from __future__ import annotations
