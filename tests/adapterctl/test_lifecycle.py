@@ -150,3 +150,21 @@ async def test_rollback_requests_the_previous_version(host) -> None:
     assert code == 2 and "no version 'alpha@000000000000'" in err, err
     code, out, err = await cli(host, "rollback", "nothing-here")
     assert code == 2 and "no earlier live version" in err, err
+
+
+def test_register_fits_adapterctls_own_parser() -> None:
+    """On adapterctl's real parser: `apps` still lists, `apps delete` and `rollback` parse, and a missing APP is
+    adapterctl's one-line usage error."""
+    from adapterctl import cli
+
+    real = cli.build_parser()
+    sub = next(a for a in real._actions if isinstance(a, argparse._SubParsersAction))
+    if "rollback" not in sub.choices:  # until cli.py registers this module itself
+        register(sub, None)
+    assert real.parse_args(["apps"]).func is cli.cmd_apps
+    args = real.parse_args(["--json", "apps", "delete", "demo", "-y", "--no-wait"])
+    assert args.func.__name__ == "cmd_apps_delete" and args.yes and args.no_wait and args.json
+    args = real.parse_args(["rollback", "demo", "--to", "beta@0123456789ab"])
+    assert args.func.__name__ == "cmd_rollback" and args.to == "beta@0123456789ab"
+    with pytest.raises(UsageError, match="app"):
+        real.parse_args(["apps", "delete"])
