@@ -37,7 +37,7 @@ bp = df.Blueprint()
 
 RECENT_LIMIT = 50
 MAX_LIMIT = 200
-#: Ids of the provision and restart orchestrations the starters return (Durable instances, read by id).
+#: Ids of the provision, restart and delete orchestrations the starters return (Durable instances, read by id).
 _INSTANCE_ID = re.compile(rf"(?:provision|restart|delete)-{APP_NAME_PATTERN.pattern}\.\d{{8}}T\d{{12}}")
 #: What an open record takes from its running rollout's custom status.
 _LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause")
@@ -141,9 +141,9 @@ async def app_presence(app: str, platform: AppState | None = None, store: bool |
     async def stored() -> bool:
         return store if store is not None else (await asyncio.to_thread(_manifest, app))[0] is not None
 
-    on_platform, uploads, store = await asyncio.gather(
+    on_platform, uploads, staged = await asyncio.gather(
         platform_exists(), asyncio.to_thread(svc.records.has_app, app), stored())
-    return {"platform": on_platform, "uploads": uploads, "store": store}
+    return {"platform": on_platform, "uploads": uploads, "store": staged}
 
 
 @bp.route(route="apps/{app}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
