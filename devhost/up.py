@@ -296,6 +296,7 @@ class LocalStack:
     host_cmd: list[str]
     azurite: Any = None
     resumed: bool = False
+    platform: Any = None
     children: list[Child] = field(default_factory=list)
     connection: dict[str, str] = field(default_factory=dict)
 
@@ -336,21 +337,30 @@ class LocalStack:
         self.host = _spawn(self.host_cmd, self.env, self.state / "devhost.log")
         _wait_http(f"{self.url}/api/apps", 60, self.host)
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop everything within about twice `grace_s`: the host and the children together (so no rollout starts
-        a server again), then the inference servers and Azurite together (their state is kept: on a resumed stack
-        the reconcilers' heal pass starts the servers again)."""
-        stop_processes([self.host, *(c.proc for c in self.children)], grace_s)
-        _all_at_once([self.azurite.stop, *_local_app_stoppers(self.env, grace_s)])
+    def stop(self) -> None:
+        """Stop everything within about twice `STOP_GRACE_S`: the children (the chat page) at once; the host, and
+        once it is gone (so no rollout starts a server again) the inference servers and Azurite together (their
+        state is kept: on a resumed stack the reconcilers' heal pass starts the servers again)."""
+
+        def host_then_servers() -> None:
+            stop_processes([self.host])
+            _all_at_once([self.azurite.stop, *_app_stoppers(self.platform)])
+
+        _all_at_once([host_then_servers, lambda: stop_processes([c.proc for c in self.children])])
 
 
-def _local_app_stoppers(env: dict[str, str], grace_s: float) -> list[Callable[[], object]]:
-    """One call per inference server the host started (they outlive a killed host by design) that stops it."""
+def _local_platform(env: dict[str, str]) -> Any:
+    """The local platform the host uses, to stop the inference servers it started (they outlive a killed host by
+    design) with `STOP_GRACE_S` between SIGTERM and SIGKILL. Made at start: importing it takes a second."""
     from activities.platform.local import LocalPlatform, LocalPlatformSettings
 
-    platform = LocalPlatform(LocalPlatformSettings(state_dir=Path(env["DEVHOST_STATE_DIR"]) / "platform",
-                                                   store_root=Path(env["ADAPTER_STORE_PATH"]), stop_timeout=grace_s))
-    apps = sorted(p.stem for p in (Path(env["DEVHOST_STATE_DIR"]) / "platform").glob("*.json"))
+    return LocalPlatform(LocalPlatformSettings(state_dir=Path(env["DEVHOST_STATE_DIR"]) / "platform",
+                                               store_root=Path(env["ADAPTER_STORE_PATH"]), stop_timeout=STOP_GRACE_S))
+
+
+def _app_stoppers(platform: Any) -> list[Callable[[], object]]:
+    """One call per app the platform knows that stops its server and keeps its state."""
+    apps = sorted(p.stem for p in Path(platform.settings.state_dir).glob("*.json"))
     return [lambda app=app: platform.stop_app(app, forget=False) for app in apps]
 
 
@@ -410,8 +420,9 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
         store = AdapterStore(BlobStoreSettings(connection_string=azurite.connection_string))
         stack.callback(store.close)
         store.ensure_container()  # before the host starts: its first polls and requests find the container
+        platform = _local_platform(env)
         up = LocalStack(f"http://127.0.0.1:{host_port}", None, store, kit, api_key, state_dir, env,
-                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite, resumed)
+                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite, resumed, platform)
         stack.callback(up.stop)
         _wait_http(f"{up.url}/api/apps", 60, up.host)
         up.publish(ADAPTERCTL_URL=up.url, ADAPTERS_STORAGE_CONNECTION=azurite.connection_string,
