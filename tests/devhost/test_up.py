@@ -69,13 +69,15 @@ def processes_using(path: Path) -> list[psutil.Process]:
 
 
 def test_demo_once_ends_with_beta_live(tiny_kit, tmp_path: Path) -> None:
-    """`up --once` deploys alpha then beta, prints both replies and the stage table, and exits 0."""
+    """`up --once` deploys alpha then beta, prints both replies and the stage table, stops everything and exits 0;
+    the host's log has no traceback (a fresh stack's first requests used to find no upload container)."""
     out = subprocess.run(up_command(tmp_path / "state", "--once"), cwd=ROOT, capture_output=True, text=True,
                          timeout=400)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"→ '{PHRASES['alpha']}'" in out.stdout and f"→ '{PHRASES['beta']}'" in out.stdout
     assert "upload→live" in out.stdout and "| beta |" in out.stdout
     assert "stopping…" in out.stdout and "serving until" not in out.stdout
+    assert "status API:" not in out.stdout  # no URL that is dead by the time it is read
     assert processes_using(tmp_path / "state") == []
     assert "Traceback" not in (tmp_path / "state" / "devhost.log").read_text()  # e.g. ContainerNotFound
 
