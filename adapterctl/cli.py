@@ -17,8 +17,10 @@ from typing import Any, NoReturn
 
 from azure.core.exceptions import AzureError
 
-from .api import ApiError, OrchestratorApi, stream_chat
+from . import lifecycle
+from .api import ApiError, stream_chat
 from .connection import Defaults
+from .lifecycle import check_app_known
 from .output import (
     EXIT_API,
     EXIT_FAILED,
@@ -73,16 +75,22 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
     settings = _storage_settings(args)
     if not folder.is_dir():
         raise UsageError(f"no adapter folder {args.path!r}")
-    api = api_for(args)
-    base_model = args.base_model or _served_base_model(api, args.app)
-    try:
-        if base_model is None:  # a new app: the orchestrator checks the base model; here, the rest
-            base_model = _declared_base_model(folder)
-            out.line(f"note: {args.app} serves nothing yet; the base model is checked by the orchestrator")
-        rules = ValidationRules(base_model=base_model, max_rank=args.max_rank)
-        report = validate_adapter_folder(folder, rules)
-    except (AdapterValidationError, OSError, ValueError) as exc:
-        raise UsageError(f"invalid adapter {str(folder)!r}: {exc}") from exc
+
+    def validated(base_model: str | None) -> Any:  # None: the folder's own declared base model
+        try:
+            rules = ValidationRules(base_model=base_model or _declared_base_model(folder), max_rank=args.max_rank)
+            return validate_adapter_folder(folder, rules)
+        except (AdapterValidationError, OSError, ValueError) as exc:
+            raise UsageError(f"invalid adapter {str(folder)!r}: {exc}") from exc
+
+    # the folder alone first (its declared base model), before the orchestrator is asked anything
+    report = validated(args.base_model)
+    info = check_app_known(api := api_for(args), args.app, args.create)
+    served = ((info or {}).get("manifest") or {}).get("base_model")
+    if served and not args.base_model:
+        report = validated(served)  # then against the base model the app serves
+    elif not (served or args.base_model):
+        out.line(f"note: {args.app} serves nothing yet; the base model is checked by the orchestrator")
     out.line(f"{adapter}: valid (sha256 {report.sha256[:12]}, rank {report.rank}); uploading to app {args.app}")
     progress = out.progress()
     uploaded, files, total = upload_with_progress(
@@ -95,17 +103,6 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         return EXIT_OK
     out.line(f"deployment {uploaded.deployment_id}")
     return follow_and_show(api, out, uploaded.deployment_id, args.timeout)
-
-
-def _served_base_model(api: OrchestratorApi, app: str) -> str | None:
-    """The base model the app serves; None when it serves nothing yet or the orchestrator knows no such app."""
-    try:
-        info = api.app(app)
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-        return None
-    return (info.get("manifest") or {}).get("base_model")
 
 
 def _storage_settings(args: argparse.Namespace) -> dict[str, str | None]:
@@ -220,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rank", type=int, help="largest LoRA rank (MAX_LORA_RANK; default 64)")
     p.add_argument("--storage-connection", help="upload storage connection string (ADAPTERS_STORAGE_CONNECTION)")
     p.add_argument("--account-url", help="upload storage account URL, https:// (ADAPTERS_ACCOUNT_URL)")
+    p.add_argument("--create", action="store_true", help="create the app with this deploy when it does not exist "
+                   "(without it, an unknown --app is refused: a typo would start a second app and server)")
     p.add_argument("--no-wait", action="store_true", help="print the deployment's id and exit after the upload")
     p.set_defaults(func=cmd_deploy)
 
@@ -252,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = config_sub.add_parser("check", help="validate inference.config.json, inference.parameters.json, settings")
     c.add_argument("--infra", default="infra", help="folder with inference.config.json and provision/")
     c.set_defaults(func=cmd_config_check)
+    lifecycle.register(sub)
     return parser
 
 

@@ -32,8 +32,13 @@ def adapterctl(stack, *args: str, env: dict[str, str] | None = None) -> tuple[in
 
 
 def test_deploy_status_apps_chat(local_stack) -> None:
-    """deploy follows the rollout to live; status, apps and chat then show and use it."""
+    """deploy to an unknown app is refused without --create (nothing uploaded); with it, deploy follows the rollout
+    to live; status, apps and chat then show and use it."""
     code, out, text = adapterctl(local_stack, "deploy", str(local_stack.kit.adapters["alpha"]), "--app", "cli")
+    assert code == 2 and "there is no app 'cli'" in out["reason"] and "--create" in out["reason"], text
+    assert local_stack.api.deployments("cli") == []
+    code, out, text = adapterctl(local_stack, "deploy", str(local_stack.kit.adapters["alpha"]), "--app", "cli",
+                                 "--create")
     assert code == 0 and out["stage"] == "live", text
     deployment_id = out["id"]
     code, one, _ = adapterctl(local_stack, "status", deployment_id)
@@ -52,11 +57,11 @@ def test_deploy_of_bad_adapters_exits_non_zero_with_reason(local_stack, tmp_path
     """A locally invalid adapter exits 2 before upload; one the orchestrator rejects exits 1 with its reason."""
     alpha = local_stack.kit.adapters["alpha"]
     code, out, _ = adapterctl(local_stack, "deploy", str(variant(alpha, tmp_path / "rank", r=64)), "--app", "clibad",
-                              "--max-rank", "16")
+                              "--max-rank", "16", "--create")
     assert code == 2 and "rank_too_large" in out["reason"]
     oversize = variant(alpha, tmp_path / "big")
     (oversize / "notes.txt").write_bytes(b"x" * (2 << 20))  # passes the local 2 GiB cap, not the app's 1 MiB
-    code, out, text = adapterctl(local_stack, "deploy", str(oversize), "--app", "clibad")
+    code, out, text = adapterctl(local_stack, "deploy", str(oversize), "--app", "clibad", "--create")
     assert code == 1 and out["stage"] == "failed" and "too_large" in out["reason"], text
 
 
@@ -101,7 +106,7 @@ def test_finds_the_stack_by_its_connection_file(local_stack, tmp_path: Path) -> 
         assert proc.stderr == "", proc.stderr
         return proc.returncode, proc.stdout
 
-    code, out = plain("deploy", str(local_stack.kit.adapters["beta"]), "--app", "cliconn")
+    code, out = plain("deploy", str(local_stack.kit.adapters["beta"]), "--app", "cliconn", "--create")
     assert code == 0 and "uploaded 2 files, " in out and out.splitlines()[-1].endswith(": live"), out
     deployment_id = out.splitlines()[-1].split(":")[0]
     code, out = plain("status", "--app", "cliconn")

@@ -92,7 +92,7 @@ def test_deploy_prints_upload_progress_then_stages_as_plain_lines(run: Run, api:
     AdapterStore(BlobStoreSettings(connection_string=azurite.connection_string)).ensure_container()
     api.any_deployment = [record("x", stage, STAGES[: i + 1]) for i, stage in enumerate(STAGES) if i % 2 == 0]
     api.any_deployment.append(record("x", "live", STAGES))
-    code, out, err = run("--url", api.url, "deploy", str(folder), "--app", "progress",
+    code, out, err = run("--url", api.url, "deploy", str(folder), "--app", "progress", "--create",
                          "--storage-connection", azurite.connection_string)
     lines = out.splitlines()
     assert (code, err) == (0, ""), out + err
