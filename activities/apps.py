@@ -71,9 +71,7 @@ class LocalApps:
 
     def delete(self, app: str) -> bool:
         """Stop the local server and drop its state (port, revision, generated admin key): `heal` leaves it alone."""
-        existed = self.platform.describe_app(app).exists
-        self.platform.stop_app(app, forget=True)
-        return existed
+        return self.platform.delete_app(app)
 
     def steps(self, app: str) -> list[str]:
         return [self.STEP]

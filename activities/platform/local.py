@@ -184,6 +184,12 @@ class LocalPlatform:
                 if forget:
                     self._state_path(app).unlink(missing_ok=True)
 
+    def delete_app(self, app: str) -> bool:
+        """Stop the app and drop its state (port, revision, generated admin key); False when it was never started."""
+        existed = self.describe_app(app).exists
+        self.stop_app(app, forget=True)
+        return existed
+
     def stop_all(self, forget: bool = True) -> list[str]:
         """Stop every app this state dir knows; returns their names (`forget`: as in `stop_app`)."""
         apps = sorted(p.stem for p in Path(self.settings.state_dir).glob("*.json"))

@@ -258,6 +258,16 @@ def test_heal_leaves_an_app_never_started_alone(platform: LocalPlatform) -> None
     assert not platform.describe_app("chat").exists
 
 
+def test_delete_stops_and_forgets_the_app(platform: LocalPlatform, settings: LocalPlatformSettings) -> None:
+    """delete_app stops the server and drops its state file; a second delete finds nothing."""
+    endpoint = platform.ensure_app(SPEC).state.endpoint or ""
+    assert platform.delete_app("chat") is True
+    assert not (settings.state_dir / "chat.json").exists() and not platform.describe_app("chat").exists
+    with pytest.raises(requests.ConnectionError):
+        health(endpoint)
+    assert platform.delete_app("chat") is False
+
+
 # --- container runtime (the docker client: tests/activities/platform/fake_docker.py here, the real one in
 # tests/image/test_container_runtime.py) ----------------------------------------------------------------------------
 
