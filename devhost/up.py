@@ -96,6 +96,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit-dir", default="build/tinykit/llama", help="tiny model kit folder")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each rollout")
     parser.add_argument("--once", action="store_true", help="stop everything and exit after the timing table")
+    parser.add_argument("--runtime", choices=("process", "container"), default="process",
+                        help="how each app's inference server runs: a process (default), or a container from the "
+                        "inference image through the local docker engine, as ACA runs it (`make image` builds it)")
+    parser.add_argument("--image", default="lora-inference:cpu",
+                        help="the image for --runtime container (default %(default)s)")
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, expect_ok: bool = False) -> None:
@@ -212,6 +217,19 @@ def check_ports(wanted: dict[str, int]) -> None:
         except OSError as exc:
             raise PortInUseError(f"port {port} on 127.0.0.1 is already in use; pass another {flag} "
                                  f"(0: any free port)") from exc
+
+
+def check_image(image: str) -> None:
+    """--runtime container: the local docker engine answers and has `image`; an OSError saying what to do otherwise
+    (before anything starts, rather than a rollout failing on it)."""
+    try:
+        found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OSError(f"--runtime container needs the docker client and engine: {exc}") from exc
+    if found.returncode != 0:
+        detail = found.stderr.strip().splitlines()[-1] if found.stderr.strip() else "not found"
+        raise OSError(f"--runtime container: no image {image!r} in the local docker engine ({detail}); build it "
+                      "with `make image`, or pass --image")
 
 
 def _quoted(value: str) -> str:
@@ -484,9 +502,13 @@ def _demo(args: argparse.Namespace) -> int:
     page_port = None if args.no_chat_page else args.chat_page_port or free_port()
     check_ports({"--port": args.port, "--azurite-port": args.azurite_port, "--inference-port": args.inference_port,
                  **({} if page_port is None else {"--chat-page-port": page_port})})
+    if args.runtime == "container":
+        check_image(args.image)
     with ExitStack() as stack:
+        runtime = {"LOCAL_RUNTIME": args.runtime, "LOCAL_INFERENCE_IMAGE": args.image}
         up = stack.enter_context(local_stack((ROOT / args.state_dir).resolve(), ROOT / args.kit_dir, args.port,
-                                             args.azurite_port, args.inference_port, fresh=args.fresh))
+                                             args.azurite_port, args.inference_port, extra_env=runtime,
+                                             fresh=args.fresh))
         rows: list[RolloutTiming] = []
         page: Child | None = None
         for name in ("alpha", "beta"):

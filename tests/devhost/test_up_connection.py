@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from devhost.cli import build_parser
 from devhost.host import PortInUseError
-from devhost.up import CONNECTION_NAMES, check_ports, free_port, write_connection
+from devhost.up import CONNECTION_NAMES, ROOT, check_ports, free_port, write_connection
 
 VALUES = {
     "ADAPTERCTL_URL": "http://127.0.0.1:7071",
@@ -99,3 +100,18 @@ def test_port_flags_zero_is_any_port_and_the_page_has_its_own_switch() -> None:
     with pytest.raises(SystemExit) as exited:
         parser.parse_args(["up", "--inference-port", "70000"])
     assert exited.value.code == 2
+
+
+def test_container_runtime_without_its_image_stops_before_anything_starts(tmp_path: Path) -> None:
+    """`up --runtime container` with an image the engine lacks (or no engine, or no docker client) exits 2 with one
+    line saying what to do, before any child or state folder is made."""
+    args = build_parser().parse_args(["up", "--runtime", "container", "--image", "lora-inference:no-such-tag"])
+    assert (args.runtime, args.image) == ("container", "lora-inference:no-such-tag")
+    assert build_parser().parse_args(["up"]).runtime == "process"
+    proc = subprocess.run([sys.executable, "-m", "devhost", "up", "--runtime", "container", "--image",
+                           "lora-inference:no-such-tag", "--once", "--state-dir", str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("devhost up: --runtime container") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "make image" in proc.stderr or "docker client" in proc.stderr
+    assert not (tmp_path / "state").exists()
