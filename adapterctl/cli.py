@@ -193,10 +193,26 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
 def cmd_config_check(args: argparse.Namespace, out: Output) -> int:
     from activities.config import check_configuration
 
-    problems = check_configuration(Path(args.infra), os.environ)
+    env: Mapping[str, str] = os.environ
+    if args.settings:
+        env = {**os.environ, **_settings_values(Path(args.settings))}
+    problems = check_configuration(Path(args.infra), env)
+    hint = "" if args.settings else ("\n(app settings were read from the environment; --settings FILE checks a "
+                                     "Functions local.settings.json, e.g. local.settings.example.json)")
     out.result({"ok": not problems, "problems": problems},
-               "\n".join(f"- {p}" for p in problems) if problems else "configuration OK")
+               "\n".join(f"- {p}" for p in problems) + hint if problems else "configuration OK")
     return EXIT_OK if not problems else EXIT_FAILED
+
+
+def _settings_values(path: Path) -> dict[str, str]:
+    """The app settings of a Functions `local.settings.json` (its "Values"); UsageError when it is not one."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UsageError(f"--settings {str(path)!r} is not a readable local.settings.json: {exc}") from exc
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise UsageError(f"--settings {str(path)!r}: \"Values\" must be an object of strings")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = p.add_subparsers(dest="config_command", required=True)
     c = config_sub.add_parser("check", help="validate inference.config.json, inference.parameters.json, settings")
     c.add_argument("--infra", default="infra", help="folder with inference.config.json and provision/")
+    c.add_argument("--settings", help="a Functions local.settings.json whose \"Values\" are the app settings to "
+                   "check (over the environment); default: the environment alone")
     c.set_defaults(func=cmd_config_check)
     lifecycle.register(sub)
     return parser
