@@ -180,11 +180,16 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
         raise ApiError(f"app {args.app!r} has no endpoint yet")
     model = args.model or (info.get("manifest") or {}).get("alias") or "live"
     pieces = []
-    for piece in stream_chat(endpoint, args.api_key, model, args.message,
-                             temperature=args.temperature, max_tokens=args.max_tokens):
-        pieces.append(piece)
-        if not out.as_json:
-            print(piece, end="", file=out.stream, flush=True)
+    try:
+        for piece in stream_chat(endpoint, args.api_key, model, args.message,
+                                 temperature=args.temperature, max_tokens=args.max_tokens):
+            pieces.append(piece)
+            if not out.as_json:
+                print(piece, end="", file=out.stream, flush=True)
+    except ApiError as exc:
+        if exc.status == 404:  # OpenAI's model_not_found: the --model asked for (bad input)
+            raise UsageError(f"{exc} (the app serves its adapters by name, the alias and the base model)") from exc
+        raise
     out.line("")
     out.result({"app": args.app, "model": model, "reply": "".join(pieces)})
     return EXIT_OK
@@ -224,8 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to follow a rollout")
     parser.add_argument("--http-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    # --json after the command too (`status --json --app demo`); SUPPRESS keeps a --json given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
 
-    p = sub.add_parser("deploy", help="validate, upload and follow an adapter folder's rollout")
+    p = sub.add_parser("deploy", parents=[common], help="validate, upload and follow an adapter folder's rollout")
     p.add_argument("path")
     p.add_argument("--app", required=True)
     p.add_argument("--name", help="adapter name (default: the folder's name)")
@@ -238,21 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="print the deployment's id and exit after the upload")
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("status", help="an app's recent rollouts (--app), or one deployment by ID")
+    p = sub.add_parser("status", parents=[common], help="an app's recent rollouts (--app), or one deployment by ID")
     p.add_argument("id", nargs="?", help="a deployment record's id (as deploy prints it): its stages and reason")
     p.add_argument("--app", help="the app whose recent rollouts to list, as a table")
     p.set_defaults(func=cmd_status)
 
-    sub.add_parser("apps", help="apps with their served adapter and endpoint").set_defaults(func=cmd_apps)
+    sub.add_parser("apps", parents=[common], help="apps with their served adapter and endpoint").set_defaults(
+        func=cmd_apps)
 
     for name, func, text in (("provision", cmd_provision, "create or update the app's resources"),
                              ("restart", cmd_restart, "new revision / replica restart")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("app")
         p.add_argument("--no-wait", action="store_true")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("chat", help="stream a reply from the app's endpoint")
+    p = sub.add_parser("chat", parents=[common], help="stream a reply from the app's endpoint")
     p.add_argument("app")
     p.add_argument("message")
     p.add_argument("--model", help="adapter, alias or base name (default: the live alias)")
@@ -264,12 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="configuration commands")
     config_sub = p.add_subparsers(dest="config_command", required=True)
-    c = config_sub.add_parser("check", help="validate inference.config.json, inference.parameters.json, settings")
+    c = config_sub.add_parser("check", parents=[common],
+                              help="validate inference.config.json, inference.parameters.json, settings")
     c.add_argument("--infra", default="infra", help="folder with inference.config.json and provision/")
     c.add_argument("--settings", help="a Functions local.settings.json whose \"Values\" are the app settings to "
                    "check (over the environment); default: the environment alone")
     c.set_defaults(func=cmd_config_check)
-    lifecycle.register(sub)
+    lifecycle.register(sub, common)
     return parser
 
 

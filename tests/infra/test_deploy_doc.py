@@ -209,9 +209,13 @@ def test_deploy_sample_output_matches_the_cli():
     """The `adapterctl deploy` sample prints what cmd_deploy and follow print, with real stage names."""
     sample = next(b for b in blocks("text") if "uploading to app" in b).splitlines()
     assert re.fullmatch(r"[\w.-]+: valid \(sha256 [0-9a-f]{12}, rank \d+\); uploading to app [\w-]+", sample[0])
-    rollout = re.fullmatch(r"rollout ([\w-]+\.\d{8}T\d{12})", sample[1])
+    at = next(i for i, line in enumerate(sample) if line.startswith("deployment "))
+    progress = [re.fullmatch(r"  uploaded [\d.]+ k?M?B / [\d.]+ [kM]?B \((\d+)%\)", line) for line in sample[1:at - 1]]
+    assert all(progress) and [m[1] for m in progress if m][-1] == "100"
+    assert re.fullmatch(r"uploaded \d+ files, \d+ bytes", sample[at - 1])
+    rollout = re.fullmatch(r"deployment ([\w-]+\.\d{8}T\d{12}-u[0-9a-f]{10})", sample[at])  # an upload's record id
     assert rollout
-    stages = [re.fullmatch(r"  (\w+) +(\S+)", line) for line in sample[2:-1]]
+    stages = [re.fullmatch(r"  (\w+) +(\S+)", line) for line in sample[at + 1:-1]]
     assert all(stages)
     names = [m[1] for m in stages if m]
     assert set(names) <= {s.value for s in Stage}
