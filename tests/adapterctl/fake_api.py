@@ -23,6 +23,7 @@ class FakeApi:
     deployments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     any_deployment: list[dict[str, Any]] = field(default_factory=list)
     chat_reply: list[str] = field(default_factory=list)
+    chat_error: tuple[int, Any] | None = None  # (status, JSON body) the chat route answers instead of a stream
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     _polls: dict[str, int] = field(default_factory=dict)
 
@@ -47,9 +48,10 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
             if length:
                 self.rfile.read(length)
             api.requests.append((method, self.path, dict(self.headers)))
-            if self.path == "/v1/chat/completions":
+            chat = self.path == "/v1/chat/completions"
+            if chat and api.chat_error is None:
                 return self._stream_chat()
-            status, body = api.answer(method, self.path)
+            status, body = api.chat_error if chat and api.chat_error else api.answer(method, self.path)
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -155,3 +155,18 @@ def test_ctrl_c_while_following_exits_130_with_one_line(api: FakeApi) -> None:
     assert proc.returncode == 130 and [line.split()[0] for line in lines[1:]] == STAGES[:3]
     assert out == "" and err == ("adapterctl: interrupted; what was already started goes on "
                                  "(`adapterctl status`)\n")
+
+
+def test_json_after_the_command_and_an_unknown_model_is_bad_input(run: Run, api: FakeApi) -> None:
+    """`status --json --app X` works like `--json status --app X`; a chat with a --model the server does not know
+    (OpenAI's 404 model_not_found) is bad input: exit 2 with the server's message on one line."""
+    rec = record("demo.20261130T141411000000-u1", "live", [*STAGES, "live"])
+    api.routes["/api/apps/demo/deployments"] = (200, {"app": "demo", "deployments": [rec]})
+    code, out, _ = run("--url", api.url, "status", "--json", "--app", "demo")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [rec["id"]]
+    api.routes["/api/apps/demo"] = (200, {"app": "demo", "endpoint": api.url, "manifest": {"alias": "live"}})
+    api.chat_error = (404, {"error": {"message": "The model 'nope' does not exist", "type": "invalid_request_error",
+                                      "param": None, "code": "model_not_found"}})
+    code, out, err = run("--url", api.url, "chat", "demo", "hi", "--model", "nope", "--api-key", "k")
+    assert code == 2 and out.strip() == "" and err.count("\n") == 1
+    assert err.startswith("adapterctl: chat failed: The model 'nope' does not exist"), err
