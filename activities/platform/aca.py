@@ -426,6 +426,10 @@ class AcaSettings:
         )
 
 
+#: The container's probes (no key: the server answers them without one); the image test runs them on the image.
+PROBE_PATHS = {"Liveness": "/health", "Readiness": "/ready", "Startup": "/health"}
+
+
 def app_body(settings: AcaSettings, spec: AppSpec, generated: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The container app ARM body for `spec` (secret values included: send it, never log it). `generated`: the
     values of `spec.generated_secrets` (None: empty values, a body only to compare with)."""
@@ -456,9 +460,9 @@ def app_body(settings: AcaSettings, spec: AppSpec, generated: Mapping[str, str] 
         "volumeMounts": [{"volumeName": VOLUME_NAME, "mountPath": settings.mount_path}],
         # liveness and readiness start once the startup probe succeeded: their delay is ARM's minimum, 1 s
         "probes": [
-            probe("Liveness", "/health", 30, 3, delay=1),
-            probe("Readiness", "/ready", 10, 3, delay=1),
-            probe("Startup", "/health", settings.startup_period_s, 10, delay=60),
+            probe("Liveness", PROBE_PATHS["Liveness"], 30, 3, delay=1),
+            probe("Readiness", PROBE_PATHS["Readiness"], 10, 3, delay=1),
+            probe("Startup", PROBE_PATHS["Startup"], settings.startup_period_s, 10, delay=60),
         ],
     }
     if spec.command:

@@ -22,11 +22,13 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
+from activities.platform.aca import PROBE_PATHS, AcaSettings
 from inference_server.manifest import AdapterEntry, Manifest, adapter_digest, write_manifest
 from tests.image.engine import IMAGE, docker, needs_image
 from tinykit import PHRASES, KitPaths
@@ -111,6 +113,8 @@ def container(tiny_kit: KitPaths, tmp_path_factory: pytest.TempPathFactory) -> I
     _publish(store, "alpha")
 
     port = _image_port("INFERENCE_PORT", 8000)
+    aca_port = {f.name: f for f in dataclass_fields(AcaSettings)}["target_port"].default
+    assert port == aca_port, "the image must listen where provisioning sends ACA's ingress and probes"
     assert str(port) + "/tcp" in json.loads(_docker("image", "inspect", "-f", "{{json .Config.ExposedPorts}}",
                                                     IMAGE).stdout)
     page_port = _image_port("CHAT_PAGE_PORT", 7860)
@@ -152,9 +156,11 @@ def _wait(check, what: str, timeout: float = 180) -> None:  # noqa: ANN001
 
 
 def test_health_then_ready_with_the_manifest_adapter(container: Container) -> None:
-    """/health answers while the container runs; /ready (no key: status only) once alpha is loaded."""
-    _wait(lambda: container.running() and container.get("/health")[0] == 200, "/health")
-    _wait(lambda: container.get("/ready")[0] == 200, "/ready")
+    """The probes provisioning gives the container app (no key): startup and liveness answer while the container
+    runs, readiness once alpha is loaded; with the key /ready names the version."""
+    _wait(lambda: container.running() and container.get(PROBE_PATHS["Startup"])[0] == 200, "the startup probe")
+    assert container.get(PROBE_PATHS["Liveness"])[0] == 200
+    _wait(lambda: container.get(PROBE_PATHS["Readiness"])[0] == 200, "the readiness probe")
     status, body = container.get("/ready", API_KEY)
     assert status == 200 and body.get("ready") is True, body
     assert "alpha-1" in json.dumps(body), body
