@@ -4,6 +4,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from activities.functions import bp as activities
+from orchestrations.dashboard import bp as dashboard
 from orchestrations.health_gate import bp as health_gate
 from orchestrations.lifecycle import bp as lifecycle
 from orchestrations.provision import bp as provisioning
@@ -13,5 +14,5 @@ from orchestrations.starters import bp as starters
 from orchestrations.status_api import bp as status_api
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, lifecycle, activities):
+for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, lifecycle, dashboard, activities):
     app.register_functions(blueprint)

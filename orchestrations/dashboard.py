@@ -1,0 +1,60 @@
+"""The dashboard: one static page (`GET /api/dashboard`) and its script and style (`GET /api/dashboard/static/{name}`).
+
+The page is plain HTML, JavaScript and CSS from `orchestrations/dashboard_static/`, served as they are: no template,
+no build step, nothing of the host's settings in them, so the page never carries a key. In the browser it reads
+the status API (`GET /api/apps`, `/api/apps/{app}`, `/api/apps/{app}/deployments?limit=`, `/api/deployments/{id}`)
+every few seconds and acts through the same routes as `adapterctl` (`POST /api/apps/{app}/rollback`,
+`DELETE /api/apps/{app}`), each after a confirmation.
+
+Authentication: these two routes are anonymous (a browser cannot send a header when it navigates to a page, and a
+key in the URL would end up in history and logs); every API route stays at function level. In Azure the user types
+a function key once into the page's key field: the page keeps it in `sessionStorage` (this tab only, gone when the
+tab closes) and sends it as the `x-functions-key` header on each request, which the Functions host checks like
+`?code=`. A 401 from the API asks for the key again. On devhost no key is needed (it does not check function
+keys). docs/dashboard.md says the same for users.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import azure.durable_functions as df
+import azure.functions as func
+
+bp = df.Blueprint()
+
+STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
+PAGE = "index.html"
+#: The files the page is made of and how each is served; nothing else in the folder is reachable.
+CONTENT_TYPES = {PAGE: "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+#: Same-origin only: no inline script or style, no frames, no requests to other hosts.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def static_response(name: str) -> func.HttpResponse:
+    """One of the page's files with its content type and the security headers; 404 for any other name."""
+    mimetype = CONTENT_TYPES.get(name)
+    if mimetype is None:
+        return func.HttpResponse("not found", status_code=404, mimetype="text/plain")
+    body = (STATIC_DIR / name).read_bytes()
+    return func.HttpResponse(body, status_code=200, mimetype=mimetype, charset="utf-8",
+                             headers=dict(SECURITY_HEADERS))
+
+
+@bp.route(route="dashboard", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
+    """The dashboard page (anonymous: it holds no data and no key; the API calls it makes carry the key)."""
+    return static_response(PAGE)
+
+
+@bp.route(route="dashboard/static/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def dashboard_static(req: func.HttpRequest) -> func.HttpResponse:
+    """The page's script and style sheet by name."""
+    name = req.route_params.get("name", "")
+    return static_response(name if name != PAGE else "")

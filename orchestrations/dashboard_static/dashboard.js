@@ -1,0 +1,333 @@
+// The dashboard: reads the status API every few seconds and acts through the same routes as adapterctl.
+// No key is ever part of this file or the page: in Azure the user types a function key, kept in this tab's
+// sessionStorage and sent as the x-functions-key header (orchestrations/dashboard.py, docs/dashboard.md).
+"use strict";
+
+(() => {
+  const API = new URL("../../", document.currentScript.src); // .../api/ (the script is at api/dashboard/static/)
+  const KEY_STORE = "dashboard.functionKey";
+  const POLL_MS = 2000;
+  const PAGE_ROWS = 50;
+  const FIRST_LIMIT = 200; // the status API's cap per call
+  const POLL_LIMIT = 50; // newer records merge into what the first load read
+  const TERMINAL = new Set(["live", "rolled_back", "failed", "superseded"]);
+  const STAGES = ["received", "validating", "staging", "provisioning", "activating", "verifying", "retrying",
+    "finishing", ...TERMINAL];
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    apps: new Map(), // name -> GET /api/apps/{app}
+    records: new Map(), // name -> Map(id -> record)
+    shown: PAGE_ROWS,
+    selected: null, // record id whose timeline is open
+    selectedRecord: null,
+    askedForKey: false,
+  };
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  /** One status API call; the key, when one is set, goes in the x-functions-key header (never in the URL). */
+  async function api(path, options = {}) {
+    const headers = { Accept: "application/json", ...(options.headers || {}) };
+    const key = sessionStorage.getItem(KEY_STORE);
+    if (key) headers["x-functions-key"] = key;
+    const response = await fetch(new URL(path, API), { ...options, headers, cache: "no-store" });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const message = (body && body.error && body.error.message) || response.statusText || "request failed";
+      throw new ApiError(response.status, message);
+    }
+    return body;
+  }
+
+  const appPath = (app) => `apps/${encodeURIComponent(app)}`;
+
+  function say(text, isError = false) {
+    const status = $("status");
+    status.textContent = text;
+    status.classList.toggle("error", isError);
+  }
+
+  function refused(error) {
+    if (error.status !== 401 && error.status !== 403) return false;
+    say(`The API refused the request (${error.status}): enter the function key above.`, true);
+    if (!state.askedForKey) $("key").focus();
+    state.askedForKey = true;
+    return true;
+  }
+
+  function element(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (const cell of cells) {
+      const td = document.createElement("td");
+      if (cell instanceof Node) td.append(cell);
+      else td.textContent = cell ?? "";
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  function button(text, action, value, label) {
+    const node = element("button", text);
+    node.type = "button";
+    node.dataset.action = action;
+    node.dataset.value = value;
+    if (label) node.setAttribute("aria-label", label);
+    return node;
+  }
+
+  const stageBadge = (stage) => element("span", stage || "?", `stage stage-${stage || "unknown"}`);
+  const time = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+
+  function seconds(from, to) {
+    const s = (Date.parse(to) - Date.parse(from)) / 1000;
+    if (!Number.isFinite(s)) return "";
+    return s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  }
+
+  function reasonOf(record) {
+    if (record.reason) return record.reason;
+    if (record.superseded_by) return `superseded by ${record.superseded_by}`;
+    if (record.rollback_to) return `rollback to ${record.rollback_to}`;
+    return "";
+  }
+
+  // -- reading ---------------------------------------------------------------------------------------------------
+  async function loadApp(app) {
+    const known = state.records.get(app);
+    const limit = known ? POLL_LIMIT : FIRST_LIMIT;
+    const [detail, list] = await Promise.all([
+      api(appPath(app)),
+      api(`${appPath(app)}/deployments?limit=${limit}`),
+    ]);
+    const records = known || new Map();
+    for (const record of list.deployments) records.set(record.id, record);
+    state.apps.set(app, detail);
+    state.records.set(app, records);
+  }
+
+  async function refresh() {
+    try {
+      const { apps } = await api("apps");
+      const results = await Promise.allSettled(apps.map(loadApp));
+      for (const name of [...state.apps.keys(), ...state.records.keys()]) {
+        if (!apps.includes(name)) {
+          state.apps.delete(name);
+          state.records.delete(name);
+        }
+      }
+      const failure = results.find((r) => r.status === "rejected" && r.reason.status !== 404);
+      if (failure) throw failure.reason;
+      if (state.selected) await loadSelected();
+      if ($("status").classList.contains("error")) say("");
+      state.askedForKey = false;
+      $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    } catch (error) {
+      if (!(error instanceof ApiError && refused(error))) say(`Cannot read the status API: ${error.message}`, true);
+    }
+    render();
+  }
+
+  async function loadSelected() {
+    const cached = state.selectedRecord;
+    if (cached && cached.id === state.selected && TERMINAL.has(cached.stage)) return;
+    try {
+      state.selectedRecord = await api(`deployments/${encodeURIComponent(state.selected)}`);
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 404) throw error;
+    }
+  }
+
+  let timer = null;
+  let running = null;
+  /** Refresh now (joining one in flight), then again every POLL_MS: one chain of polls at a time. */
+  function poll() {
+    clearTimeout(timer);
+    running = running || refresh().finally(() => {
+      running = null;
+      timer = setTimeout(poll, POLL_MS);
+    });
+    return running;
+  }
+
+  // -- drawing ---------------------------------------------------------------------------------------------------
+  function render() {
+    const focused = document.activeElement && document.activeElement.dataset;
+    const refocus = focused && focused.action ? [focused.action, focused.value] : null;
+    renderApps();
+    renderFilters();
+    renderRollouts();
+    renderTimeline();
+    if (refocus) {
+      const again = [...document.querySelectorAll("button[data-action]")]
+        .find((b) => b.dataset.action === refocus[0] && b.dataset.value === refocus[1]);
+      if (again) again.focus();
+    }
+  }
+
+  function renderApps() {
+    const body = $("apps").tBodies[0];
+    body.replaceChildren(...[...state.apps.values()].map((a) => {
+      const last = a.last_rollout;
+      const lastCell = document.createElement("span");
+      if (last) lastCell.append(button(last.id, "select", last.id, `Timeline of ${last.id}`), " ", stageBadge(last.stage));
+      const served = a.served ? a.served.version || a.served.adapter : "none";
+      const reconciler = a.deleting ? "deleting" : (a.reconciler && (a.reconciler.phase || a.reconciler.runtime_status)) || "";
+      const actions = document.createElement("span");
+      actions.append(button("Roll back", "rollback", a.app, `Roll back ${a.app}`), " ",
+        button("Delete", "delete", a.app, `Delete ${a.app}`));
+      return row([element("strong", a.app), served, a.endpoint || "", `${a.running ? "running" : "stopped"} / ${a.replicas ?? 0}`,
+        lastCell, reconciler, actions]);
+    }));
+    $("no-apps").hidden = state.apps.size > 0;
+  }
+
+  function renderFilters() {
+    const select = $("filter-app");
+    const names = [...state.apps.keys()].sort();
+    const current = [...select.options].slice(1).map((o) => o.value);
+    if (names.join("\n") !== current.join("\n")) {
+      const chosen = select.value;
+      select.replaceChildren(new Option("all", ""), ...names.map((n) => new Option(n, n)));
+      select.value = names.includes(chosen) ? chosen : "";
+    }
+  }
+
+  function filtered() {
+    const app = $("filter-app").value;
+    const stage = $("filter-stage").value;
+    const text = $("filter-text").value.trim().toLowerCase();
+    const all = [];
+    for (const [name, records] of state.records) if (!app || app === name) all.push(...records.values());
+    return all
+      .filter((r) => !stage || r.stage === stage)
+      .filter((r) => !text || [r.id, r.adapter, r.version, r.stage, r.cause, reasonOf(r)]
+        .some((v) => v && String(v).toLowerCase().includes(text)))
+      .sort((a, b) => String(b.accepted_at || "").localeCompare(String(a.accepted_at || "")) || b.id.localeCompare(a.id));
+  }
+
+  function renderRollouts() {
+    const records = filtered();
+    const visible = records.slice(0, state.shown);
+    $("rollouts").tBodies[0].replaceChildren(...visible.map((r) => {
+      const tr = row([button(r.id, "select", r.id, `Timeline of ${r.id}`), r.app, r.version || r.adapter,
+        stageBadge(r.stage), time(r.accepted_at), reasonOf(r)]);
+      tr.dataset.id = r.id;
+      if (r.id === state.selected) tr.setAttribute("aria-current", "true");
+      return tr;
+    }));
+    $("count").textContent = `Showing ${visible.length} of ${records.length} records`;
+    $("more").hidden = visible.length >= records.length;
+  }
+
+  function renderTimeline() {
+    const record = state.selectedRecord;
+    $("timeline-section").hidden = !record;
+    if (!record) return;
+    $("timeline-title").textContent = `Timeline of ${record.id}`;
+    const facts = [["Stage", record.stage || record.state || record.runtime_status], ["Adapter", record.adapter],
+      ["Version", record.version], ["Activation", record.activation], ["Cause", record.cause],
+      ["Reason", reasonOf(record)], ["Rollback of", record.rollback_of]];
+    $("timeline-facts").replaceChildren(...facts.filter(([, v]) => v)
+      .flatMap(([k, v]) => [element("dt", k), element("dd", v)]));
+    const history = record.history || [];
+    const open = !TERMINAL.has(record.stage);
+    $("timeline").replaceChildren(...history.map((entry, i) => {
+      const next = history[i + 1];
+      const li = element("li");
+      li.dataset.stage = entry.stage;
+      let took = "";
+      if (next) took = `took ${seconds(entry.at, next.at)}`;
+      else if (open) took = `for ${seconds(entry.at, new Date().toISOString())} so far`;
+      li.append(stageBadge(entry.stage), " ", element("time", time(entry.at)), " ", element("span", took, "duration"));
+      li.querySelector("time").dateTime = entry.at;
+      return li;
+    }));
+    if (history.length > 1 && !open) {
+      $("timeline").append(element("li", `total ${seconds(history[0].at, history[history.length - 1].at)}`, "total"));
+    }
+  }
+
+  // -- acting ----------------------------------------------------------------------------------------------------
+  async function select(id) {
+    state.selected = id;
+    state.selectedRecord = null;
+    try {
+      await loadSelected();
+    } catch (error) {
+      if (!(error instanceof ApiError && refused(error))) say(`Cannot read ${id}: ${error.message}`, true);
+    }
+    render();
+    $("timeline-title").focus();
+  }
+
+  async function act(confirmation, path, options, done) {
+    if (!window.confirm(confirmation)) return;
+    try {
+      const answer = await api(path, options);
+      say(done(answer));
+      if (answer.id && !answer.id.startsWith("delete-")) state.selected = answer.id;
+      state.selectedRecord = null;
+    } catch (error) {
+      if (!(error instanceof ApiError && refused(error))) say(`Refused: ${error.message}`, true);
+    }
+    await poll();
+  }
+
+  function rollback(app) {
+    const served = state.apps.get(app)?.served;
+    const from = served ? ` (serving ${served.version || served.adapter})` : "";
+    return act(`Roll back ${app}${from} to the version live before it?`, `${appPath(app)}/rollback`,
+      { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" },
+      (a) => `Rollback of ${app} requested: record ${a.id}` + (a.rollback_to ? ` (to ${a.rollback_to})` : ""));
+  }
+
+  function remove(app) {
+    return act(`Delete ${app}? Its server, stored versions, uploads and records are removed.`, appPath(app),
+      { method: "DELETE" }, (a) => `Deletion of ${app} started: ${a.id}`);
+  }
+
+  const actions = { select, rollback, delete: remove };
+
+  document.addEventListener("click", (event) => {
+    const target = event.target.closest("button[data-action]");
+    if (target) actions[target.dataset.action](target.dataset.value);
+  });
+  $("more").addEventListener("click", () => {
+    state.shown += PAGE_ROWS;
+    renderRollouts();
+  });
+  for (const id of ["filter-app", "filter-stage", "filter-text"]) {
+    $(id).addEventListener("input", () => {
+      state.shown = PAGE_ROWS;
+      renderRollouts();
+    });
+  }
+  $("filters").addEventListener("submit", (event) => event.preventDefault());
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key").value.trim();
+    if (key) sessionStorage.setItem(KEY_STORE, key);
+    $("key").value = "";
+    say(key ? "Key kept for this tab." : "No key entered.");
+    poll();
+  });
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORE);
+    say("Key forgotten.");
+  });
+  $("filter-stage").append(...STAGES.map((s) => new Option(s, s)));
+  poll();
+})();
