@@ -9,7 +9,8 @@
   const POLL_MS = 2000;
   const PAGE_ROWS = 50;
   const FIRST_LIMIT = 200; // the status API's cap per call
-  const POLL_LIMIT = 50; // newer records merge into what the first load read
+  const POLL_LIMIT = 50;
+  const FIRST_VIEW = "dashboard:first-view"; // a performance mark: the first view with data drawn // newer records merge into what the first load read
   const TERMINAL = new Set(["live", "rolled_back", "failed", "superseded"]);
   const STAGES = ["received", "validating", "staging", "provisioning", "activating", "verifying", "retrying",
     "finishing", ...TERMINAL];
@@ -138,6 +139,7 @@
       if (!(error instanceof ApiError && refused(error))) say(`Cannot read the status API: ${error.message}`, true);
     }
     render();
+    if (state.apps.size && !performance.getEntriesByName(FIRST_VIEW).length) performance.mark(FIRST_VIEW);
   }
 
   async function loadSelected() {
@@ -237,13 +239,14 @@
     $("timeline-section").hidden = !record;
     if (!record) return;
     $("timeline-title").textContent = `Timeline of ${record.id}`;
-    const facts = [["Stage", record.stage || record.state || record.runtime_status], ["Adapter", record.adapter],
-      ["Version", record.version], ["Activation", record.activation], ["Cause", record.cause],
-      ["Reason", reasonOf(record)], ["Rollback of", record.rollback_of]];
-    $("timeline-facts").replaceChildren(...facts.filter(([, v]) => v)
-      .flatMap(([k, v]) => [element("dt", k), element("dd", v)]));
     const history = record.history || [];
     const open = !TERMINAL.has(record.stage);
+    const total = history.length > 1 && !open ? seconds(history[0].at, history[history.length - 1].at) : "";
+    const facts = [["Stage", record.stage || record.state || record.runtime_status], ["Adapter", record.adapter],
+      ["Version", record.version], ["Activation", record.activation], ["Cause", record.cause],
+      ["Reason", reasonOf(record)], ["Rollback of", record.rollback_of], ["Took", total]];
+    $("timeline-facts").replaceChildren(...facts.filter(([, v]) => v)
+      .flatMap(([k, v]) => [element("dt", k), element("dd", v)]));
     $("timeline").replaceChildren(...history.map((entry, i) => {
       const next = history[i + 1];
       const li = element("li");
@@ -255,9 +258,6 @@
       li.querySelector("time").dateTime = entry.at;
       return li;
     }));
-    if (history.length > 1 && !open) {
-      $("timeline").append(element("li", `total ${seconds(history[0].at, history[history.length - 1].at)}`, "total"));
-    }
   }
 
   // -- acting ----------------------------------------------------------------------------------------------------

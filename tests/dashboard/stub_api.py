@@ -1,0 +1,126 @@
+"""A stand-in for the status API on loopback, serving the real dashboard files: the page's behaviour with many
+records and with a host that requires a function key, without starting the stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import azure.functions as func
+from aiohttp import web
+
+from devhost.http_front import to_aiohttp_response
+from orchestrations.dashboard import dashboard_page, dashboard_static
+
+STAGES = ["received", "validating", "staging", "provisioning", "activating", "verifying", "live"]
+
+
+def records(app: str, count: int, start: datetime) -> list[dict[str, Any]]:
+    """`count` terminal records of `app`, newest first; every 7th failed with a reason naming its number."""
+    out = []
+    for i in range(count):
+        at = start - timedelta(minutes=i)
+        failed = i % 7 == 3
+        stages = STAGES[:2] + ["failed"] if failed else STAGES
+        history = [{"stage": s, "at": (at + timedelta(seconds=2 * n)).isoformat()} for n, s in enumerate(stages)]
+        out.append({"id": f"{app}.{at:%Y%m%dT%H%M%S}000000-r{i:04d}", "app": app, "adapter": "alpha",
+                    "version": f"alpha@{i:012x}", "stage": stages[-1], "accepted_at": at.isoformat(),
+                    "history": history, "reason": f"rank_too_large: record {i}" if failed else None,
+                    "cause": "content" if failed else None})
+    return out
+
+
+@dataclass
+class StubApi:
+    """The status API's read routes over fixed records; with `key` set, like Azure, 401 without that header."""
+
+    counts: dict[str, int]
+    key: str | None = None
+    seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path and query, x-functions-key)
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        start = datetime(2026, 1, 1, 12, tzinfo=UTC)
+        self.records = {app: records(app, n, start) for app, n in self.counts.items()}
+        self._encoded: dict[tuple[str, int], bytes] = {}
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.seen.append((request.path_qs, request.headers.get("x-functions-key")))
+        if request.path.startswith("/api/dashboard") or self.key is None:
+            return await handler(request)
+        if request.headers.get("x-functions-key") != self.key:
+            return web.json_response({"error": {"message": "unauthorized", "status": 401}}, status=401)
+        return await handler(request)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        req = func.HttpRequest("GET", str(request.url), body=b"", route_params=dict(request.match_info))
+        name = request.match_info.get("name")
+        return to_aiohttp_response(dashboard_static(req) if name else dashboard_page(req))
+
+    async def _apps(self, _request: web.Request) -> web.Response:
+        return web.json_response({"apps": sorted(self.records)})
+
+    async def _app(self, request: web.Request) -> web.Response:
+        app = request.match_info["app"]
+        newest = self.records[app][0]
+        return web.json_response({"app": app, "served": {"adapter": "alpha", "version": newest["version"]},
+                                  "endpoint": f"http://127.0.0.1:1/{app}", "running": True, "replicas": 1,
+                                  "last_rollout": newest, "reconciler": {"phase": "idle"}, "deleting": None})
+
+    async def _deployments(self, request: web.Request) -> web.Response:
+        app = request.match_info["app"]
+        limit = int(request.query.get("limit", "50"))
+        assert limit <= 200, limit
+        key = (app, limit)  # encoded once: the stand-in answers as fast as it can, so the page's time is measured
+        if key not in self._encoded:
+            self._encoded[key] = json.dumps({"app": app, "deployments": self.records[app][:limit]}).encode()
+        return web.Response(body=self._encoded[key], content_type="application/json")
+
+    async def _deployment(self, request: web.Request) -> web.Response:
+        wanted = request.match_info["id"]
+        found = [r for rs in self.records.values() for r in rs if r["id"] == wanted]
+        return web.json_response(found[0]) if found else web.json_response({}, status=404)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.add_routes([web.get("/api/dashboard", self._page), web.get("/api/dashboard/static/{name}", self._page),
+                        web.get("/api/apps", self._apps), web.get("/api/apps/{app}", self._app),
+                        web.get("/api/apps/{app}/deployments", self._deployments),
+                        web.get("/api/deployments/{id}", self._deployment)])
+        return app
+
+
+@contextmanager
+def serving(stub: StubApi) -> Iterator[StubApi]:
+    """Serve `stub` on a free loopback port from a thread with its own event loop (Playwright's sync API holds
+    this thread's); `stub.url` is its origin."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(stub.app())
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+        stub.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the stand-in API did not start")
+    try:
+        yield stub
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
