@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .replica_state import REPLICA_DIR
+
 EngineKind = Literal["transformers", "sglang"]
 ENGINE_KINDS: tuple[EngineKind, ...] = ("transformers", "sglang")
 
@@ -96,6 +98,8 @@ class ServerConfig:
     max_context_tokens: int | None = None  # prompt + max_tokens; the model's own context is the limit anyway
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
+    replica_state_dir: Path | None = None  # None: `<adapter store>/_replicas` (replica_state.py)
+    report_replica_state: bool = True
     sglang: SGLangSettings = field(default_factory=SGLangSettings)
 
     def __post_init__(self) -> None:
@@ -114,11 +118,21 @@ class ServerConfig:
             raise ConfigError(f"port {self.port} is out of range")
         check_model_name(self.base_model_name)
 
+    @property
+    def replica_state_path(self) -> Path | None:
+        """Where this replica writes its observed state; None when off or when there is no store."""
+        if not self.report_replica_state:
+            return None
+        if self.replica_state_dir is not None:
+            return self.replica_state_dir
+        return self.adapter_store / REPLICA_DIR if self.adapter_store is not None else None
+
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
         """Parse `argv`; each option falls back to its `INFERENCE_*` environment variable, then the default."""
         env = os.environ if env is None else env
         args = _parser(env).parse_args(argv)
+        state_dir = args.replica_state_dir
         if args.model_path is None and not (args.engine == "sglang" and args.sglang_upstream):
             raise ConfigError("--model-path (or INFERENCE_MODEL_PATH) is required")
         sglang = SGLangSettings(
@@ -148,6 +162,8 @@ class ServerConfig:
             max_context_tokens=args.max_context_tokens,
             header_timeout_s=args.header_timeout,
             idle_timeout_s=args.idle_timeout,
+            replica_state_dir=Path(state_dir) if state_dir and state_dir != "off" else None,
+            report_replica_state=state_dir != "off",
             sglang=sglang,
         )
 
@@ -185,6 +201,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="seconds a client has to send a whole request head")
     p.add_argument("--idle-timeout", type=float, default=float(opt("IDLE_TIMEOUT_S", 300.0)),
                    help="seconds an idle keep-alive connection stays open (keep above the ingress proxy's)")
+    p.add_argument("--replica-state-dir", default=opt("REPLICA_STATE_DIR"),
+                   help=f"where this replica writes its observed state (default <adapter store>/{REPLICA_DIR}; "
+                        "'off': not written)")
     p.add_argument("--sglang-command", default=opt("SGLANG_COMMAND"), help="replaces `python -m sglang.launch_server`")
     p.add_argument("--sglang-upstream", default=opt("SGLANG_UPSTREAM"), help="URL of a running SGLang server")
     p.add_argument("--max-loras-per-batch", type=int, default=int(opt("MAX_LORAS_PER_BATCH", 8)))

@@ -2,7 +2,8 @@
 
 `ServerState.start()` brings the engine up and converges once, then keeps syncing in the background; the HTTP
 layer stays alive meanwhile (`/health` answers, `/ready` and chat answer 503). `drain()` stops admitting chat
-requests and waits for the running ones, for graceful shutdown.
+requests and waits for the running ones, for graceful shutdown. After every sync (and when the engine fails to
+start) the replica writes its observed state (`observed()`, replica_state.py); a graceful stop removes it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .generation import read_sampling_defaults
 from .metrics import ServerMetrics
 from .protocol import unavailable
 from .registry import AdapterRegistry
+from .replica_state import ReplicaReporter, replica_id
 from .sync import ManifestSyncer
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ class ServerState:
         self.engine = engine
         self.sampling_defaults = read_sampling_defaults(config.model_path)
         self.registry = AdapterRegistry(engine, config.base_model_name, config.alias)
-        self.syncer = ManifestSyncer(self.registry, config.adapter_store)
+        self.reporter = ReplicaReporter(config.replica_state_path, replica_id(), config.sync_interval_s)
+        self.syncer = ManifestSyncer(self.registry, config.adapter_store, self.report)
         self.metrics = ServerMetrics(lambda: len(self.registry.refs()), lambda: self.in_flight)
         self.in_flight = 0
         self.draining = False
@@ -86,6 +89,7 @@ class ServerState:
         except EngineError as exc:
             self.start_error = f"engine failed to start: {exc}"
             log.error("%s", self.start_error)
+            await self.report()
             return
         self.started = True
         await self.syncer.sync_once()
@@ -97,11 +101,34 @@ class ServerState:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync_task
+        await asyncio.to_thread(self.reporter.remove)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.wait_freed(), 5)
         await self.engine.stop()
 
     # -- reporting ------------------------------------------------------------------------------------------
+    async def report(self) -> None:
+        """Write this replica's report (a thread: the store may be a network share); never raises for I/O."""
+        await asyncio.to_thread(self.reporter.write, self.observed())
+
+    def observed(self) -> dict[str, Any]:
+        """What this replica serves now, as its report carries it (replica_state.py)."""
+        registry, syncer = self.registry, self.syncer
+        active = registry.active_ref
+        return {
+            "alias": registry.alias,
+            "alias_target": registry.alias_target,
+            "alias_version": active.version if active else None,
+            "alias_unavailable": registry.unavailable if active is None else None,
+            "adapters": {ref.name: {"version": ref.version, "sha256": ref.sha256} for ref in registry.refs()},
+            "load_errors": syncer.load_errors,
+            "manifest_updated_at": syncer.desired.updated_at if syncer.desired else None,
+            "converged": syncer.converged,
+            "engine_ready": self.started and self.engine.health().ready,
+            "draining": self.draining,
+            "last_sync_error": syncer.last_error or self.start_error,
+        }
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = engine up, desired adapter served, not draining; with the details either way."""
         health = self.engine.health()

@@ -4,7 +4,8 @@ One `sync_once()` at a time (a lock): read the manifest, verify and load new or 
 sha256 over the folder, checked against the manifest before loading), point the alias at the active adapter,
 then retire adapters the manifest dropped. A bad adapter is skipped: the previous version keeps serving and the
 error is reported by `/ready` (`load_errors`, by adapter name) until a later sync loads it or the manifest drops it.
-`run()` repeats this on an interval.
+`run()` repeats this on an interval. After every sync, `on_synced` runs (the server writes its replica report,
+replica_state.py).
 
 The alias never falls back to the base model silently: from start until the manifest's active adapter is loaded
 (or while it is refused with nothing served before it), the alias is unavailable (503 with the reason). Only a
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +57,12 @@ class SyncReport:
 class ManifestSyncer:
     """Converges an `AdapterRegistry` on the manifest in `store` (no store: nothing to converge)."""
 
-    def __init__(self, registry: AdapterRegistry, store: Path | None) -> None:
+    def __init__(self, registry: AdapterRegistry, store: Path | None,
+                 on_synced: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`on_synced` runs after every sync (also a failed one), still under the sync lock: the replica report."""
         self._registry = registry
         self._store = store
+        self._on_synced = on_synced
         self._lock = asyncio.Lock()
         self.desired: Manifest | None = None
         self.last_report: SyncReport | None = None
@@ -84,26 +89,40 @@ class ManifestSyncer:
     async def sync_once(self) -> SyncReport:
         async with self._lock:
             try:
-                manifest = read_manifest(self._store) if self._store else None
-            except (ManifestError, OSError) as exc:
-                self.last_error = f"manifest: {exc}"
-                log.warning("manifest unreadable, keeping the served adapters: %s", exc)
-                if self._registry.unavailable is not None:
-                    self._registry.set_unavailable(f"the manifest is unreadable: {exc}")
-                return self._finish(SyncReport(errors={"manifest": str(exc)}, active=self._registry.active))
-            if manifest is None:  # none (e.g. a first deploy rolled back): the alias means the base model
-                self.desired, self.load_errors = None, {}
-                self._registry.set_active(None)
-                retired = await self._retire(Manifest(adapters={}, active=None))
-                return self._finish(SyncReport(retired=retired, active=self._registry.active))
-            self.desired = manifest
-            report = await self._converge(manifest)
-            self.load_errors = {
-                name: {"version": entry.version, "sha256": entry.sha256, "reason": report.errors[name]}
-                for name, entry in manifest.adapters.items()
-                if name in report.errors
-            }
-            return self._finish(report)
+                report = await self._sync()
+            except EngineError:
+                await self._synced()
+                raise
+            await self._synced()
+            return report
+
+    async def _synced(self) -> None:
+        if self._on_synced is not None:
+            await self._on_synced()
+
+    async def _sync(self) -> SyncReport:
+        """One sync (under the lock): read the manifest and converge on it."""
+        try:
+            manifest = read_manifest(self._store) if self._store else None
+        except (ManifestError, OSError) as exc:
+            self.last_error = f"manifest: {exc}"
+            log.warning("manifest unreadable, keeping the served adapters: %s", exc)
+            if self._registry.unavailable is not None:
+                self._registry.set_unavailable(f"the manifest is unreadable: {exc}")
+            return self._finish(SyncReport(errors={"manifest": str(exc)}, active=self._registry.active))
+        if manifest is None:  # none (e.g. a first deploy rolled back): the alias means the base model
+            self.desired, self.load_errors = None, {}
+            self._registry.set_active(None)
+            retired = await self._retire(Manifest(adapters={}, active=None))
+            return self._finish(SyncReport(retired=retired, active=self._registry.active))
+        self.desired = manifest
+        report = await self._converge(manifest)
+        self.load_errors = {
+            name: {"version": entry.version, "sha256": entry.sha256, "reason": report.errors[name]}
+            for name, entry in manifest.adapters.items()
+            if name in report.errors
+        }
+        return self._finish(report)
 
     def _finish(self, report: SyncReport) -> SyncReport:
         self.last_report = report
