@@ -3,8 +3,9 @@ never Durable instance listings (the real host pages those at 100 and the Python
 
 Covers `GET /api/deployments/{id}` (a record: stage, stage history with times, reason and cause on failure,
 `superseded_by`; provision / restart / delete ids are Durable instances, read by id), `GET /api/apps/{app}/deployments`
-(`?limit=`, newest records first), `GET /api/apps/{app}` (open and served adapter, endpoint, replicas, last
-record, the template's inference.config.json shape; 404 for an app that does not exist, see `app_presence`; 503
+(`?limit=`, newest records first), `GET /api/apps/{app}` (open and served adapter, endpoint, replicas, what each
+replica reports (`replicas_observed`, with `stale`; docs/rollouts.md), last record, the template's
+inference.config.json shape; 404 for an app that does not exist, see `app_presence`; 503
 when the platform cannot say) and `GET /api/apps` (apps in the upload container; `{"apps": []}` before the first
 upload, the container made on the way). An open record shows its rollout's current stage, read from the rollout
 instance by id.
@@ -26,6 +27,7 @@ import azure.functions as func
 
 from activities.platform.base import AppState
 from activities.records import TERMINAL, app_of, is_upload_id
+from activities.replica_reports import replicas_observed
 from activities.services import services
 from activities.validation import APP_NAME_PATTERN
 
@@ -153,8 +155,9 @@ async def get_app(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
     """Open and served adapter, endpoint, replicas and the newest deployment record of one app (404: no such app)."""
     app = app_name(req)
     svc = services()
-    (served, manifest_error), platform, deleting = await asyncio.gather(
+    (served, manifest_error), (observed, observed_error), platform, deleting = await asyncio.gather(
         asyncio.to_thread(_manifest, app),
+        asyncio.to_thread(_replicas_observed, app),
         asyncio.to_thread(svc.apps.describe, app),
         asyncio.to_thread(svc.records.deletion, app),
     )
@@ -178,6 +181,8 @@ async def get_app(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
         "replicas": platform.replicas,
         "running": platform.running,
         "revision": platform.revision,
+        "replicas_observed": observed,
+        "replicas_observed_error": observed_error,
         "last_rollout": rollouts[0] if rollouts else None,
         "reconciler": describe_instance(reconciler) if reconciler and reconciler.runtime_status else None,
         "inference_config": svc.apps.inference_config(app, platform),
@@ -190,6 +195,15 @@ def _manifest(app: str) -> tuple[dict[str, Any] | None, str | None]:
         return services().read_manifest(app), None
     except Exception as exc:  # noqa: BLE001 - storage or content: reported in the answer, never a 500
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def _replicas_observed(app: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Each replica's own report (activities/replica_reports.py), or why the folder cannot be listed (reported in
+    the answer, never a 500; a damaged file is one entry saying so)."""
+    try:
+        return replicas_observed(services().target, app), None
+    except Exception as exc:  # noqa: BLE001 - storage: reported in the answer, never a 500
+        return [], f"{type(exc).__name__}: {exc}"
 
 
 @bp.route(route="apps", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
