@@ -215,3 +215,11 @@ def test_stale_rule() -> None:
 def test_damaged_reports_are_refused_with_a_reason(data: bytes, says: str) -> None:
     with pytest.raises(ReplicaReportError, match=says):
         parse_report(data)
+
+
+async def test_documented_report_is_the_written_one(client: TestClient, tmp_path: Path) -> None:
+    """docs/rollouts.md's example report has exactly the fields a server writes, and reads as a report."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "rollouts.md").read_text(encoding="utf-8")
+    example = doc.split("## What each replica reports", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    documented = parse_report(example.encode())
+    assert sorted(documented) == sorted(await synced_report(client, tmp_path))
