@@ -2,8 +2,8 @@
 
 `ServerState.start()` brings the engine up and converges once, then keeps syncing in the background; the HTTP
 layer stays alive meanwhile (`/health` answers, `/ready` and chat answer 503). `drain()` stops admitting chat
-requests and waits for the running ones, for graceful shutdown. After every sync (and when the engine fails to
-start) the replica writes its observed state (`observed()`, replica_state.py); a graceful stop removes it.
+requests and waits for the running ones, for graceful shutdown. On start, after every sync and when the engine
+fails to start, the replica writes its observed state (`observed()`, replica_state.py); a graceful stop removes it.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class ServerState:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.report()  # a starting replica is seen at once (an engine may take minutes to come up)
         try:
             await self.engine.start()
         except EngineError as exc:

@@ -140,7 +140,7 @@ async def test_engine_that_fails_to_start_is_reported(aiohttp_client, tmp_path: 
     await aiohttp_client(create_app(server_config(adapter_store=tmp_path), FailingEngine()))
     path = tmp_path / REPLICA_DIR / f"{REPLICA}.json"
     for _ in range(200):
-        if path.exists():
+        if path.exists() and parse_report(path.read_bytes())["last_sync_error"]:
             break
         await asyncio.sleep(0.01)
     report = parse_report(path.read_bytes())
@@ -223,3 +223,35 @@ async def test_documented_report_is_the_written_one(client: TestClient, tmp_path
     example = doc.split("## What each replica reports", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
     documented = parse_report(example.encode())
     assert sorted(documented) == sorted(await synced_report(client, tmp_path))
+
+
+class SlowEngine(EchoEngine):
+    """Starts only when `go` is set (a large model loading)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.go.wait()
+        await super().start()
+
+
+async def test_a_starting_replica_reports_before_its_engine_is_up(aiohttp_client, tmp_path: Path) -> None:
+    make_adapter(tmp_path, "alpha-1", "alpha")
+    publish(tmp_path, {"alpha": "alpha-1"}, active="alpha")
+    engine = SlowEngine()
+    await aiohttp_client(create_app(server_config(adapter_store=tmp_path), engine))
+    path = tmp_path / REPLICA_DIR / f"{REPLICA}.json"
+    for _ in range(200):
+        if path.exists():
+            break
+        await asyncio.sleep(0.01)
+    starting = parse_report(path.read_bytes())
+    assert starting["engine_ready"] is False and starting["converged"] is False and starting["adapters"] == {}
+    engine.go.set()
+    for _ in range(200):
+        if parse_report(path.read_bytes())["converged"]:
+            break
+        await asyncio.sleep(0.01)
+    assert parse_report(path.read_bytes())["adapters"]["alpha"]["version"] == "alpha-1-v1"
