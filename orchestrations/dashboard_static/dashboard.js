@@ -90,7 +90,7 @@
   }
 
   const stageBadge = (stage) => element("span", stage || "?", `stage stage-${stage || "unknown"}`);
-  const time = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+  const time = (iso) => (iso ? new Date(iso).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }) : "");
 
   function seconds(from, to) {
     const s = (Date.parse(to) - Date.parse(from)) / 1000;
@@ -187,7 +187,7 @@
       if (last) lastCell.append(button(last.id, "select", last.id, `Timeline of ${last.id}`), " ", stageBadge(last.stage));
       const served = a.served ? a.served.version || a.served.adapter : "none";
       const reconciler = a.deleting ? "deleting" : (a.reconciler && (a.reconciler.phase || a.reconciler.runtime_status)) || "";
-      const actions = document.createElement("span");
+      const actions = element("span", null, "actions");
       actions.append(button("Roll back", "rollback", a.app, `Roll back ${a.app}`), " ",
         button("Delete", "delete", a.app, `Delete ${a.app}`));
       return row([element("strong", a.app), served, a.endpoint || "", `${a.running ? "running" : "stopped"} / ${a.replicas ?? 0}`,
@@ -217,7 +217,7 @@
       .filter((r) => !stage || r.stage === stage)
       .filter((r) => !text || [r.id, r.adapter, r.version, r.stage, r.cause, reasonOf(r)]
         .some((v) => v && String(v).toLowerCase().includes(text)))
-      .sort((a, b) => String(b.accepted_at || "").localeCompare(String(a.accepted_at || "")) || b.id.localeCompare(a.id));
+      .sort((a, b) => (Date.parse(b.accepted_at) || 0) - (Date.parse(a.accepted_at) || 0) || (b.id > a.id ? 1 : -1));
   }
 
   function renderRollouts() {
