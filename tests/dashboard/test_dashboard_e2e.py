@@ -1,7 +1,7 @@
 """The dashboard in Debian's Chromium on the embedded default (Azurite + devhost running function_app): the page
 lists the app and its rollouts; an upload appears and reaches `live` without a reload; a bad adapter's record shows
-its reason; a rollout's timeline lists its stages; a rollback from the page (confirmed) goes live, and a delete that
-is not confirmed sends nothing."""
+its reason; a rollout's timeline lists its stages; a rollback from the page (confirmed) goes live; a delete that is
+not confirmed sends nothing, a confirmed one removes the app."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.helpers import deploy, variant
+from tests.e2e.helpers import deploy, variant, wait_idle
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,16 @@ def test_watch_deploy_fail_timeline_and_roll_back(local_stack, browser: Browser,
     rollback_id = page.get_by_role("status").inner_text().split("record ")[1].split(" ")[0]
     expect(_row(page, rollback_id)).to_contain_text("live", timeout=LIVE_TIMEOUT_MS)
     expect(app_row).to_contain_text(first["version"], timeout=10_000)
+    expect(page.locator("#timeline-title")).to_have_text(f"Timeline of {rollback_id}")
     assert local_stack.api.app(APP)["served"]["version"] == first["version"]
     assert not any(r.startswith("DELETE") for r in api_requests)
     assert sum(r.startswith("POST") and r.endswith(f"/api/apps/{APP}/rollback") for r in api_requests) == 1
+
+    # a confirmed delete removes the app from the page
+    wait_idle(local_stack, APP)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Delete {APP}").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Deletion of {APP} started: delete-{APP}.", timeout=15_000)
+    expect(app_row).to_have_count(0, timeout=LIVE_TIMEOUT_MS)
+    expect(_row(page, first["id"])).to_have_count(0)
     page.context.close()
