@@ -25,8 +25,8 @@ bp = df.Blueprint()
 
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
 PAGE = "index.html"
-#: The files the page is made of and how each is served; nothing else in the folder is reachable.
-CONTENT_TYPES = {PAGE: "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+#: The page's script and style sheet and how each is served; nothing else in the folder is reachable.
+STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 #: Same-origin only: no inline script or style, no frames, no requests to other hosts.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -37,24 +37,23 @@ SECURITY_HEADERS = {
 }
 
 
-def static_response(name: str) -> func.HttpResponse:
-    """One of the page's files with its content type and the security headers; 404 for any other name."""
-    mimetype = CONTENT_TYPES.get(name)
-    if mimetype is None:
-        return func.HttpResponse("not found", status_code=404, mimetype="text/plain")
-    body = (STATIC_DIR / name).read_bytes()
-    return func.HttpResponse(body, status_code=200, mimetype=mimetype, charset="utf-8",
+def _file(name: str, mimetype: str) -> func.HttpResponse:
+    """One of the page's files as it is, with the security headers."""
+    return func.HttpResponse((STATIC_DIR / name).read_bytes(), status_code=200, mimetype=mimetype, charset="utf-8",
                              headers=dict(SECURITY_HEADERS))
 
 
 @bp.route(route="dashboard", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
     """The dashboard page (anonymous: it holds no data and no key; the API calls it makes carry the key)."""
-    return static_response(PAGE)
+    return _file(PAGE, "text/html")
 
 
 @bp.route(route="dashboard/static/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def dashboard_static(req: func.HttpRequest) -> func.HttpResponse:
-    """The page's script and style sheet by name."""
+    """The page's script or style sheet by name; 404 for any other name."""
     name = req.route_params.get("name", "")
-    return static_response(name if name != PAGE else "")
+    mimetype = STATIC_FILES.get(name)
+    if mimetype is None:
+        return func.HttpResponse("not found", status_code=404, mimetype="text/plain")
+    return _file(name, mimetype)

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import Browser, Page, expect
 
+from orchestrations.dashboard import STATIC_FILES
 from tests.e2e.helpers import deploy, variant, wait_idle
 
 pytestmark = pytest.mark.slow
@@ -36,6 +38,9 @@ def test_watch_deploy_fail_timeline_and_roll_back(local_stack, browser: Browser,
     expect(app_row).to_contain_text("running")
     expect(_row(page, first["id"])).to_contain_text("live")
     page.evaluate("window.notReloaded = true")
+    served = [page.content(), *(requests.get(f"{local_stack.url}/api/dashboard/static/{name}", timeout=5).text
+                                for name in STATIC_FILES)]
+    assert not any(local_stack.api_key in text for text in served)  # the stack's chat API key never reaches it
 
     # an upload appears and is watched to live; then a bad one shows its reason
     upload = local_stack.store.upload_adapter_folder(kit.adapters["beta"], APP, "beta")

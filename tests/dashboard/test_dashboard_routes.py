@@ -8,7 +8,9 @@ import re
 import azure.functions as func
 import pytest
 
-from orchestrations.dashboard import CONTENT_TYPES, PAGE, STATIC_DIR, dashboard_page, dashboard_static
+from orchestrations.dashboard import PAGE, STATIC_DIR, STATIC_FILES, dashboard_page, dashboard_static
+
+CONTENT_TYPES = {PAGE: "text/html", **STATIC_FILES}
 
 DASHBOARD_ROUTES = {"dashboard", "dashboard/static/{name}"}
 #: Values a careless page might leak: settings holding keys or connection strings.
@@ -23,7 +25,7 @@ def _get(route_params: dict[str, str] | None = None, url: str = "http://host/api
 
 def _served() -> dict[str, func.HttpResponse]:
     """Every file the dashboard serves, by name."""
-    files = {name: dashboard_static(_get({"name": name})) for name in CONTENT_TYPES if name != PAGE}
+    files = {name: dashboard_static(_get({"name": name})) for name in STATIC_FILES}
     return {PAGE: dashboard_page(_get()), **files}
 
 
