@@ -154,15 +154,16 @@
 
   let timer = null;
   let running = null;
-  /** Refresh now (joining one in flight), then again every POLL_MS: one chain of polls at a time. */
+  /** Refresh now (joining one in flight), then again every POLL_MS while the tab is visible: one chain at a time. */
   function poll() {
     clearTimeout(timer);
     running = running || refresh().finally(() => {
       running = null;
-      timer = setTimeout(poll, POLL_MS);
+      timer = setTimeout(() => document.hidden || poll(), POLL_MS);
     });
     return running;
   }
+  document.addEventListener("visibilitychange", () => document.hidden || poll());
 
   // -- drawing ---------------------------------------------------------------------------------------------------
   function render() {
