@@ -8,10 +8,10 @@ every few seconds and acts through the same routes as `adapterctl` (`POST /api/a
 
 Authentication: these two routes are anonymous (a browser cannot send a header when it navigates to a page, and a
 key in the URL would end up in history and logs); every API route stays at function level. In Azure the user types
-a function key once into the page's key field: the page keeps it in `sessionStorage` (this tab only, gone when the
-tab closes) and sends it as the `x-functions-key` header on each request, which the Functions host checks like
-`?code=`. A 401 from the API asks for the key again. On devhost no key is needed (it does not check function
-keys). docs/dashboard.md says the same for users.
+a host key (it opens every function; a function's own key opens only that one) once into the page's key field: the
+page keeps it in `sessionStorage` (this tab only, gone when the tab closes) and sends it as the `x-functions-key`
+header on each request, which the Functions host checks like `?code=`. A 401 from the API asks for the key again.
+On devhost no key is needed (it does not check function keys). docs/dashboard.md says the same for users.
 """
 
 from __future__ import annotations
