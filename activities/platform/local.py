@@ -6,7 +6,8 @@ stop reaches its children too), with its output in `<state_dir>/<app>.log`.
 
 Runtime "container" (`LocalPlatformSettings.runtime`) runs the same server from the inference image instead, as ACA
 runs it: `docker run --rm --network host` of `settings.image` (the CPU target, `make image`) with the image's own
-non-root user, the base model mounted read-only at /models/base and `<store_root>/<app>` read-only at /adapters,
+non-root user, the base model mounted read-only at /models/base and `<store_root>/<app>` read-only at /adapters
+(but for `_replicas`, where each replica writes its report, mounted writable over it),
 the chat page off (devhost runs its own), and the environment passed by name only (`-e NAME`: the values reach the
 container through the docker client's environment, never its command line). The process this platform tracks is
 the docker client in the foreground: it forwards SIGTERM to the container (the server drains) and exits with it;
@@ -73,6 +74,9 @@ RUNTIMES = ("process", "container")
 #: Where the inference image expects the base model and the adapter store (inference_image/Dockerfile).
 IMAGE_MODEL_PATH = "/models/base"
 IMAGE_ADAPTER_STORE = "/adapters"
+#: The one folder of the store the server writes (its replica report, inference_server/replica_state.py): mounted
+#: writable over the read-only store.
+REPLICA_REPORTS = "_replicas"
 _INHERITED_PREFIXES = ("LC_",)
 _LOG_TAIL_BYTES = 2000
 _HEALTH_TRIES = 3  # heal_app: /health must fail this many times in a row
@@ -221,7 +225,9 @@ class LocalPlatform:
         """`docker run … IMAGE python -m inference_server`: mounts read-only, environment by name only."""
         s = self.settings
         cmd = [s.docker, "run", "--rm", "--name", self.container_name(spec.app), "--network", "host",
-               "-v", f"{Path(s.store_root).resolve() / spec.app}:{IMAGE_ADAPTER_STORE}:ro"]
+               "-v", f"{Path(s.store_root).resolve() / spec.app}:{IMAGE_ADAPTER_STORE}:ro",
+               "-v", f"{Path(s.store_root).resolve() / spec.app / REPLICA_REPORTS}:{IMAGE_ADAPTER_STORE}/"
+                     f"{REPLICA_REPORTS}"]
         if s.model_path is not None:
             cmd += ["-v", f"{Path(s.model_path).resolve()}:{IMAGE_MODEL_PATH}:ro"]
         for name in sorted({"CHAT_PAGE_ENABLED", *spec.env, *self._secret_env(spec, {})}):
@@ -348,6 +354,9 @@ class LocalPlatform:
         self._docker("rm", "-f", "-v", name)
         store = Path(self.settings.store_root) / app
         store.mkdir(parents=True, exist_ok=True)
+        reports = store / REPLICA_REPORTS
+        reports.mkdir(exist_ok=True)
+        reports.chmod(0o1777)  # the image's user writes its report here (sticky: none removes another's file)
         for path in (store, self.settings.model_path):
             if path is not None and (blocked := _closed_to_others(Path(path))):
                 raise PlatformError(

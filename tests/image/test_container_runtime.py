@@ -9,6 +9,7 @@ second adapter inside the same container, and no container left once the stack s
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_upload_goes_live_in_a_container_then_hot_swaps(boxed_stack) -> None:
     assert docker("exec", name, "id", "-u").stdout.strip() == "10001"
     mounts = json.loads(docker("inspect", "-f", "{{json .Mounts}}", name).stdout)
     binds = {m["Destination"]: m["RW"] for m in mounts if m["Type"] == "bind"}  # (the image's VOLUME /models too)
-    assert binds == {"/adapters": False, "/models/base": False}, mounts
+    assert binds == {"/adapters": False, "/adapters/_replicas": True, "/models/base": False}, mounts
     assert boxed_stack.api.app(APP)["endpoint"]
 
     record = deploy(boxed_stack, APP, kit.adapters["beta"], "beta")
@@ -65,3 +66,11 @@ def test_upload_goes_live_in_a_container_then_hot_swaps(boxed_stack) -> None:
     assert PHRASES["beta"] in chat(boxed_stack, APP)
     [same] = _containers(boxed_stack.state)
     assert same["ID"] == container["ID"], "the hot swap restarted the container"
+    deadline = time.monotonic() + 30  # the container's own report (its user writes through the writable mount)
+    while time.monotonic() < deadline:
+        reports = boxed_stack.api.app(APP).get("replicas_observed") or []
+        if any(r.get("alias_version", "").startswith("beta@") and not r.get("stale") for r in reports):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no fresh replica report serving beta: {reports}")

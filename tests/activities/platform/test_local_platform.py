@@ -310,8 +310,8 @@ def docker_calls(log: Path, cmd: str) -> list[dict]:
 def test_container_runtime_runs_the_image_as_aca_does(
     in_container: LocalPlatform, docker_log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`docker run --rm --network host` of the image: the store and model mounted read-only at the image's paths,
-    the chat page off, secrets passed by name (their values never in the client's command line)."""
+    """`docker run --rm --network host` of the image: the store and model mounted read-only at the image's paths
+    (the replica reports' folder writable), the chat page off, secrets passed by name (never in the command line)."""
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "orchestrator-secret")
     spec = replace(SPEC, generated_secrets=(ADMIN_KEY_SECRET,))
     state = in_container.ensure_app(spec).state
@@ -327,8 +327,10 @@ def test_container_runtime_runs_the_image_as_aca_does(
     assert run["name"] == name and run["network"] == ["host"] and run["rm"]
     settings = in_container.settings
     assert settings.model_path is not None
-    assert sorted(run["mounts"]) == sorted([f"{settings.store_root.resolve() / 'chat'}:/adapters:ro",
+    store = settings.store_root.resolve() / "chat"
+    assert sorted(run["mounts"]) == sorted([f"{store}:/adapters:ro", f"{store / '_replicas'}:/adapters/_replicas",
                                             f"{settings.model_path.resolve()}:/models/base:ro"])
+    assert (store / "_replicas").stat().st_mode & 0o7777 == 0o1777  # the image's user writes its report there
     assert set(run["env_names"]) == {"CHAT_PAGE_ENABLED", "EXTRA", "INFERENCE_API_KEYS", "INFERENCE_ADMIN_KEY"}
     env = environ(info["pid"])  # what the "container" got: the named variables only
     assert env["CHAT_PAGE_ENABLED"] == "0" and env["EXTRA"] == "1" and "AZURE_STORAGE_CONNECTION_STRING" not in env
