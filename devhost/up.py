@@ -529,7 +529,9 @@ def _demo(args: argparse.Namespace) -> int:
             return 0
         watched = [Watched("Azurite", up.azurite.poll, up.azurite.restart),
                    Watched("devhost serve", lambda: up.host.poll(), up.start_host)]
-        urls = [f"status API: {up.url}/api/apps/{args.app_name}",
+        _wait_http(f"{up.url}/api/dashboard", 30, up.host, expect_ok=True)
+        urls = [f"dashboard:  {up.url}/api/dashboard",
+                f"status API: {up.url}/api/apps/{args.app_name}",
                 f"chat API:   {up.connection['CHAT_API_URL']}/chat/completions (model 'live')"]
         if page is not None:
             page_url = f"http://127.0.0.1:{page_port}"

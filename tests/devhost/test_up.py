@@ -102,7 +102,8 @@ def test_stop_signal_stops_every_child_process_within_seconds(tiny_kit, tmp_path
     state = tmp_path / "state"
     with running_up(state, "--chat-page-port", "0") as up:
         url, _ = up.serving()
-        assert all(f"{word}:" in "".join(up.seen) for word in ("status API", "chat API", "chat page"))
+        assert all(f"{word}:" in "".join(up.seen) for word in ("dashboard", "status API", "chat API", "chat page"))
+        assert answers_http(f"{url}/api/dashboard"), "the dashboard URL was printed before it answered"
         values = exports(state)
         assert answers_http(values["CHAT_PAGE_URL"]), "the chat page URL was printed before it answered"
         assert values["ADAPTERCTL_URL"] == url and values["DEVHOST_STATE_DIR"] == str(state.resolve())
