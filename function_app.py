@@ -12,7 +12,9 @@ from orchestrations.reconcile import bp as reconciling
 from orchestrations.rollout import bp as rollouts
 from orchestrations.starters import bp as starters
 from orchestrations.status_api import bp as status_api
+from orchestrations.uploads import bp as uploads
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, lifecycle, dashboard, activities):
+for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, lifecycle, dashboard, uploads,
+                  activities):
     app.register_functions(blueprint)
