@@ -205,6 +205,7 @@
       const chosen = select.value;
       select.replaceChildren(new Option("all", ""), ...names.map((n) => new Option(n, n)));
       select.value = names.includes(chosen) ? chosen : "";
+      $("deploy-apps").replaceChildren(...names.map((n) => new Option(n, n)));
     }
   }
 
@@ -300,6 +301,117 @@
       { method: "DELETE" }, (a) => `Deletion of ${app} started: ${a.id}`);
   }
 
+  // -- deploying -------------------------------------------------------------------------------------------------
+  // The picked files go as multipart/form-data, one part per file named by its path in the adapter folder, to
+  // POST /api/apps/{app}/uploads (orchestrations/uploads.py), which validates them with the orchestrator's rules.
+  // Checked here first, cheaply: names, the two files present, none empty, count and total size, the config's rank.
+  const APP_NAME = /^[a-z](?!.*--)[a-z0-9-]{0,30}[a-z0-9]$/;
+  const ADAPTER_NAME = /^[a-z0-9][a-z0-9\-_.]{0,62}$/;
+  const CONFIG = "adapter_config.json";
+  const WEIGHTS = "adapter_model.safetensors";
+  let uploadRules = null; // GET /api/uploads/rules, read once
+
+  const hiddenName = (name) => /^[._]/.test(name.split("/").pop());
+
+  /** The picked files by name relative to the adapter folder (the picked folder's own name dropped). */
+  function picked() {
+    const folder = [...$("deploy-folder").files].map((f) => [f.webkitRelativePath.split("/").slice(1).join("/") || f.name, f]);
+    const loose = [...$("deploy-files").files].map((f) => [f.name, f]);
+    return new Map([...folder, ...loose].filter(([name]) => !hiddenName(name)));
+  }
+
+  function showPicked(from) {
+    const other = from === "deploy-folder" ? "deploy-files" : "deploy-folder";
+    $(other).value = ""; // one way of picking at a time
+    const first = $(from).files[0];
+    const adapter = $("deploy-adapter");
+    if (from === "deploy-folder" && first && (!adapter.value || adapter.dataset.auto)) {
+      const name = first.webkitRelativePath.split("/")[0].toLowerCase();
+      if (ADAPTER_NAME.test(name)) {
+        adapter.value = name;
+        adapter.dataset.auto = "1";
+      }
+    }
+    const files = picked();
+    const bytes = [...files.values()].reduce((sum, f) => sum + f.size, 0);
+    $("deploy-picked").textContent = files.size ? `${files.size} files, ${bytes} bytes: ${[...files.keys()].join(", ")}` : "";
+  }
+
+  /** What is wrong with the picked files as far as the browser can tell cheaply (a rule's code and reason), or "". */
+  async function problemWith(files) {
+    if (!files.size) return "pick the adapter's folder or its files";
+    if (!files.has(CONFIG)) return `missing_config: ${CONFIG} is not among the picked files`;
+    if (!files.has(WEIGHTS)) return `missing_weights: ${WEIGHTS} is not among the picked files`;
+    uploadRules = uploadRules || await api("uploads/rules");
+    if (files.size > uploadRules.max_files) return `too_many_files: ${files.size} files, at most ${uploadRules.max_files}`;
+    let total = 0;
+    for (const [name, file] of files) {
+      if (!file.size) return `empty_file: ${name} is empty`;
+      total += file.size;
+    }
+    if (total > uploadRules.max_total_bytes) {
+      return `too_large: the files are ${total} bytes, adapters may be ${uploadRules.max_total_bytes} bytes`;
+    }
+    let config = null;
+    try {
+      if (files.get(CONFIG).size <= 1 << 20) config = JSON.parse(await files.get(CONFIG).text());
+    } catch {
+      config = null;
+    }
+    if (!config || typeof config !== "object" || Array.isArray(config)) return `invalid_config: ${CONFIG} is not a JSON object`;
+    const ranks = [config.r, ...Object.values(config.rank_pattern || {})].map(Number).filter(Number.isFinite);
+    const rank = Math.max(0, ...ranks);
+    if (rank > uploadRules.max_rank) return `rank_too_large: rank ${rank} is over the limit ${uploadRules.max_rank}`;
+    return "";
+  }
+
+  async function deploy(event) {
+    event.preventDefault();
+    const app = $("deploy-app").value.trim();
+    const adapter = $("deploy-adapter").value.trim();
+    const create = $("deploy-create").checked;
+    if (!APP_NAME.test(app)) {
+      say("Not deployed: the app name must be 2-32 lowercase letters, digits and '-', starting with a letter", true);
+      return;
+    }
+    if (!ADAPTER_NAME.test(adapter) || adapter.includes("..")) {
+      say("Not deployed: the adapter name must be lowercase letters, digits, '-', '_' and '.' (at most 63)", true);
+      return;
+    }
+    if (!create && !state.apps.has(app)) {
+      say(`Not deployed: there is no app ${app}; tick "create the app if it is new" to create it`, true);
+      return;
+    }
+    const submit = $("deploy-submit");
+    submit.disabled = true;
+    try {
+      const files = picked();
+      const problem = await problemWith(files);
+      if (problem) {
+        say(`Not deployed (checked in the browser): ${problem}`, true);
+        return;
+      }
+      const form = new FormData();
+      for (const [name, file] of files) form.append("file", file, name);
+      const query = new URLSearchParams({ adapter });
+      if (create) query.set("create", "1");
+      say(`Uploading ${adapter} to ${app}…`);
+      const answer = await api(`${appPath(app)}/uploads?${query}`, { method: "POST", body: form });
+      say(`Uploaded ${adapter} to ${app}: record ${answer.id}`);
+      state.selected = answer.id;
+      state.selectedRecord = null;
+      for (const id of ["deploy-folder", "deploy-files", "deploy-adapter"]) $(id).value = "";
+      delete $("deploy-adapter").dataset.auto;
+      $("deploy-create").checked = false;
+      $("deploy-picked").textContent = "";
+      await poll();
+    } catch (error) {
+      if (!(error instanceof ApiError && refused(error))) say(`Refused: ${error.message}`, true);
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
   const actions = { select, rollback, delete: remove };
 
   document.addEventListener("click", (event) => {
@@ -317,6 +429,9 @@
     });
   }
   $("filters").addEventListener("submit", (event) => event.preventDefault());
+  $("deploy-form").addEventListener("submit", deploy);
+  for (const id of ["deploy-folder", "deploy-files"]) $(id).addEventListener("change", () => showPicked(id));
+  $("deploy-adapter").addEventListener("input", () => delete $("deploy-adapter").dataset.auto);
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const key = $("key").value.trim();

@@ -6,6 +6,7 @@ and nothing is uploaded."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,7 +79,8 @@ def _request(body: bytes, content_type: str, length: str | None = None, **params
 
 
 def _answer(request: func.HttpRequest) -> tuple[int, str]:
-    response = asyncio.run(uploads.handle_upload(request, None))
+    with ThreadPoolExecutor(1) as pool:  # its own loop: Playwright's sync API may hold this thread's
+        response = pool.submit(asyncio.run, uploads.handle_upload(request, None)).result()
     return response.status_code, response.get_body().decode()
 
 
