@@ -119,23 +119,25 @@ def parse_form(content_type: str, body: bytes) -> list[Part]:
         raise BadRequest("multipart/form-data without a valid boundary")
     view = memoryview(body)
     delimiter = b"\r\n--" + boundary.encode("latin-1")
-    framed = b"\r\n" + body  # so the first delimiter looks like the others
+    # positions of each delimiter in `body`; the first may open the body without its CRLF (position -2)
+    start = -2 if body.startswith(delimiter[2:]) else body.find(delimiter)
     positions: list[int] = []
-    start = framed.find(delimiter)
     while start != -1:
         positions.append(start)
         if len(positions) > MAX_PARTS + 1:
             raise BadRequest(f"more than {MAX_PARTS} parts")
-        start = framed.find(delimiter, start + len(delimiter))
-    if not positions or not framed.startswith(b"--", positions[-1] + len(delimiter)):
+        start = body.find(delimiter, start + len(delimiter))
+    if not positions or not body.startswith(b"--", positions[-1] + len(delimiter)):
         raise BadRequest("the multipart body is cut short (no closing boundary)")
     parts: dict[str, Part] = {}
     for begin, end in zip(positions, positions[1:], strict=False):
-        head_start = framed.find(b"\r\n", begin + len(delimiter))
-        head_end = framed.find(b"\r\n\r\n", head_start)
+        head_start = body.find(b"\r\n", begin + len(delimiter))
+        head_end = body.find(b"\r\n\r\n", head_start) if head_start != -1 else -1
         if head_start == -1 or head_end == -1 or head_end > end:
             raise BadRequest("a multipart part has no header block")
-        headers = framed[head_start + 2:head_end].decode("utf-8", "replace").split("\r\n")
+        if body[begin + len(delimiter):head_start].strip(b" \t"):
+            raise BadRequest("a multipart boundary line has more than the boundary on it")
+        headers = body[head_start + 2:head_end].decode("utf-8", "replace").split("\r\n")
         disposition = next((h.split(":", 1)[1].strip() for h in headers
                             if h.lower().startswith("content-disposition:")), "")
         filename = _header_params("content-disposition", disposition).get_filename()
@@ -144,8 +146,7 @@ def parse_form(content_type: str, body: bytes) -> list[Part]:
         name = check_upload_name(filename)
         if name in parts:
             raise BadRequest(f"file {name!r} is given twice")
-        # framed = b"\r\n" + body: framed offset i is body offset i - 2
-        parts[name] = Part(name, view[head_end + 4 - 2:end - 2])
+        parts[name] = Part(name, view[head_end + 4:end])  # no copy of the content
     return list(parts.values())
 
 

@@ -70,6 +70,15 @@ def test_a_name_given_twice_is_refused() -> None:
         "adapter_config.json"]
 
 
+def test_a_boundary_line_with_more_on_it_is_refused() -> None:
+    part = b"Content-Disposition: form-data; name=file; filename=a.json\r\n\r\n{}\r\n"
+    assert uploads.parse_form("multipart/form-data; boundary=b", b"preamble\r\n--b\r\n" + part + b"--b--")
+    with pytest.raises(BadRequest, match="more than the boundary"):
+        uploads.parse_form("multipart/form-data; boundary=b", b"--bx\r\n" + part + b"--b--")
+    with pytest.raises(BadRequest, match="more than the boundary"):
+        uploads.parse_form("multipart/form-data; boundary=b", b"--b\r\n" + part + b"--b--\r\n" + part + b"--b--")
+
+
 def _request(body: bytes, content_type: str, length: str | None = None, **params: str) -> func.HttpRequest:
     headers = {"content-type": content_type}
     if length is not None:
@@ -104,6 +113,34 @@ def test_too_large_is_413_from_the_files_without_a_length(monkeypatch: pytest.Mo
     assert status == 413 and "adapters may be 1048576 bytes" in answer
     content_type, body = _form({"adapter_config.json": b"{}", "adapter_model.safetensors": b"x" * (2 << 20)})
     assert _answer(_request(body, content_type))[0] == 413
+
+
+def _fake_services(deletion: dict | None, exists: bool) -> SimpleNamespace:
+    svc = SimpleNamespace(settings=SimpleNamespace(max_adapter_mb=1),
+                          records=SimpleNamespace(deletion=lambda app: deletion, has_app=lambda app: exists),
+                          apps=SimpleNamespace(describe=lambda app: SimpleNamespace(exists=exists)),
+                          read_manifest=lambda app: None)
+    svc.store = SimpleNamespace(upload_adapter_folder=lambda *a: pytest.fail("nothing may be uploaded"))
+    return svc
+
+
+@pytest.mark.parametrize("deletion, exists, params, status, why", [
+    ({"id": "delete-demo.20261130T000000000000"}, True, {}, 409, "is being deleted (delete-demo."),
+    ({"id": "delete-demo.20261130T000000000000"}, False, {"create": "1"}, 409, "is being deleted"),
+    (None, False, {}, 404, "create=1"),
+    (None, False, {"create": "0"}, 404, "create=1"),
+])
+def test_an_app_being_deleted_is_409_and_an_unknown_one_404_without_create(
+        monkeypatch: pytest.MonkeyPatch, deletion: dict | None, exists: bool, params: dict[str, str], status: int,
+        why: str) -> None:
+    from orchestrations import status_api
+
+    svc = _fake_services(deletion, exists)
+    monkeypatch.setattr(uploads, "services", lambda: svc)
+    monkeypatch.setattr(status_api, "services", lambda: svc)
+    content_type, body = _form({"adapter_config.json": b"{}", "adapter_model.safetensors": b"x"})
+    answer = _answer(_request(body, content_type, **params))
+    assert answer[0] == status and why in answer[1]
 
 
 @pytest.mark.parametrize("params, why", [({"adapter": "../x"}, "unsafe_name"), ({"adapter": ""}, "adapter=NAME")])
