@@ -4,7 +4,9 @@ The page is plain HTML, JavaScript and CSS from `orchestrations/dashboard_static
 no build step, nothing of the host's settings in them, so the page never carries a key. In the browser it reads
 the status API (`GET /api/apps`, `/api/apps/{app}`, `/api/apps/{app}/deployments?limit=`, `/api/deployments/{id}`)
 every few seconds and acts through the same routes as `adapterctl` (`POST /api/apps/{app}/rollback`,
-`DELETE /api/apps/{app}`), each after a confirmation.
+`DELETE /api/apps/{app}`), each after a confirmation. Its *Deploy* form sends a picked adapter folder to
+`POST /api/apps/{app}/uploads` (orchestrations/uploads.py: validated with the orchestrator's rules, then uploaded
+like `adapterctl deploy` uploads), after checking in the browser what it can against `GET /api/uploads/rules`.
 
 Authentication: these two routes are anonymous (a browser cannot send a header when it navigates to a page, and a
 key in the URL would end up in history and logs); every API route stays at function level. In Azure the user types
