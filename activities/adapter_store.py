@@ -32,7 +32,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -334,6 +334,22 @@ class AdapterStore:
         """Every blob under the adapter's folder (marker included): relative name -> size."""
         prefix = self.blob_name(app, adapter)
         return {b.name[len(prefix) :]: b.size for b in self.container.list_blobs(name_starts_with=prefix)}
+
+    def uploads_in_flight(self, app: str, quiet_s: float) -> list[str]:
+        """The app's adapters whose folder got a file after its `_COMPLETE` marker (or has none) within the last
+        `quiet_s` seconds (by the storage service's clock): an upload under way. Folders starting with `_` (the
+        deployment records) are not adapters."""
+        prefix = f"{self.settings.prefix}{check_name('app', app)}/"
+        newest: dict[str, datetime] = {}
+        markers: dict[str, datetime] = {}
+        for blob in self.container.list_blobs(name_starts_with=prefix):
+            adapter, _, rest = blob.name[len(prefix):].partition("/")
+            if not rest or adapter.startswith("_"):
+                continue
+            seen = markers if rest == MARKER_NAME else newest
+            seen[adapter] = max(seen.get(adapter, blob.last_modified), blob.last_modified)
+        since = datetime.now(UTC) - timedelta(seconds=quiet_s)
+        return sorted(a for a, at in newest.items() if at > since and (a not in markers or at > markers[a]))
 
     def read_blob(
         self, app: str, adapter: str, name: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES

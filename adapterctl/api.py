@@ -67,7 +67,10 @@ class OrchestratorApi:
 
 
 def _seg(value: str) -> str:
-    """One URL path segment: every character that could end or change the path is escaped."""
+    """One URL path segment: every character that could end or change the path is escaped; `.` and `..`, which
+    HTTP clients resolve away even escaped, are refused (no app, adapter or id is named so): ApiError 400."""
+    if value in ("", ".", ".."):
+        raise ApiError(f"{value!r} is not a valid name", 400)
     return quote(value, safe="")
 
 

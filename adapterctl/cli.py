@@ -50,8 +50,9 @@ exit status:
   0    done
   1    the rollout failed, was rolled back or superseded (the reason is printed), following it timed out,
        or `config check` found problems
-  2    bad usage or input, as one line `adapterctl: <what is wrong>`
-  3    the orchestrator, the chat endpoint or the upload storage is unreachable or answered with an error
+  2    bad usage or input, as one line `adapterctl: <what is wrong>` (also a name, id or model the orchestrator
+       or the chat endpoint refuses or does not know: their 400 and 404)
+  3    the orchestrator, the chat endpoint or the upload storage is unreachable or answered with another error
   130  interrupted (Ctrl-C; a rollout already started goes on: `adapterctl status ID`)
   141  the output was closed early (e.g. `| head`); nothing more is printed
 """
@@ -120,6 +121,8 @@ def _storage_settings(args: argparse.Namespace) -> dict[str, str | None]:
 
 def _declared_base_model(folder: Path) -> str:
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError("adapter_config.json must be a JSON object")
     return str(config.get("base_model_name_or_path") or "unknown")
 
 
@@ -141,10 +144,20 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_apps(args: argparse.Namespace, out: Output) -> int:
     api = api_for(args)
-    details = [api.app(name) for name in api.apps()]
+    details = [_app_or_error(api, name) for name in api.apps()]
     rows = [(d["app"], (d.get("served") or {}).get("version") or "(base)", _endpoint(d)) for d in details]
     out.result(details, table(("APP", "SERVED VERSION", "ENDPOINT"), rows) if rows else "no apps")
     return EXIT_OK
+
+
+def _app_or_error(api: Any, name: str) -> dict[str, Any]:
+    """One app's status; an app the orchestrator cannot describe is a row saying why, not the end of the list."""
+    try:
+        return api.app(name)
+    except ApiError as exc:
+        if exc.status in (0, 401, 403):  # the orchestrator itself, not this app
+            raise
+        return {"app": name, "error": str(exc), "served": None, "endpoint": f"({exc})"}
 
 
 def _endpoint(app: dict[str, Any]) -> str | None:
@@ -232,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --json after the command too (`status --json --app demo`); SUPPRESS keeps a --json given before it
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds to follow a rollout")
 
     p = sub.add_parser("deploy", parents=[common], help="validate, upload and follow an adapter folder's rollout")
     p.add_argument("path")
@@ -342,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             code = args.func(args, out)
         except UsageError as exc:
             code = _fail(out, EXIT_USAGE, str(exc))
-        except ApiError as exc:
-            code = _fail(out, EXIT_API, str(exc), status=exc.status)
+        except ApiError as exc:  # the server's 400/404 name what was wrong with what was asked (bad input)
+            code = _fail(out, EXIT_USAGE if exc.status in (400, 404) else EXIT_API, str(exc), status=exc.status)
         except AzureError as exc:  # the upload store: unreachable, refused credentials, ...
             code = _fail(out, EXIT_API, f"storage: {type(exc).__name__}: {str(exc).splitlines()[0]}")
         except TimeoutError as exc:

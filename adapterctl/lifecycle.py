@@ -33,7 +33,7 @@ def delete_app(api: OrchestratorApi, app: str) -> dict[str, Any]:
 
 def rollback(api: OrchestratorApi, app: str, to: str | None = None) -> dict[str, Any]:
     """Request a rollback: the deploy request's `{"id", "adapter", "rollback_of", "rollback_to", "status_url"}`."""
-    return _refusals(lambda: api._call("POST", f"apps/{_seg(app)}/rollback", {"to": to} if to else {}))
+    return _refusals(lambda: api._call("POST", f"apps/{_seg(app)}/rollback", {} if to is None else {"to": to}))
 
 
 def _refusals(call: Any) -> dict[str, Any]:

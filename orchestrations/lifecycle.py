@@ -20,7 +20,8 @@ steps. Order, and why nothing brings the app back:
    that would start or change the server (ensure, restart, provisioning steps) refuse (`app_deleting`); deploy and
    rollback requests answer 409;
 2. the route refuses (409, the marker removed again) while a rollout may run: an open deployment record
-   (received, in a rollout, or retrying), or a reconciler still in a pass (`checking`, `rolling_out`) after
+   (received, in a rollout, or retrying), an upload under way (files without a later `_COMPLETE` marker written
+   within `UPLOAD_QUIET_S`), or a reconciler still in a pass (`checking`, `rolling_out`) after
    `SETTLE_S` (a heal pass ends within it). Deleting never waits for a rollout or cuts one short: try again once
    it ended (`adapterctl status --app APP`);
 3. the route ends the app's reconciler (it is waiting: nothing is lost) and starts the orchestration, which deletes
@@ -58,6 +59,10 @@ DELETE_ORCHESTRATOR = "delete"
 WAITING_PHASES = frozenset({"idle", "error", "waiting_retry"})
 #: How long DELETE waits for a reconciler's pass with nothing open (a heal pass) to end before answering 409.
 SETTLE_S = 5.0
+#: A file written into an adapter's folder after its marker (or with none) this recently is an upload under way:
+#: DELETE answers 409 rather than delete the app under it (its marker would then bring a half app back). An upload
+#: abandoned longer ago (an interrupted `adapterctl deploy`) no longer holds a deletion back.
+UPLOAD_QUIET_S = 600.0
 
 
 # -- rollback ------------------------------------------------------------------------------------------------------
@@ -111,6 +116,10 @@ async def _busy(client: df.DurableOrchestrationClient, app: str) -> str | None:
     open_ids = await asyncio.to_thread(services().records.open_ids, app)
     if open_ids:
         return f"app {app!r} has deployments that have not ended ({', '.join(open_ids[:3])})"
+    uploading = await asyncio.to_thread(services().store.uploads_in_flight, app, UPLOAD_QUIET_S)
+    if uploading:
+        return (f"an upload into app {app!r} is under way ({', '.join(uploading[:3])}: files written in the last "
+                f"{UPLOAD_QUIET_S / 60:.0f} minutes, no _COMPLETE marker after them)")
     return await _in_pass(client, app)
 
 

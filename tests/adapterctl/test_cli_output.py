@@ -90,9 +90,10 @@ def test_url_from_the_environment_is_named_in_its_error(run: Run, monkeypatch: p
 
 
 def test_json_errors_are_one_document(run: Run, api: FakeApi) -> None:
-    """With --json a failure is still one JSON document on stdout (and one line on stderr)."""
+    """With --json a failure is still one JSON document on stdout (and one line on stderr); an unknown id (404) is
+    bad input (2)."""
     code, out, err = run("--json", "--url", api.url, "status", "demo.20261130T141411000000-u9")
-    assert code == 3 and json.loads(out)["status"] == 404 and err.startswith("adapterctl: no route GET")
+    assert code == 2 and json.loads(out)["status"] == 404 and err.startswith("adapterctl: no route GET")
     code, out, _ = run("--json", "--url", "ftp://x", "apps")
     assert code == 2 and json.loads(out) == {"ok": False, "reason": "--url must start with http:// or https:// "
                                                                       "(got 'ftp://x')"}
@@ -170,3 +171,26 @@ def test_json_after_the_command_and_an_unknown_model_is_bad_input(run: Run, api:
     code, out, err = run("--url", api.url, "chat", "demo", "hi", "--model", "nope", "--api-key", "k")
     assert code == 2 and out.strip() == "" and err.count("\n") == 1
     assert err.startswith("adapterctl: chat failed: The model 'nope' does not exist"), err
+
+
+def test_refusals_of_the_orchestrator_are_bad_input_and_one_broken_app_keeps_the_list(
+        run: Run, api: FakeApi, tmp_path: Path) -> None:
+    """The orchestrator's 400/404 exit 2; `apps` shows an app it cannot describe as a row saying why; `.` is an
+    app name like any other (escaped, not resolved away); --timeout works after the command; an adapter_config.json
+    that is not an object is one line, exit 2."""
+    api.routes["/api/apps/Demo/deployments"] = (400, {"error": {"message": "app name 'Demo' is invalid"}})
+    code, _, err = run("--url", api.url, "status", "--app", "Demo")
+    assert code == 2 and err == "adapterctl: app name 'Demo' is invalid\n", err
+    api.routes["/api/apps"] = (200, {"apps": ["demo", "broken"]})
+    api.routes["/api/apps/demo"] = (200, {"app": "demo", "served": {"version": "beta@a8d5"}, "endpoint": "http://x"})
+    api.routes["/api/apps/broken"] = (503, {"error": {"message": "platform unavailable: state file unreadable"}})
+    code, out, _ = run("--url", api.url, "apps")
+    assert code == 0 and "demo" in out and "broken" in out and "state file unreadable" in out, out
+    asked = len(api.requests)
+    code, _, err = run("--url", api.url, "status", "--app", "..", "--timeout", "5")
+    assert code == 2 and err == "adapterctl: '..' is not a valid name\n" and len(api.requests) == asked
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("[]")
+    code, out, err = run("--url", api.url, "deploy", str(folder), "--app", "demo", "--storage-connection", "x")
+    assert (code, out) == (2, "") and err.startswith("adapterctl: invalid adapter") and err.count("\n") == 1, err

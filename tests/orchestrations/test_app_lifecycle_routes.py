@@ -209,6 +209,27 @@ async def test_delete_is_refused_while_a_rollout_may_run(host) -> None:
     assert status == 202 and (await finished(host, accepted["id"]))["state"] == "deleted"
 
 
+async def test_delete_is_refused_while_an_upload_is_under_way(host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written into an adapter folder with no marker after them (an upload in progress): 409 naming it; once
+    the marker lands (or the files are older than UPLOAD_QUIET_S) the deletion goes ahead."""
+    import orchestrations.lifecycle as lifecycle
+
+    done = upload(host, "inflight", "alpha", "1")
+    went_live(host, "inflight", done)
+    container = host.svc.store.container
+    container.upload_blob(host.svc.store.blob_name("inflight", "beta", "adapter_model.safetensors"), b"partial")
+    status, body = await call(host, "DELETE", "apps/inflight")
+    assert status == 409 and "upload into app 'inflight' is under way (beta" in body["error"]["message"], body
+    assert host.svc.records.deletion("inflight") is None
+    assert host.svc.store.uploads_in_flight("inflight", 600) == ["beta"]
+    await asyncio.sleep(1.1)  # blob times are whole seconds: a re-upload's first file, a second after the marker
+    container.upload_blob(host.svc.store.blob_name("inflight", "alpha", "notes.txt"), b"after the marker")
+    assert host.svc.store.uploads_in_flight("inflight", 600) == ["alpha", "beta"]
+    monkeypatch.setattr(lifecycle, "UPLOAD_QUIET_S", 0.0)  # an abandoned upload no longer holds it back
+    status, accepted = await call(host, "DELETE", "apps/inflight")
+    assert status == 202 and (await finished(host, accepted["id"]))["state"] == "deleted"
+
+
 async def test_nothing_starts_an_app_while_it_is_being_deleted(host) -> None:
     """With the deletion marker: deploy and rollback requests are 409, provisioning ends failed (app_deleting),
     GET shows `deleting`; a second DELETE retries (a failed deletion leaves its marker)."""
