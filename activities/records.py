@@ -159,8 +159,9 @@ class DeploymentRecords:
         check_name("adapter", adapter)
         done = self.store.get_complete(app, adapter)
         if expect_sha256 is not None and done.sha256 != expect_sha256:
-            raise LookupError(f"adapter {adapter!r} of app {app!r} now holds other content (sha256 "
-                              f"{done.sha256[:12]}, not {expect_sha256[:12]}): that version is no longer in the store")
+            raise LookupError(f"adapter {adapter!r} of app {app!r} was uploaded again with other content (sha256 "
+                              f"{done.sha256[:12]}, not {expect_sha256[:12]}); a rollback redeploys an upload, and that "
+                              "version's upload was replaced: deploy its folder again to go back to it")
         now = datetime.now(UTC)
         record = _new(f"{app}.{stamp(now)}-r{secrets.token_hex(3)}", app, adapter, "request", now)
         record.update(sha256=done.sha256, force_restart=force_restart, **extra)

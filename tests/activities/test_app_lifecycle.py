@@ -92,7 +92,7 @@ def test_rollback_lookups(records: DeploymentRecords, tmp_path: Path) -> None:  
     request = records.create_request("demo", "alpha", False, first.sha256, rollback_of="beta@x", rollback_to="alpha@y")
     assert request["rollback_of"] == "beta@x" and records.get("demo", request["id"])["rollback_to"] == "alpha@y"
     upload(records, tmp_path, "demo", "alpha", "9")  # alpha now holds other content
-    with pytest.raises(LookupError, match="no longer in the store"):
+    with pytest.raises(LookupError, match="upload was replaced: deploy its folder again"):
         records.create_request("demo", "alpha", False, first.sha256)
 
 

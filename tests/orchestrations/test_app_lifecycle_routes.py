@@ -289,7 +289,7 @@ async def test_rollback_refusals(host) -> None:
     serve(host, "rbno", beta)
     upload(host, "rbno", "alpha", "3")  # alpha re-uploaded: alpha_v's bytes are gone from the store
     status, body = await call(host, "POST", "apps/rbno/rollback", {})
-    assert status == 404 and "no longer in the store" in body["error"]["message"], body
+    assert status == 404 and "that version's upload was replaced" in body["error"]["message"], body
     for bad in ({"to": 5}, {"to": ""}, {"to": "Bad Name"}):
         status, body = await call(host, "POST", "apps/rbno/rollback", bad)
         assert status == 400 and "'to'" in body["error"]["message"], (bad, body)
