@@ -23,6 +23,7 @@
     selected: null, // record id whose timeline is open
     selectedRecord: null,
     askedForKey: false,
+    appsKnown: false, // the last read of the app list worked
   };
 
   class ApiError extends Error {
@@ -131,11 +132,13 @@
       }
       const failure = results.find((r) => r.status === "rejected" && r.reason.status !== 404);
       if (failure) throw failure.reason;
+      state.appsKnown = true;
       if (state.selected) await loadSelected();
       if ($("status").classList.contains("error")) say("");
       state.askedForKey = false;
       $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
+      state.appsKnown = false;
       if (!(error instanceof ApiError && refused(error))) say(`Cannot read the status API: ${error.message}`, true);
     }
     render();
@@ -378,7 +381,7 @@
       say("Not deployed: the adapter name must be lowercase letters, digits, '-', '_' and '.' (at most 63)", true);
       return;
     }
-    if (!create && !state.apps.has(app)) {
+    if (!create && state.appsKnown && !state.apps.has(app)) { // not known: the server answers 404
       say(`Not deployed: there is no app ${app}; tick "create the app if it is new" to create it`, true);
       return;
     }

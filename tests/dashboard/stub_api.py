@@ -44,6 +44,7 @@ class StubApi:
     key: str | None = None
     seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path and query, x-functions-key)
     url: str = ""
+    uploads: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         start = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -88,12 +89,29 @@ class StubApi:
         found = [r for rs in self.records.values() for r in rs if r["id"] == wanted]
         return web.json_response(found[0]) if found else web.json_response({}, status=404)
 
+    async def _rules(self, _request: web.Request) -> web.Response:
+        return web.json_response({"max_total_bytes": 1 << 20, "max_files": 32, "max_rank": 16,
+                                  "required_files": ["adapter_config.json", "adapter_model.safetensors"]})
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """Keeps what the page sent (`uploads`: query, {file name: bytes}) and answers like the real route."""
+        files: dict[str, bytes] = {}
+        async for part in await request.multipart():
+            files[part.filename] = await part.read()
+        self.uploads.append((request.path_qs, files))
+        app = request.match_info["app"]
+        record = records(app, 1, datetime.now(UTC))[0]
+        self.records.setdefault(app, []).insert(0, record)
+        return web.json_response({"id": record["id"], "app": app, "status_url": f"/api/deployments/{record['id']}"},
+                                 status=202)
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
         app.add_routes([web.get("/api/dashboard", self._page), web.get("/api/dashboard/static/{name}", self._page),
                         web.get("/api/apps", self._apps), web.get("/api/apps/{app}", self._app),
                         web.get("/api/apps/{app}/deployments", self._deployments),
-                        web.get("/api/deployments/{id}", self._deployment)])
+                        web.get("/api/deployments/{id}", self._deployment),
+                        web.get("/api/uploads/rules", self._rules), web.post("/api/apps/{app}/uploads", self._upload)])
         return app
 
 

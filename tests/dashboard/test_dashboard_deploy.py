@@ -67,3 +67,40 @@ def test_deploy_a_folder_from_the_page_and_see_refusals(local_stack, browser: Br
     assert local_stack.store.list_adapter_blobs(APP, "broken") == {}
     assert page.evaluate("window.notReloaded") is True
     page.context.close()
+
+
+def test_a_deploy_sends_the_key_as_a_header_and_files_by_relative_name(browser: Browser, tmp_path: Path) -> None:
+    """On a host that requires a key: refused (401) until the key is typed; then the upload carries it only in the
+    x-functions-key header, each file named by its path in the folder (the folder's own name and hidden files
+    dropped)."""
+    from tests.dashboard.stub_api import StubApi, serving
+
+    folder = tmp_path / "gamma"
+    (folder / "sub").mkdir(parents=True)
+    files = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"weights",
+             "sub/notes.md": b"notes"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / ".DS_Store").write_bytes(b"junk")
+    with serving(StubApi({"alpha": 1}, key="stub-key-0123456789")) as stub:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{stub.url}/api/dashboard")
+        page.get_by_label("Deploy to app").fill("alpha")
+        page.get_by_label("Adapter folder").set_input_files(folder)
+        page.get_by_label("create the app if it is new").check()  # the page could not read the apps: 401
+        with page.expect_response("**/api/uploads/rules") as refused:
+            page.get_by_role("button", name="Deploy", exact=True).click()
+        assert refused.value.status == 401
+        expect(page.get_by_role("status")).to_contain_text("refused the request (401)")
+        assert stub.uploads == []
+
+        page.get_by_label("Function key").fill("stub-key-0123456789")
+        page.keyboard.press("Enter")
+        expect(page.get_by_text("Showing 1 of 1 records")).to_be_visible()
+        page.get_by_role("button", name="Deploy", exact=True).click()
+        expect(page.get_by_role("status")).to_contain_text("Uploaded gamma to alpha: record alpha.")
+        assert stub.uploads == [("/api/apps/alpha/uploads?adapter=gamma&create=1", files)]
+        assert ("/api/apps/alpha/uploads?adapter=gamma&create=1", "stub-key-0123456789") in stub.seen
+        assert not any("stub-key" in query for query, _ in stub.seen)
+        context.close()
