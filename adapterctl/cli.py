@@ -304,7 +304,8 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> No
     env = defaults.get
     if args.url is None:
         args.url = env("ADAPTERCTL_URL", DEFAULT_URL)
-        _check_url(defaults.origin("ADAPTERCTL_URL"), args.url)
+        args.url_origin = defaults.origin("ADAPTERCTL_URL")
+        _check_url(args.url_origin, args.url)
     else:
         _check_url("--url", args.url)
     args.function_key = args.function_key or env("ADAPTERCTL_FUNCTION_KEY")
@@ -357,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             code = _fail(out, EXIT_USAGE, str(exc))
         except ApiError as exc:  # the server's 400/404 name what was wrong with what was asked (bad input)
-            code = _fail(out, EXIT_USAGE if exc.status in (400, 404) else EXIT_API, str(exc), status=exc.status)
+            message = str(exc)
+            origin = getattr(args, "url_origin", "")
+            if exc.status == 0 and message.startswith("orchestrator") and " in " in origin:  # a connection file's
+                message += f" (the URL is {origin}: has that stack stopped? `make demo` starts it)"
+            code = _fail(out, EXIT_USAGE if exc.status in (400, 404) else EXIT_API, message, status=exc.status)
         except AzureError as exc:  # the upload store: unreachable, refused credentials, ...
             code = _fail(out, EXIT_API, f"storage: {type(exc).__name__}: {str(exc).splitlines()[0]}")
         except TimeoutError as exc:

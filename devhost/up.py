@@ -40,6 +40,7 @@ from typing import Any
 
 from devhost.cli import Subcommand, register
 from devhost.host import PortInUseError
+from devhost.image import image_sources, sources_digest
 from devhost.supervisor import Supervisor, Watched
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,6 +231,11 @@ def check_image(image: str) -> None:
         detail = found.stderr.strip().splitlines()[-1] if found.stderr.strip() else "not found"
         raise OSError(f"--runtime container: no image {image!r} in the local docker engine ({detail}); build it "
                       "with `make image`, or pass --image")
+    built_from = image_sources(image)
+    if built_from is not None and built_from != sources_digest():
+        print(f"devhost up: warning: image {image!r} was not built from the inference_image/ sources here"
+              f"{'' if built_from else ' (it has no sources label)'}, so it may serve other code: `make image` "
+              "rebuilds it", file=sys.stderr, flush=True)
 
 
 def _quoted(value: str) -> str:
@@ -539,7 +545,7 @@ def _demo(args: argparse.Namespace) -> int:
             up.publish(CHAT_PAGE_URL=page_url)
             watched.append(page.watched())
             urls.append(f"chat page:  {page_url}")
-        print("", *urls, f"settings (URLs, API key, storage connection): source {_shown(up.connection_file)}",
+        print("", *urls, f"settings (URLs, API key, storage connection): source {shlex.quote(_shown(up.connection_file))}",
               sep="\n", flush=True)
         print("serving until Ctrl-C…", flush=True)
         try:

@@ -6,7 +6,8 @@
 #   3. fills a wheelhouse on the host (build/wheelhouse: `pip wheel` of the pinned requirements; torch is the CPU
 #      build 2.13.0) and serves it on loopback while the build runs, so pip in the build installs with
 #      --no-index from it (PIP_NO_INDEX / PIP_FIND_LINKS build args) and never reaches an index;
-#   4. `docker build --network host --target cpu` with BuildKit, tagged $IMAGE.
+#   4. `docker build --network host --target cpu` with BuildKit, tagged $IMAGE and labelled with the digest of the
+#      inference_image/ sources (devhost/image.py), which `devhost up --runtime container` checks.
 # Prints the time of each step and the image size, and writes them to build/image/timings.txt. Exit status 3: no
 # docker engine could be started on this machine (2: not root); anything else that fails is 1.
 # Environment: IMAGE (lora-inference:cpu), BASE_IMAGE (lora-base:bookworm), SUITE (bookworm),
@@ -91,7 +92,9 @@ if ! "$client" buildx version >/dev/null 2>&1 && [[ -z "${DOCKER_CLIENT:-}" ]]; 
     fi
 fi
 t=$(now)
+sources=$(cd "$root" && "$PYTHON" -m devhost.image)  # devhost up --runtime container checks it against the tree
 DOCKER_BUILDKIT=1 "$client" build --progress=plain --network host --target cpu \
+    --label "org.adapter-deploy.inference-sources=$sources" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$WHEEL_PORT/" \

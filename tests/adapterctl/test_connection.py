@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,18 @@ def test_bad_lines_warn_on_stderr_and_the_rest_is_used(run: Run, api: FakeApi, t
                                 f"secrets: chmod 600 {path}",
                                 f"adapterctl: warning: {path} line 2 is not `export NAME='value'`"]
     assert "oops" not in err and os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_a_stopped_stacks_file_is_named_when_its_url_does_not_answer(run: Run, isolated: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file outlives its stack: a URL taken from it that does not answer says where it came from (exit 3); a
+    URL from the environment gets no such hint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    write_connection(isolated / ".devhost" / "up", {"ADAPTERCTL_URL": dead})
+    code, _, err = run("apps")
+    assert code == 3 and f"not reachable at {dead}" in err and "connection.env: has that stack stopped?" in err, err
+    monkeypatch.setenv("ADAPTERCTL_URL", dead)
+    code, _, err = run("apps")
+    assert code == 3 and "has that stack stopped" not in err

@@ -115,3 +115,27 @@ def test_container_runtime_without_its_image_stops_before_anything_starts(tmp_pa
     assert proc.stderr.startswith("devhost up: --runtime container") and proc.stderr.count("\n") == 1, proc.stderr
     assert "make image" in proc.stderr or "docker client" in proc.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_image_built_from_other_sources_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The image label is a digest of inference_image/ (caches left out); `check_image` warns when the image was
+    built from other sources (or has no label), and says nothing when they match."""
+    import devhost.up as up
+    from devhost.image import sources_digest
+
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "server.py").write_text("A = 1\n")
+    before = sources_digest(tmp_path)
+    (tmp_path / "pkg" / "__pycache__" / "server.cpython-311.pyc").write_bytes(b"cache")
+    assert sources_digest(tmp_path) == before
+    (tmp_path / "pkg" / "server.py").write_text("A = 2\n")
+    assert sources_digest(tmp_path) != before
+
+    monkeypatch.setattr(up.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
+    for label, warned in ((sources_digest(), False), ("0" * 64, True), ("", True)):
+        monkeypatch.setattr(up, "image_sources", lambda image, label=label: label)
+        up.check_image("lora-inference:cpu")
+        err = capsys.readouterr().err
+        assert ("was not built from the inference_image/ sources here" in err) is warned, err
+        assert ("no sources label" in err) is (label == "")
