@@ -369,10 +369,14 @@ class Settings:
     inference_registry_server: str = ""
     # INFERENCE_PULL_IDENTITY_ID: resource id of the user-assigned identity with AcrPull on that registry
     inference_pull_identity_id: str = ""
+    # LOCAL_RUNTIME (process | container) and LOCAL_INFERENCE_IMAGE: how the local platform runs a server
+    local_runtime: str = "process"
+    local_inference_image: str = "lora-inference:cpu"
     inference_config_path: str = "infra/inference.config.json"  # INFERENCE_CONFIG_PATH
     parameters_path: str = "infra/provision/inference.parameters.json"  # INFERENCE_PARAMETERS_PATH
 
     PLATFORMS = ("local", "aca")
+    LOCAL_RUNTIMES = ("process", "container")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -395,6 +399,9 @@ class Settings:
                 "MODEL_PATH", ENV_SOURCE, f"expected an absolute path in the share, got {model_path!r}"
             )
         registry, pull_identity = _image_registry(env, image, platform)
+        runtime = env.get("LOCAL_RUNTIME", "").strip().lower() or cls.local_runtime
+        if runtime not in cls.LOCAL_RUNTIMES:
+            raise ConfigError("LOCAL_RUNTIME", ENV_SOURCE, f"expected one of {cls.LOCAL_RUNTIMES}, got {runtime!r}")
         if platform == "aca" and not api_key:
             raise ConfigError(
                 "INFERENCE_API_KEY", ENV_SOURCE, "missing (required when PLATFORM=aca: the app's ingress is public)"
@@ -413,6 +420,8 @@ class Settings:
             inference_pull_identity_id=pull_identity,
             arm_endpoint=env.get("ARM_ENDPOINT", "").strip(),
             arm_ca_bundle=env.get("ARM_CA_BUNDLE", "").strip(),
+            local_runtime=runtime,
+            local_inference_image=env.get("LOCAL_INFERENCE_IMAGE", "").strip() or cls.local_inference_image,
             inference_config_path=env.get("INFERENCE_CONFIG_PATH", "").strip() or cls.inference_config_path,
             parameters_path=env.get("INFERENCE_PARAMETERS_PATH", "").strip() or cls.parameters_path,
         )

@@ -67,8 +67,8 @@ def build_services(env: Mapping[str, str]) -> Services:
             model_path=Path(settings.model_path),
             port=int(env.get("LOCAL_INFERENCE_PORT", "0")),
             server_command=(sys.executable, "-m", "inference_server"),
-            runtime=env.get("LOCAL_RUNTIME") or "process",
-            image=env.get("LOCAL_INFERENCE_IMAGE") or "lora-inference:cpu",
+            runtime=settings.local_runtime,
+            image=settings.local_inference_image,
         ))
         apps = LocalApps(platform, lambda app: local_spec(settings, app, server_env, API_KEYS_SECRET))
     else:

@@ -209,6 +209,7 @@ def test_settings_reads_app_settings() -> None:
         ({"GPU_WORKLOAD_PROFILE": "Consumption-GPU-H100"}, "GPU_WORKLOAD_PROFILE"),
         ({"GPU_WORKLOAD_PROFILE": "gpu-dedicated"}, "GPU_WORKLOAD_PROFILE_TYPE"),
         ({"INFERENCE_TARGET": "tpu"}, "INFERENCE_TARGET"),
+        ({"LOCAL_RUNTIME": "vm"}, "LOCAL_RUNTIME"),
         ({"INFERENCE_REGISTRY_SERVER": "https://cr1.azurecr.io"}, "INFERENCE_REGISTRY_SERVER"),
         ({"INFERENCE_REGISTRY_SERVER": "cr1.azurecr.io/inference"}, "INFERENCE_REGISTRY_SERVER"),
         ({"INFERENCE_PULL_IDENTITY_ID": "id-adapters-pull"}, "INFERENCE_PULL_IDENTITY_ID"),
