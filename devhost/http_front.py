@@ -18,6 +18,7 @@ import binascii
 import functools
 import inspect
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -462,8 +463,9 @@ def http_function_handler(entry: FunctionEntry, endpoints: DurableEndpoints
 
 def create_http_app(functions: FunctionIndex, worker: Worker, store: Store, endpoints: DurableEndpoints,
                     *, route_prefix: str = "api") -> web.Application:
-    """The aiohttp application: app HTTP functions plus the Durable HTTP API."""
-    app = web.Application()
+    """The aiohttp application: app HTTP functions plus the Durable HTTP API. Request bodies are capped as the
+    Functions host caps them (`FUNCTIONS_REQUEST_BODY_SIZE_LIMIT` bytes, 100 MB by default), not at aiohttp's 1 MiB."""
+    app = web.Application(client_max_size=int(os.environ.get("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT") or 100 << 20))
     routes = DurableApi(worker, store, endpoints).routes()
     for entry in functions.http:
         handler = http_function_handler(entry, endpoints)

@@ -142,6 +142,13 @@ async def test_plain_http_function_gets_route_params_query_and_headers(http):
         assert resp.status == 405
 
 
+async def test_request_bodies_up_to_the_functions_host_limit_reach_the_function(http):
+    """Bodies are capped as the Functions host caps them (100 MB by default), not at aiohttp's 1 MiB: a 2 MiB body
+    reaches the function (here: a status read that ignores it)."""
+    async with http.post("/api/manage/nobody/status", data=b"x" * (2 << 20)) as resp:
+        assert resp.status == 200 and (await resp.json())["missing"] is True
+
+
 def test_route_templates_become_aiohttp_paths():
     """Constraints are dropped, optional segments give two paths, catch-alls match the rest."""
     assert route_paths("apps/{app}/deployments") == ["/api/apps/{app}/deployments"]
