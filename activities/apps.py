@@ -40,6 +40,10 @@ class Apps(Protocol):
         """Remove the app from the platform (idempotent); False when it was not there."""
         ...
 
+    def list_replicas(self, app: str) -> list[str]:
+        """The running replicas of the app's serving revision (`Platform.list_replicas`)."""
+        ...
+
     def steps(self, app: str) -> list[str]: ...
     def run_step(self, app: str, step: str) -> dict[str, Any]: ...
 
@@ -72,6 +76,9 @@ class LocalApps:
     def delete(self, app: str) -> bool:
         """Stop the local server and drop its state (port, revision, generated admin key): `heal` leaves it alone."""
         return self.platform.delete_app(app)
+
+    def list_replicas(self, app: str) -> list[str]:
+        return self.platform.list_replicas(app)
 
     def steps(self, app: str) -> list[str]:
         return [self.STEP]
@@ -120,6 +127,9 @@ class AcaApps:
     def delete(self, app: str) -> bool:
         """Delete the container app; the environment, storage, share, workspace and registry are shared and stay."""
         return self._platform(app).delete_app(app)
+
+    def list_replicas(self, app: str) -> list[str]:
+        return self._platform(app).list_replicas(app)
 
     def steps(self, app: str) -> list[str]:
         from activities.provisioning import STEPS

@@ -617,10 +617,32 @@ class AcaPlatform:
                 return {}
         return revision.as_dict().get("properties") or {}
 
+    @staticmethod
+    def _serving_revision(current: Mapping[str, Any]) -> str | None:
+        """The revision that takes the traffic: the latest ready one, else the latest."""
+        props = current.get("properties") or {}
+        return props.get("latestReadyRevisionName") or props.get("latestRevisionName")
+
+    def list_replicas(self, app: str) -> list[str]:
+        """The serving revision's replicas whose `runningState` is Running (ARM's `revisions/{rev}/replicas`)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        current = self._get(app)
+        revision = self._serving_revision(current) if current is not None else None
+        if not revision:
+            return []
+        with arm_errors(f"list replicas of revision {revision!r}"):
+            try:
+                listed = self.client.container_apps_revision_replicas.list_replicas(self._rg, app, revision)
+            except ResourceNotFoundError:  # the revision was replaced since the app was read
+                return []
+        replicas = listed.as_dict().get("value") or []
+        return sorted(r["name"] for r in replicas if (r.get("properties") or {}).get("runningState") == "Running")
+
     def _state(self, app: str, current: Mapping[str, Any]) -> AppState:
         props = current.get("properties") or {}
         fqdn = ((props.get("configuration") or {}).get("ingress") or {}).get("fqdn")
-        revision_name = props.get("latestReadyRevisionName") or props.get("latestRevisionName")
+        revision_name = self._serving_revision(current)
         rev_props = self._revision(app, revision_name) if revision_name else {}
         replicas = int(rev_props.get("replicas") or 0)
         running = rev_props.get("runningState") == "Running" and bool(rev_props.get("active", True))

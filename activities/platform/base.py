@@ -104,3 +104,8 @@ class Platform(Protocol):
     def delete_app(self, app: str) -> bool:
         """Remove the app (its server stops; shared resources stay); False when it did not exist. Idempotent."""
         ...
+
+    def list_replicas(self, app: str) -> list[str]:
+        """Names of the running replicas of the app's latest revision (each server's `CONTAINER_APP_REPLICA_NAME`,
+        so its report id), sorted; [] when the app does not exist or nothing runs."""
+        ...

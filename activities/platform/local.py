@@ -16,7 +16,9 @@ start, so a client killed hard leaves no container behind.
 
 Environment: the server gets only its own settings, never the orchestrator's (storage connection strings, account
 keys, `AZURE_*`, the orchestrator's `INFERENCE_*`): the `INHERITED_ENV` names (system, locale, Python, torch / HF
-offline, CUDA), `PYTHONPATH` with `inference_image/` first, `spec.env`, and the secrets as environment variables as
+offline, CUDA), `PYTHONPATH` with `inference_image/` first, the revision's names as ACA sets them
+(`CONTAINER_APP_REVISION` `<app>--<n>`, `CONTAINER_APP_REPLICA_NAME` `<app>--<n>-0`: the server's report id, and
+the one replica `list_replicas` lists while the process lives), `spec.env`, and the secrets as environment variables as
 on ACA (`inference-api-keys` → `INFERENCE_API_KEYS`). The admin key (`spec.generated_secrets`) is generated at the
 app's first start, kept in its state file across restarts and passed as `INFERENCE_ADMIN_KEY`; secrets never
 appear in the command line.
@@ -77,6 +79,8 @@ IMAGE_ADAPTER_STORE = "/adapters"
 #: The one folder of the store the server writes (its replica report, inference_server/replica_state.py): mounted
 #: writable over the read-only store.
 REPLICA_REPORTS = "_replicas"
+#: What ACA sets in each replica's environment and the local platform sets alike (the report's id and revision).
+REPLICA_ENV = ("CONTAINER_APP_REPLICA_NAME", "CONTAINER_APP_REVISION")
 _INHERITED_PREFIXES = ("LC_",)
 _LOG_TAIL_BYTES = 2000
 _HEALTH_TRIES = 3  # heal_app: /health must fail this many times in a row
@@ -194,6 +198,11 @@ class LocalPlatform:
         self.stop_app(app, forget=True)
         return existed
 
+    def list_replicas(self, app: str) -> list[str]:
+        """The app's one replica (`replica_name`) while its process is alive."""
+        state = self._load(check_name("app", app))
+        return [replica_name(app, state.revision)] if state and self._alive(state) else []
+
     def stop_all(self, forget: bool = True) -> list[str]:
         """Stop every app this state dir knows; returns their names (`forget`: as in `stop_app`)."""
         apps = sorted(p.stem for p in Path(self.settings.state_dir).glob("*.json"))
@@ -230,7 +239,7 @@ class LocalPlatform:
                      f"{REPLICA_REPORTS}"]
         if s.model_path is not None:
             cmd += ["-v", f"{Path(s.model_path).resolve()}:{IMAGE_MODEL_PATH}:ro"]
-        for name in sorted({"CHAT_PAGE_ENABLED", *spec.env, *self._secret_env(spec, {})}):
+        for name in sorted({"CHAT_PAGE_ENABLED", *REPLICA_ENV, *spec.env, *self._secret_env(spec, {})}):
             cmd += ["-e", name]
         return cmd + [s.image, "python", "-m", "inference_server"]
 
@@ -242,11 +251,14 @@ class LocalPlatform:
         return {secret_env_name(name): value for name, value in values.items()}
 
     @staticmethod
-    def environment(spec: AppSpec, generated: dict[str, str]) -> dict[str, str]:
-        """The server's environment: `INHERITED_ENV` from ours, PYTHONPATH, `spec.env`, then the secrets."""
+    def environment(spec: AppSpec, generated: dict[str, str], revision: int) -> dict[str, str]:
+        """The server's environment: `INHERITED_ENV` from ours, PYTHONPATH, the revision's names as ACA sets them
+        (`REPLICA_ENV`), `spec.env`, then the secrets."""
         env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith(_INHERITED_PREFIXES)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INFERENCE_IMAGE_DIR), os.environ.get("PYTHONPATH")) if p)
         env["CHAT_PAGE_ENABLED"] = "0"  # the image's start.sh: the server alone (devhost runs the page)
+        env["CONTAINER_APP_REVISION"] = revision_name(spec.app, revision)
+        env["CONTAINER_APP_REPLICA_NAME"] = replica_name(spec.app, revision)
         env.update(spec.env)
         env.update(LocalPlatform._secret_env(spec, generated))
         return env
@@ -283,7 +295,7 @@ class LocalPlatform:
                 proc = subprocess.Popen(
                     command,
                     cwd=self.settings.cwd,
-                    env=self.environment(spec, generated),
+                    env=self.environment(spec, generated, revision),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -428,7 +440,7 @@ class LocalPlatform:
             app=state.app,
             exists=True,
             endpoint=f"http://{_connect_host(self.settings.host)}:{state.port}",
-            revision=f"{state.app}--{state.revision}",
+            revision=revision_name(state.app, state.revision),
             replicas=1 if alive else 0,
             running=alive,
             image=self.settings.image if state.container else state.spec.get("image"),
@@ -482,6 +494,16 @@ class LocalPlatform:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def revision_name(app: str, revision: int) -> str:
+    """A local revision's name, `<app>--<n>` (ACA: `<app>--<suffix>`)."""
+    return f"{app}--{revision}"
+
+
+def replica_name(app: str, revision: int) -> str:
+    """The name of a local revision's replica, `<app>--<n>-0`: its `CONTAINER_APP_REPLICA_NAME`, so its report id."""
+    return f"{revision_name(app, revision)}-0"
 
 
 def _spec_from_dict(data: dict[str, Any]) -> AppSpec:

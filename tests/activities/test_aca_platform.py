@@ -673,3 +673,59 @@ def test_failed_delete_raises_with_arm_message(platform: AcaPlatform, fake_arm: 
         platform.delete_app("chat")
     assert fake_arm.resource(APP_PATH)["properties"]["provisioningState"] == "Failed"
     assert platform.delete_app("chat") is True  # deleting again works
+
+
+REPLICA_NAME = re.compile(r"^chat--r00\d-[0-9a-f]{10}-[bcdfghjklmnpqrstvwxz2456789]{5}$")
+
+
+def test_list_replicas_names_the_running_replicas_of_the_serving_revision(
+    platform: AcaPlatform, fake_arm: FakeArm
+) -> None:
+    """One replica per minReplicas, named as ACA names them, read through `revisions/{rev}/replicas`."""
+    platform.ensure_app(replace(SPEC, min_replicas=2))
+    fake_arm.clear_log()
+    names = platform.list_replicas("chat")
+    assert len(names) == 2 and all(REPLICA_NAME.match(n) for n in names), names
+    assert names == sorted(r["name"] for r in fake_arm.replicas(APP_PATH, "chat--r001"))
+    assert [(r.method, r.path.rsplit("/", 3)[-3:]) for r in fake_arm.log][-1] == (
+        "GET", ["revisions", "chat--r001", "replicas"])
+    one = platform.client.container_apps_revision_replicas.get_replica(RG, "chat", "chat--r001", names[0]).as_dict()
+    assert one["properties"]["runningState"] == "Running"
+    assert [c["name"] for c in one["properties"]["containers"]] == ["inference"]
+
+
+def test_list_replicas_follows_scale_out_crashes_and_scale_in(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """Only replicas whose runningState is Running are listed; the revision's count follows the fake's changes."""
+    platform.ensure_app(SPEC)
+    (first,) = platform.list_replicas("chat")
+    added = fake_arm.add_replica(APP_PATH, "chat--r001")
+    assert platform.list_replicas("chat") == sorted([first, added])
+    fake_arm.set_replica(APP_PATH, "chat--r001", added, "NotRunning")
+    assert platform.list_replicas("chat") == [first]
+    fake_arm.remove_replica(APP_PATH, "chat--r001", first)
+    assert platform.list_replicas("chat") == []
+    assert platform.describe_app("chat").replicas == 1  # the one not running yet
+
+
+def test_list_replicas_of_a_new_revision_and_after_a_restart(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """A template change cuts a new revision: only its replicas are listed (the old one has none); a restart
+    replaces the replicas (new names)."""
+    platform.ensure_app(SPEC)
+    old = platform.list_replicas("chat")
+    platform.ensure_app(replace(SPEC, image="example.azurecr.io/inference:2"))
+    new = platform.list_replicas("chat")
+    assert len(new) == 1 and new[0].startswith("chat--r002-") and fake_arm.replicas(APP_PATH, "chat--r001") == []
+    platform.restart_app("chat")
+    restarted = platform.list_replicas("chat")
+    assert len(restarted) == 1 and restarted != new and not set(old) & set(restarted)
+
+
+def test_list_replicas_of_a_missing_app_or_revision(platform: AcaPlatform, fake_arm: FakeArm) -> None:
+    """No app: nothing listed; ARM's 404 for a revision that is gone is nothing too; other faults raise."""
+    assert platform.list_replicas("nope") == []
+    platform.ensure_app(SPEC)
+    fake_arm.fail_next("GET", "/revisions/chat--r001/replicas", status=404, code="ContainerAppRevisionNotFound")
+    assert platform.list_replicas("chat") == []
+    fake_arm.fail_next("GET", "/revisions/chat--r001/replicas", status=400, code="BadRequest")
+    with pytest.raises(ArmRequestError):
+        platform.list_replicas("chat")

@@ -34,6 +34,12 @@ depends on it:
   operation runs); it reads `Deleting` until the operation ends, then it is gone (404), revisions and secrets too;
 - a container app gets a new revision when its template changes; revisions can be listed, read and restarted (a
   restart brings the revision's replicas back); `set_revision(...)` plays the runtime (a crashed replica);
+- each revision has its replicas (`revisions/{rev}/replicas`, list and get, as `ContainerAppsRevisionReplicas`
+  serves them: `{"value": [Replica]}` with `properties.runningState` and `containers[]`), one per `minReplicas`
+  (at least 1) while the revision is active, named as ACA names them (`<revision>-<template hash>-<5 chars>`); a
+  deactivated revision has none, a restart replaces them (new names); `add_replica` / `set_replica` /
+  `remove_replica` play scale-out, a replica starting or crashing, and scale-in (the revision's `replicas` count
+  follows);
 - a container app's managed identities are checked like ARM does (a registry or identity setting may only name an
   assigned user-assigned identity) and returned with their principal and client ids; identity-based registries
   come back with ARM's empty `username` / `passwordSecretRef`;
@@ -69,6 +75,8 @@ import trustme
 from azure.core.credentials import AccessToken
 
 FAKE_TOKEN = "fake-arm-token"
+# The characters of a Kubernetes pod name's random suffix (ACA's replica names end with five of them).
+_POD_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 # The clients' clock for tests that are not about LRO timing: they sleep 1/100 of what ARM asks (Retry-After).
 FAST_CLIENT_CLOCK = 0.01
 
@@ -97,6 +105,8 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
         ("revisions", _APP + "/revisions"),
         ("revision", _APP + r"/revisions/(?P<rev>[^/]+)"),
         ("restart", _APP + r"/revisions/(?P<rev>[^/]+)/restart"),
+        ("replicas", _APP + r"/revisions/(?P<rev>[^/]+)/replicas"),
+        ("replica", _APP + r"/revisions/(?P<rev>[^/]+)/replicas/(?P<replica>[^/]+)"),
         ("list_secrets", _APP + "/listsecrets"),
         ("operation", _SUB + r"/providers/fake\.operations/operations/(?P<op>[^/]+)"),
         ("location", _SUB + r"/providers/fake\.operations/locations/(?P<op>[^/]+)"),
@@ -309,6 +319,8 @@ class _State:
     resource_groups: set[str]
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower-case path -> body
     revisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # app key -> revisions
+    replicas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # revision id -> its replicas
+    replicas_made: int = 0  # names are unique across the fake's life, as ACA's are
     operations: dict[str, _Operation] = field(default_factory=dict)
     faults: list[_Fault] = field(default_factory=list)
     failing_operations: list[tuple[str, str, str]] = field(default_factory=list)  # (path part, code, message)
@@ -575,10 +587,84 @@ class FakeArm:
             return copy.deepcopy(self._state.revisions.get(app_path.lower(), []))
 
     def set_revision(self, app_path: str, name: str, **properties: Any) -> None:
-        """Set runtime properties of a revision (`replicas`, `runningState`, `healthState`), as a crash would."""
+        """Set runtime properties of a revision (`replicas`, `runningState`, `healthState`), as a crash would; a new
+        `replicas` count removes replicas from the end or adds running ones."""
         with self._lock:
-            revision = next(r for r in self._state.revisions[app_path.lower()] if r["name"] == name)
+            revision = self._revision(app_path, name)
             revision["properties"].update(properties)
+            if "replicas" in properties:
+                self._scale(revision, int(properties["replicas"]))
+
+    def replicas(self, app_path: str, revision: str) -> list[dict[str, Any]]:
+        """The revision's replicas as ARM lists them."""
+        with self._lock:
+            return copy.deepcopy(self._state.replicas.get(self._revision(app_path, revision)["id"], []))
+
+    def add_replica(self, app_path: str, revision: str, running_state: str = "Running") -> str:
+        """Scale out by one replica (in `running_state`); returns its name."""
+        with self._lock:
+            found = self._revision(app_path, revision)
+            replica = self._new_replica(found, running_state)
+            self._state.replicas.setdefault(found["id"], []).append(replica)
+            found["properties"]["replicas"] = len(self._state.replicas[found["id"]])
+            return replica["name"]
+
+    def set_replica(self, app_path: str, revision: str, name: str, running_state: str) -> None:
+        """A replica's state changes (`Running`, `NotRunning`, `Unknown`), its containers' with it."""
+        with self._lock:
+            replica = self._replica(self._revision(app_path, revision), name)
+            container_state = "Running" if running_state == "Running" else "Waiting"
+            replica["properties"]["runningState"] = running_state
+            for container in replica["properties"]["containers"]:
+                container.update(runningState=container_state, ready=running_state == "Running")
+
+    def remove_replica(self, app_path: str, revision: str, name: str) -> None:
+        """Scale in: the replica is gone."""
+        with self._lock:
+            found = self._revision(app_path, revision)
+            kept = [r for r in self._state.replicas.get(found["id"], []) if r["name"] != name]
+            self._state.replicas[found["id"]] = kept
+            found["properties"]["replicas"] = len(kept)
+
+    def _revision(self, app_path: str, name: str) -> dict[str, Any]:
+        return next(r for r in self._state.revisions[app_path.lower()] if r["name"] == name)
+
+    def _replica(self, revision: dict[str, Any], name: str) -> dict[str, Any] | None:
+        return next((r for r in self._state.replicas.get(revision["id"], []) if r["name"] == name), None)
+
+    def _new_replica(self, revision: dict[str, Any], running_state: str = "Running") -> dict[str, Any]:
+        """A replica as ARM returns it, named `<revision>-<template hash>-<5 chars>` like ACA's pods."""
+        self._state.replicas_made += 1
+        template = json.dumps(revision["properties"].get("template"), sort_keys=True)
+        pod_hash = hashlib.sha256(template.encode()).hexdigest()[:10]
+        digest = hashlib.sha256(f"{revision['id']}#{self._state.replicas_made}".encode()).digest()
+        name = f"{revision['name']}-{pod_hash}-{''.join(_POD_ALPHABET[b % len(_POD_ALPHABET)] for b in digest[:5])}"
+        running = running_state == "Running"
+        containers = (revision["properties"].get("template") or {}).get("containers") or []
+        return {
+            "id": f"{revision['id']}/replicas/{name}",
+            "name": name,
+            "type": "Microsoft.App/containerApps/revisions/replicas",
+            "properties": {
+                "createdTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "runningState": running_state,
+                "runningStateDetails": "",
+                "containers": [
+                    {"name": c.get("name"), "containerId": f"containerd://{hashlib.sha256(name.encode()).hexdigest()}",
+                     "ready": running, "started": running, "restartCount": 0,
+                     "runningState": "Running" if running else "Waiting", "runningStateDetails": ""}
+                    for c in containers
+                ],
+                "initContainers": [],
+            },
+        }
+
+    def _scale(self, revision: dict[str, Any], count: int) -> None:
+        """Keep `count` replicas: drop from the end, or add running ones."""
+        replicas = self._state.replicas.setdefault(revision["id"], [])
+        del replicas[max(count, 0):]
+        while len(replicas) < count:
+            replicas.append(self._new_replica(revision))
 
     def secret_values(self, app_path: str) -> dict[str, str]:
         """What the app's write-only secrets hold (tests check values arrive without reading them back)."""
@@ -666,7 +752,7 @@ class FakeArm:
             return 200, {}, {"value": [{"name": n, "value": v} for n, v in sorted(values.items())]}
         if kind == "revisions" and method == "GET" and self._exists(app_key):
             return 200, {}, {"value": copy.deepcopy(state.revisions.get(app_key, []))}
-        if kind in ("revision", "restart") and self._exists(app_key):
+        if kind in ("revision", "restart", "replicas", "replica") and self._exists(app_key):
             revision = next((r for r in state.revisions.get(app_key, []) if r["name"] == parts["rev"]), None)
             if revision is None:
                 return (
@@ -676,15 +762,25 @@ class FakeArm:
                 )
             if kind == "revision" and method == "GET":
                 return 200, {}, copy.deepcopy(revision)
+            if kind == "replicas" and method == "GET":
+                return 200, {}, {"value": copy.deepcopy(state.replicas.get(revision["id"], []))}
+            if kind == "replica" and method == "GET":
+                replica = self._replica(revision, parts["replica"])
+                if replica is None:
+                    return 404, {}, _arm_error("ContainerAppReplicaNotFound", f"Replica '{parts['replica']}' not found.")
+                return 200, {}, copy.deepcopy(replica)
             if kind == "restart" and method == "POST":
                 state.restarts.append(revision["name"])
                 props = revision["properties"]
-                if props.get("active"):  # its replicas come back
+                if props.get("active"):  # its replicas come back, new ones
                     scale = (props.get("template") or {}).get("scale") or {}
                     props.update(replicas=max(1, scale.get("minReplicas") or 0), runningState="Running",
                                  healthState="Healthy")
+                    self._scale(revision, 0)
+                    self._scale(revision, props["replicas"])
                 return 200, {}, None
-        if kind in ("storage_keys", "shared_keys", "revisions", "revision", "restart", "list_secrets"):
+        if kind in ("storage_keys", "shared_keys", "revisions", "revision", "restart", "replicas", "replica",
+                    "list_secrets"):
             return 404, {}, _arm_error("ResourceNotFound", f"The parent of '{path}' was not found.")
         return 405, {}, _arm_error("MethodNotAllowed", f"{method} is not supported on {path}")
 
@@ -798,6 +894,7 @@ class FakeArm:
         name = f"{key.rsplit('/', 1)[-1]}--{suffix}"
         for revision in revisions:
             revision["properties"].update(active=False, replicas=0, runningState="Stopped")
+            self._scale(revision, 0)
         revisions.append(
             {
                 "id": f"{key}/revisions/{name}",
@@ -813,6 +910,7 @@ class FakeArm:
                 },
             }
         )
+        self._scale(revisions[-1], revisions[-1]["properties"]["replicas"])
         return None
 
     def _computed(self, kind: str, key: str, path: str, new: dict[str, Any]) -> None:
@@ -846,7 +944,8 @@ class FakeArm:
             operation.done = True
             if operation.delete and not operation.error:
                 self._state.resources.pop(operation.resource_key, None)
-                self._state.revisions.pop(operation.resource_key, None)
+                for revision in self._state.revisions.pop(operation.resource_key, []):
+                    self._state.replicas.pop(revision["id"], None)
                 self._state.secrets.pop(operation.resource_key, None)
                 resource = None
             elif resource is not None:

@@ -116,6 +116,24 @@ def test_dead_process_restarted(platform: LocalPlatform) -> None:
     assert again.changed and again.state.running and again.state.revision == "chat--2"
 
 
+def test_one_replica_named_in_its_environment_listed_while_alive(platform: LocalPlatform) -> None:
+    """Each revision's process is one replica, `<app>--<n>-0`, its name (its report id) and revision in its
+    environment as ACA sets them; listed while the process lives, a new name after a restart, none once dead."""
+    assert platform.list_replicas("chat") == []
+    first = platform.ensure_app(SPEC)
+    env = environ(health(first.state.endpoint or "")["pid"])
+    assert (env["CONTAINER_APP_REPLICA_NAME"], env["CONTAINER_APP_REVISION"]) == ("chat--1-0", "chat--1")
+    assert platform.list_replicas("chat") == ["chat--1-0"]
+    restarted = platform.restart_app("chat")
+    assert environ(health(restarted.endpoint or "")["pid"])["CONTAINER_APP_REPLICA_NAME"] == "chat--2-0"
+    assert platform.list_replicas("chat") == ["chat--2-0"]
+    os.kill(health(restarted.endpoint or "")["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while platform.list_replicas("chat") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert platform.list_replicas("chat") == []
+
+
 def test_new_host_finds_running_process(platform: LocalPlatform, settings: LocalPlatformSettings) -> None:
     """A fresh LocalPlatform on the same state dir (a restarted host) sees the process and does not restart it."""
     first = platform.ensure_app(SPEC)
@@ -331,9 +349,11 @@ def test_container_runtime_runs_the_image_as_aca_does(
     assert sorted(run["mounts"]) == sorted([f"{store}:/adapters:ro", f"{store / '_replicas'}:/adapters/_replicas",
                                             f"{settings.model_path.resolve()}:/models/base:ro"])
     assert (store / "_replicas").stat().st_mode & 0o7777 == 0o1777  # the image's user writes its report there
-    assert set(run["env_names"]) == {"CHAT_PAGE_ENABLED", "EXTRA", "INFERENCE_API_KEYS", "INFERENCE_ADMIN_KEY"}
+    assert set(run["env_names"]) == {"CHAT_PAGE_ENABLED", "EXTRA", "INFERENCE_API_KEYS", "INFERENCE_ADMIN_KEY",
+                                     "CONTAINER_APP_REPLICA_NAME", "CONTAINER_APP_REVISION"}
     env = environ(info["pid"])  # what the "container" got: the named variables only
     assert env["CHAT_PAGE_ENABLED"] == "0" and env["EXTRA"] == "1" and "AZURE_STORAGE_CONNECTION_STRING" not in env
+    assert env["CONTAINER_APP_REPLICA_NAME"] == "chat--1-0" and in_container.list_replicas("chat") == ["chat--1-0"]
     admin = env["INFERENCE_ADMIN_KEY"]
     client_argv = " ".join(json.loads((settings.state_dir / "chat.json").read_text())["command"])
     assert "k1,k2" not in client_argv and admin not in client_argv
