@@ -158,9 +158,28 @@ def delete_app(payload: dict) -> dict:
     return {"ok": True, "platform": "deleted" if platform else "absent", "store": store, "blobs": blobs}
 
 
+def _replica_check(app: str, version: str, manifest_updated_at: str | None) -> dict[str, Any]:
+    """`replica_verdict` over the platform's listed replicas and their reports; a platform or store that cannot
+    answer now is `waiting` (the gate probes again)."""
+    from activities.platform.base import PlatformError
+    from activities.replica_reports import ReplicaVerdict, replica_verdict, replicas_observed
+
+    svc = services()
+    try:
+        listed = svc.apps.list_replicas(app)
+        observed = replicas_observed(svc.target, app)
+    except (PlatformError, OSError) as exc:
+        return ReplicaVerdict("waiting", f"cannot list the replicas: {exc}").to_dict()
+    return replica_verdict(listed, observed, version, manifest_updated_at).to_dict()
+
+
 @bp.activity_trigger(input_name="payload", activity=Activity.PROBE_ENDPOINT)
 def probe_endpoint(payload: dict) -> dict:
-    """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app."""
+    """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app.
+
+    With `replicas: {"manifest_updated_at"}` and a ready endpoint, the answer also carries `replicas` (the
+    `ReplicaVerdict` for `expect_version`); a replica's engine refusing the version sets `refused` as `/ready`'s
+    load errors do."""
     import requests
 
     from activities.endpoint import ProbeInput, ProbeResult
@@ -188,7 +207,14 @@ def probe_endpoint(payload: dict) -> dict:
             result = probe(replace(request, smoke_model=None), http)
             if not result.ready:
                 return asdict(result)
-        return asdict(probe(request, http))
+        answer = asdict(probe(request, http))
+    check = payload.get("replicas")
+    if check is None or not answer["ready"] or request.expect_version is None:
+        return answer
+    verdict = _replica_check(payload["app"], request.expect_version, check.get("manifest_updated_at"))
+    if verdict["state"] == "refused":
+        answer["refused"] = f"{verdict['why']} (replica {verdict['replica']})"
+    return {**answer, "replicas": verdict}
 
 
 @bp.activity_trigger(input_name="payload", activity=Activity.PLAN_PROVISIONING)

@@ -1,5 +1,6 @@
 """The replicas' own reports of what they serve, read from the staging target (format and stale rule:
-inference_server/replica_state.py). The status API shows them as `replicas_observed`.
+inference_server/replica_state.py). The status API shows them as `replicas_observed`; the rollout gate applies
+`replica_verdict` to them (a version is live only when every replica the platform lists reports it).
 
 Reports live in `<store root of the app>/_replicas/<replica id>.json`, beside the manifest, on a `LocalFolderTarget`
 or an `AzureFileShareTarget`. Names starting with `.` (a replica's temporary files) and other than `*.json` are
@@ -8,8 +9,10 @@ skipped. A file that cannot be read or parsed is listed as damaged with the reas
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from activities.adapter_store import AzureFileShareTarget, LocalFolderTarget, StagingTarget
 from activities.validation import check_name
@@ -103,3 +106,84 @@ def replicas_observed(target: StagingTarget, app: str, now: datetime | None = No
     now = now or datetime.now(UTC)
     files = read_report_files(target, app)
     return [observe(name, files[name], now) for name in sorted(files)]
+
+
+VerdictState = Literal["ready", "waiting", "refused"]
+
+
+@dataclass(frozen=True)
+class ReplicaVerdict:
+    """The gate's reading of the replicas: `ready` (every listed replica serves the candidate), `waiting` (some
+    replica has not shown it yet: `why`), `refused` (a replica's engine refused it: `why` is the engine's reason,
+    `replica` the replica). `replicas`: per listed replica, what its report says and whether it counts."""
+
+    state: VerdictState
+    why: str | None = None
+    replica: str | None = None
+    replicas: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _figures(entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    if entry is None:
+        return {"reported": False}
+    if entry.get("damaged"):
+        return {"reported": True, "damaged": entry["damaged"]}
+    keys = ("alias_version", "manifest_updated_at", "converged", "stale", "heartbeat_age_s")
+    return {"reported": True, **{k: entry.get(k) for k in keys}}
+
+
+def _refusal(entry: Mapping[str, Any], version: str) -> str | None:
+    """The engine's reason when this fresh report lists `version` among its load errors."""
+    for error in (entry.get("load_errors") or {}).values():
+        if isinstance(error, Mapping) and error.get("version") == version:
+            return str(error.get("reason") or "refused by the inference engine")
+    return None
+
+
+def _pending(entry: Mapping[str, Any] | None, version: str, manifest_updated_at: str | None) -> str | None:
+    """Why this replica does not count (yet) for `version`, or None when it does."""
+    if entry is None:
+        return "no report"
+    if entry.get("damaged"):
+        return f"damaged report: {entry['damaged']}"
+    if entry.get("stale"):
+        return f"stale report (heartbeat {entry.get('heartbeat_age_s')} s ago)"
+    if entry.get("manifest_updated_at") != manifest_updated_at:
+        return f"has not read the manifest of {manifest_updated_at} (read {entry.get('manifest_updated_at')})"
+    if entry.get("alias_version") != version or not entry.get("converged"):
+        return f"serves {entry.get('alias_version')!r}" + ("" if entry.get("converged") else ", not converged")
+    return None
+
+
+def replica_verdict(listed: Sequence[str], observed: Sequence[Mapping[str, Any]], version: str,
+                    manifest_updated_at: str | None) -> ReplicaVerdict:
+    """The gate's rule over the listed replicas and the reports (`replicas_observed` entries): a fresh report with
+    a load error for `version` refuses it; every listed replica needs a fresh, undamaged report of the manifest
+    written (`manifest_updated_at`) whose alias serves `version`, converged; reports of unlisted replicas are
+    ignored; no listed replica at all is waiting."""
+    by_id = {entry.get("replica_id"): entry for entry in observed}
+    figures: dict[str, dict[str, Any]] = {}
+    waiting: list[str] = []
+    refused: tuple[str, str] | None = None
+    for name in sorted(set(listed)):
+        entry = by_id.get(name)
+        figures[name] = _figures(entry)
+        reason = _refusal(entry, version) if entry is not None and entry.get("stale") is False else None
+        if reason is not None:
+            refused = refused or (name, reason)
+            figures[name]["refused"] = reason
+            continue
+        why = _pending(entry, version, manifest_updated_at)
+        figures[name]["counted"] = why is None
+        if why is not None:
+            waiting.append(f"{name}: {why}")
+    if refused is not None:
+        return ReplicaVerdict("refused", refused[1], refused[0], figures)
+    if not figures:
+        return ReplicaVerdict("waiting", "the platform lists no running replica", replicas=figures)
+    if waiting:
+        return ReplicaVerdict("waiting", "; ".join(waiting), replicas=figures)
+    return ReplicaVerdict("ready", replicas=figures)

@@ -5,6 +5,8 @@ past the deadline) and stops when the endpoint serves the version, when a probe 
 adapter (`refused`), or when the deadline (from `context.current_utc_datetime`, replay-safe) has passed. The
 first `PROBES_PER_EXECUTION` probes run in the caller; a longer wait goes on in the `wait_serving`
 sub-orchestration, which continues as new every `PROBES_PER_EXECUTION` probes, so no history grows unbounded.
+With `replicas` (`{"manifest_updated_at"}` of the manifest written) the wait also needs every replica the platform
+lists to report the version (`replicas_agree`; the rule: `activities.replica_reports.replica_verdict`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ def serves(probe: dict, version: str | None) -> bool:
     return bool(probe.get("ready")) and probe.get("served_version") == version
 
 
+def replicas_agree(probe: dict) -> bool:
+    """The probe's replica verdict says every listed replica reports the version."""
+    return (probe.get("replicas") or {}).get("state") == "ready"
+
+
+def _settled(probe: dict, version: str | None, replicas: dict | None) -> bool:
+    return serves(probe, version) and (replicas is None or replicas_agree(probe))
+
+
 @dataclass
 class _Wait:
     """A wait in progress; JSON-safe, carried across `continue_as_new`."""
@@ -43,18 +54,19 @@ class _Wait:
     deadline: str
     delay_s: float
     probes: int = 0
+    replicas: dict | None = None  # ask for the replica verdict too (the probe activity's `replicas` input)
 
     def run(self, context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict | None]:
         """Up to `PROBES_PER_EXECUTION` probes: the outcome, or None when the wait goes on."""
         deadline = datetime.fromisoformat(self.deadline)
         for _ in range(PROBES_PER_EXECUTION):
-            probe = yield context.call_activity_with_retry(
-                Activity.PROBE_ENDPOINT, IO_RETRY.options(), {"app": self.app, "expect_version": self.version,
-                                                              "smoke": False}
-            )
+            payload = {"app": self.app, "expect_version": self.version, "smoke": False}
+            if self.replicas is not None:
+                payload["replicas"] = self.replicas
+            probe = yield context.call_activity_with_retry(Activity.PROBE_ENDPOINT, IO_RETRY.options(), payload)
             self.probes += 1
             now = context.current_utc_datetime
-            if serves(probe, self.version) or probe.get("refused") or now >= deadline:
+            if _settled(probe, self.version, self.replicas) or probe.get("refused") or now >= deadline:
                 waited = (now - datetime.fromisoformat(self.started)).total_seconds()
                 return {"refused": None, **probe, "probes": self.probes, "waited_s": round(waited, 3)}
             yield context.create_timer(min(now + timedelta(seconds=self.delay_s), deadline))
@@ -63,15 +75,18 @@ class _Wait:
 
 
 def wait_until_serving(
-    context: df.DurableOrchestrationContext, app: str, version: str | None, timeout_s: float, interval_s: float
+    context: df.DurableOrchestrationContext, app: str, version: str | None, timeout_s: float, interval_s: float,
+    replicas: dict | None = None,
 ) -> Generator[Any, Any, dict]:
-    """Probe the app's endpoint until it serves `version`, it refuses the adapter, or `timeout_s` has passed.
+    """Probe the app's endpoint until it serves `version` (and, with `replicas`, every listed replica reports
+    it), it refuses the adapter, or `timeout_s` has passed.
 
     Returns the last probe (`ready`, `served_version`, `reply`, `error`, `refused`) plus `probes` (how many ran)
     and `waited_s` (orchestration time since the wait began). At least one probe always runs.
     """
     now = context.current_utc_datetime
-    wait = _Wait(app, version, now.isoformat(), (now + timedelta(seconds=timeout_s)).isoformat(), interval_s)
+    wait = _Wait(app, version, now.isoformat(), (now + timedelta(seconds=timeout_s)).isoformat(), interval_s,
+                 replicas=replicas)
     outcome = yield from wait.run(context)
     if outcome is None:
         child_id = f"{context.instance_id}:{WAIT_SERVING_ORCHESTRATOR}:{context.new_uuid()}"

@@ -2,7 +2,7 @@
 
 Covers: validate → stage (the staged copy validated again) → provision → activate (hot swap through the manifest;
 a restart only when the server did not take the new version and did not refuse it) → verify (readiness + smoke
-chat) → live. Once the manifest is replaced, any failure restores exactly the manifest it replaced (`rolled_back`);
+chat, then every replica the platform lists reports the new version of the manifest written) → live. Once the manifest is replaced, any failure restores exactly the manifest it replaced (`rolled_back`);
 a failure before that ends `failed` with nothing changed. Every failure names its cause (`rollout_status.Cause`):
 the reconciler retries transient ones and never retries content ones. No I/O here.
 """
@@ -19,7 +19,7 @@ import azure.durable_functions as df
 from activities.catalog import Activity
 from inference_image.inference_server.manifest import AdapterEntry, Manifest
 
-from .health_gate import serves, wait_until_serving
+from .health_gate import replicas_agree, serves, wait_until_serving
 from .manifest_plan import activate, adapter_version
 from .policies import IO_RETRY, RolloutTiming
 from .rollout_status import Cause, RolloutStatus, Stage
@@ -67,6 +67,8 @@ class _Rollout:
         self.req = request
         self.timing = RolloutTiming.from_dict(request.timing)
         self.status = RolloutStatus(request.deployment_id, request.app, request.adapter, sha256=request.sha256)
+        #: The probe's replica check for the manifest written (`{"manifest_updated_at"}`), set when it is written.
+        self.replica_check: dict[str, Any] | None = None
 
     def enter(self, stage: Stage, reason: str | None = None, cause: Cause | None = None) -> None:
         self.status.enter(stage, self.ctx.current_utc_datetime, reason, cause)
@@ -85,17 +87,23 @@ class _Rollout:
     def sleep(self, seconds: float) -> Generator[Any, Any, None]:
         yield self.ctx.create_timer(self.ctx.current_utc_datetime + timedelta(seconds=seconds))
 
-    def wait_for_version(self, version: str | None, timeout_s: float) -> Generator[Any, Any, dict]:
+    def wait_for_version(self, version: str | None, timeout_s: float, replicas: dict | None = None
+                         ) -> Generator[Any, Any, dict]:
         try:
             return (yield from wait_until_serving(self.ctx, self.req.app, version, timeout_s,
-                                                  self.timing.poll_interval_s))
+                                                  self.timing.poll_interval_s, replicas))
         except Exception as exc:  # noqa: BLE001 - the probe still failing after its retries
             raise RolloutFailed(f"health gate: {exc}", Cause.TRANSIENT) from exc
 
-    def gate(self, probe: dict, waited: str) -> bool:
-        """True when the probe shows the new version served; raises when the engine refused it."""
+    @staticmethod
+    def check_refusal(probe: dict) -> None:
+        """Raise when the probe says an engine (`/ready`'s load errors, or a replica's report) refused the version."""
         if probe.get("refused"):
             raise RolloutFailed(f"the inference engine refused the adapter: {probe['refused']}", Cause.CONTENT)
+
+    def gate(self, probe: dict, waited: str) -> bool:
+        """True when the probe shows the new version served; raises when the engine refused it."""
+        self.check_refusal(probe)
         if serves(probe, self.status.version):
             return True
         if waited == "restart":
@@ -115,20 +123,35 @@ class _Rollout:
         self.gate((yield from self.wait_for_version(self.status.version, self.timing.restart_timeout_s)), "restart")
 
     def verify(self) -> Generator[Any, Any, None]:
-        """The health gate: the smoke chat must answer from the new version. A bad answer is the adapter's fault;
-        a server that is down, failing or serving another version is transient."""
+        """The health gate: the smoke chat must answer from the new version, then every listed replica must report
+        it (`replica_gate`). A bad answer is the adapter's fault; a server that is down, failing or serving another
+        version is transient."""
         probe: dict = {}
         for attempt in range(self.timing.verify_attempts):
-            probe = yield from self.call(
-                Activity.PROBE_ENDPOINT, app=self.req.app, expect_version=self.status.version, smoke=True
-            )
+            probe = yield from self.call(Activity.PROBE_ENDPOINT, app=self.req.app, expect_version=self.status.version,
+                                         smoke=True, replicas=self.replica_check)
             if serves(probe, self.status.version) and probe.get("reply"):
+                yield from self.replica_gate(probe)
                 return
             if attempt + 1 < self.timing.verify_attempts:
                 yield from self.sleep(self.timing.poll_interval_s)
         reason = probe.get("error") or f"endpoint serves {probe.get('served_version')!r}"
         cause = Cause.CONTENT if probe.get("bad_answer") or probe.get("refused") else Cause.TRANSIENT
         raise RolloutFailed(f"smoke chat failed: {reason}", cause)
+
+    def replica_gate(self, probe: dict) -> Generator[Any, Any, None]:
+        """Every replica the platform lists reports the new version (probing until the hot swap timeout); the
+        figures go into the record. A replica's engine refusing it is the adapter's fault; a replica that does not
+        show it in time is transient."""
+        if not probe.get("refused") and not replicas_agree(probe):
+            probe = yield from self.wait_for_version(self.status.version, self.timing.hot_swap_timeout_s,
+                                                     self.replica_check)
+        verdict = probe.get("replicas") or {}
+        self.status.replicas = verdict.get("replicas")
+        self.check_refusal(probe)
+        if not replicas_agree(probe):
+            why = verdict.get("why") or probe.get("error") or f"endpoint serves {probe.get('served_version')!r}"
+            raise RolloutFailed(f"not every replica serves {self.status.version}: {why}", Cause.TRANSIENT)
 
     def run(self) -> Generator[Any, Any, dict]:
         req = self.req
@@ -159,6 +182,7 @@ class _Rollout:
             base_model = (staged.get("report") or report).get("base_model")
             desired = activate(previous, req.adapter, entry, self.ctx.current_utc_datetime, base_model)
             replaced = _Replaced(previous)  # from here on a failure restores exactly `previous`
+            self.replica_check = {"manifest_updated_at": desired.updated_at}
             yield from self.call(Activity.WRITE_MANIFEST, app=req.app, manifest=asdict(desired))
             yield from self.activate()
 

@@ -68,6 +68,9 @@ class RolloutStatus:
     activation: str | None = None  # "hot_swap" | "restart"
     cause: str | None = None  # a `Cause`, when the rollout did not go live
     unrestored: dict[str, Any] | None = None  # {"manifest": ...} a failed rollback could not restore
+    #: Per replica the platform listed at the gate: what its report said (`alias_version`, `manifest_updated_at`,
+    #: `converged`, `stale`, ...) and whether it `counted` (`activities.replica_reports.replica_verdict`).
+    replicas: dict[str, dict[str, Any]] | None = None
 
     def enter(self, stage: Stage, at: datetime, reason: str | None = None, cause: str | None = None) -> None:
         """Move to `stage` at `at` (the orchestration's deterministic clock)."""

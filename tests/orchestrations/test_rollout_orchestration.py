@@ -13,6 +13,7 @@ import pytest
 
 from activities.catalog import Activity
 from activities.records import TERMINAL
+from activities.replica_reports import replica_verdict
 from devhost.executor import replay_episodes
 from devhost.host import DevHost
 from orchestrations.health_gate import bp as health_gate
@@ -22,6 +23,7 @@ from orchestrations.rollout import bp as rollouts
 SHA = "a" * 64
 TIMING = {"poll_interval_s": 0.05, "hot_swap_timeout_s": 0.3, "restart_timeout_s": 1.0, "verify_attempts": 2,
           "heal_interval_s": 60.0, "retry_base_s": 0.2}
+REPLICA = "app--1-0"
 PREVIOUS = {"adapters": {"old": {"path": "adapters/old/" + "b" * 64, "sha256": "b" * 64, "version": "old@bbbbbbbbbbbb"}},
             "active": "old", "alias": "live", "base_model": "tiny", "updated_at": None, "schema": 1}
 
@@ -42,6 +44,21 @@ class Scenario:
     calls: list[str] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)
     restarted: bool = False
+    replica_checks_before_report: int | None = 0  # replica checks before the listed replica reports (None: never)
+    replica_refuses: str | None = None  # the listed replica's load error for the new version
+    replica_checks: int = 0
+
+    def replica_answer(self, version: str, check: dict[str, Any]) -> dict[str, Any]:
+        """The real rule over one listed replica whose report follows the scenario."""
+        self.replica_checks += 1
+        waits = self.replica_checks_before_report
+        reported = waits is not None and self.replica_checks > waits
+        errors = {"new": {"version": version, "sha256": SHA, "reason": self.replica_refuses}} if self.replica_refuses else {}
+        report = {"replica_id": REPLICA, "alias_version": version if reported else "old@bbbbbbbbbbbb",
+                  "manifest_updated_at": check["manifest_updated_at"], "converged": True, "stale": False,
+                  "load_errors": errors}
+        return replica_verdict([REPLICA], [report, {**report, "replica_id": "gone-replica"}], version,
+                               check["manifest_updated_at"]).to_dict()
 
     def served_version(self) -> str | None:
         m = self.manifest
@@ -114,9 +131,14 @@ def stand_in_app(s: Scenario) -> df.DFApp:
         if payload["smoke"] and s.smoke_down:
             return {"ready": False, "served_version": None, "reply": None, "refused": None, "bad_answer": False,
                     "error": "GET /ready failed: ConnectionError: connection refused"}
-        return {"ready": True, "served_version": version, "reply": None if smoke_failed else "hi",
-                "error": "smoke chat answered 400: no such adapter" if smoke_failed else None, "refused": refused,
-                "bad_answer": smoke_failed}
+        answer = {"ready": True, "served_version": version, "reply": None if smoke_failed else "hi",
+                  "error": "smoke chat answered 400: no such adapter" if smoke_failed else None, "refused": refused,
+                  "bad_answer": smoke_failed}
+        if payload.get("replicas") is not None and version == payload["expect_version"]:
+            answer["replicas"] = s.replica_answer(version, payload["replicas"])
+            if answer["replicas"]["state"] == "refused":
+                answer["refused"] = f"{answer['replicas']['why']} (replica {answer['replicas']['replica']})"
+        return answer
 
     @bp.activity_trigger(input_name="payload", activity=Activity.INGEST_RECORDS)
     def ingest_records(payload: dict) -> list[dict]:
@@ -432,3 +454,37 @@ async def test_reconciler_survives_storage_failures(tmp_path) -> None:
         assert second["phase"] == "idle" and s.manifest["active"] == "new"
     finally:
         await host.stop()
+
+
+async def test_live_only_when_the_listed_replica_reports_the_version(run_rollout) -> None:
+    """The smoke chat passes before the replica reports: the gate probes on until it does; its figures are in
+    the record and an unlisted replica's report is not."""
+    s = Scenario(manifest=PREVIOUS, replica_checks_before_report=2)
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "live", out["reason"]
+    assert s.replica_checks == 3
+    assert out["replicas"] == {REPLICA: {"reported": True, "alias_version": "new@" + SHA[:12], "converged": True,
+                                         "stale": False, "heartbeat_age_s": None, "counted": True,
+                                         "manifest_updated_at": s.manifest["updated_at"]}}
+
+
+async def test_a_replica_that_never_reports_the_version_is_not_live(run_rollout) -> None:
+    """A listed replica that never reports the new version: not live within the gate's timeout (transient), and
+    the previous manifest is restored."""
+    s = Scenario(manifest=PREVIOUS, replica_checks_before_report=None)
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "rolled_back" and out["cause"] == "transient"
+    assert f"not every replica serves new@{SHA[:12]}: {REPLICA}: serves 'old@bbbbbbbbbbbb'" in out["reason"]
+    assert out["replicas"][REPLICA]["counted"] is False and s.manifest == PREVIOUS
+    assert s.replica_checks > 1
+
+
+async def test_a_replica_refusing_the_version_rolls_back_as_content(run_rollout) -> None:
+    """A listed replica's engine refuses the new version: rolled back at once, cause content, with the replica
+    and the engine's reason."""
+    s = Scenario(manifest=PREVIOUS, replica_refuses="rank 64 exceeds max_lora_rank 16")
+    out, _ = await run_rollout(s)
+    assert out["stage"] == "rolled_back" and out["cause"] == "content"
+    assert out["reason"] == ("the inference engine refused the adapter: rank 64 exceeds max_lora_rank 16 "
+                             f"(replica {REPLICA})")
+    assert s.replica_checks == 1 and "restart_app" not in s.calls and s.manifest == PREVIOUS
