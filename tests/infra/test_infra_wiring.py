@@ -162,6 +162,8 @@ OPTIONAL_SETTINGS: dict[str, str] = {
     "LOCAL_INFERENCE_PORT": "local platform only",
     "LOCAL_RUNTIME": "local platform only (process or container)",
     "CHAT_PAGE_ENABLED": "local platform only: set for the server it starts (the image's start.sh runs it alone)",
+    "CONTAINER_APP_REPLICA_NAME": "local platform only: set for the server it starts, as ACA sets it per replica",
+    "CONTAINER_APP_REVISION": "local platform only: set for the server it starts, as ACA sets it per replica",
     "LOCAL_INFERENCE_IMAGE": "local platform only (the container runtime's image)",
     "PYTHONPATH": "local platform only: the child server's import path, not an app setting",
     "ROLLOUT_POLL_INTERVAL_S": "RolloutTiming default (1 s) suits Azure",
