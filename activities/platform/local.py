@@ -193,9 +193,12 @@ class LocalPlatform:
                     self._state_path(app).unlink(missing_ok=True)
 
     def delete_app(self, app: str) -> bool:
-        """Stop the app and drop its state (port, revision, generated admin key); False when it was never started."""
+        """Stop the app and drop its state (port, revision, generated admin key), log and lock; False when it was
+        never started."""
         existed = self.describe_app(app).exists
         self.stop_app(app, forget=True)
+        for leftover in (self._log_path(app), Path(self.settings.state_dir) / f".{app}.lock"):
+            leftover.unlink(missing_ok=True)
         return existed
 
     def list_replicas(self, app: str) -> list[str]:
@@ -216,7 +219,8 @@ class LocalPlatform:
         s = self.settings
         container = s.runtime == "container"
         store = IMAGE_ADAPTER_STORE if container else str(Path(s.store_root) / spec.app)
-        cmd = self._docker_run(spec) if container else list(s.server_command or (sys.executable, "-m", "inference_server"))
+        cmd = self._docker_run(spec, port) if container else list(
+            s.server_command or (sys.executable, "-m", "inference_server"))
         cmd += ["--engine", s.engine]
         if s.model_path is not None:
             cmd += ["--model-path", IMAGE_MODEL_PATH if container else str(s.model_path)]
@@ -230,8 +234,9 @@ class LocalPlatform:
         scope = hashlib.sha256(str(Path(self.settings.state_dir).resolve()).encode()).hexdigest()[:8]
         return f"lora-{scope}-{app}"
 
-    def _docker_run(self, spec: AppSpec) -> list[str]:
-        """`docker run … IMAGE python -m inference_server`: mounts read-only, environment by name only."""
+    def _docker_run(self, spec: AppSpec, port: int) -> list[str]:
+        """`docker run … IMAGE python -m inference_server`: mounts read-only, environment by name only (but the
+        port and host, which the image's HEALTHCHECK reads from INFERENCE_PORT, not from the server's flags)."""
         s = self.settings
         cmd = [s.docker, "run", "--rm", "--name", self.container_name(spec.app), "--network", "host",
                "-v", f"{Path(s.store_root).resolve() / spec.app}:{IMAGE_ADAPTER_STORE}:ro",
@@ -241,6 +246,7 @@ class LocalPlatform:
             cmd += ["-v", f"{Path(s.model_path).resolve()}:{IMAGE_MODEL_PATH}:ro"]
         for name in sorted({"CHAT_PAGE_ENABLED", *REPLICA_ENV, *spec.env, *self._secret_env(spec, {})}):
             cmd += ["-e", name]
+        cmd += ["-e", f"INFERENCE_PORT={port}", "-e", f"INFERENCE_HOST={s.host}"]
         return cmd + [s.image, "python", "-m", "inference_server"]
 
     @staticmethod

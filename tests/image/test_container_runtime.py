@@ -56,6 +56,9 @@ def test_upload_goes_live_in_a_container_then_hot_swaps(boxed_stack) -> None:
     assert container["Image"] == IMAGE and container["State"] == "running", container
     name = container["Names"]
     assert docker("exec", name, "id", "-u").stdout.strip() == "10001"
+    healthcheck = json.loads(docker("image", "inspect", "-f", "{{json .Config.Healthcheck.Test}}", IMAGE).stdout)
+    assert healthcheck[0] == "CMD-SHELL", healthcheck  # the image's own check, run as docker runs it: it passes
+    assert docker("exec", name, "sh", "-c", healthcheck[1], check=False).returncode == 0
     mounts = json.loads(docker("inspect", "-f", "{{json .Mounts}}", name).stdout)
     binds = {m["Destination"]: m["RW"] for m in mounts if m["Type"] == "bind"}  # (the image's VOLUME /models too)
     assert binds == {"/adapters": False, "/adapters/_replicas": True, "/models/base": False}, mounts

@@ -4,8 +4,8 @@
 an executable `docker` script. Commands: `image inspect NAME` (exit 1 for an image not listed), `rm [-f] [-v] NAME`, and
 `run --rm --name N --network host -v SRC:DST[:ro] -e NAME … IMAGE python -m inference_server ARGS…`, which checks
 what the real client would refuse (an unknown flag, a relative or missing mount source, a taken container name)
-and then runs the stand-in server with ARGS in the foreground, with the environment the container would get: only
-the `-e` names that are set in the client's environment. Every call is appended to FILE as one JSON line; the
+and then runs the stand-in server with ARGS in the foreground, with the environment the container would get: the
+`-e NAME=VALUE` pairs and the `-e NAME` names that are set in the client's environment. Every call is appended to FILE as one JSON line; the
 stand-in inherits no other variable (as a container does not), and `docker rm -f` of a running container SIGKILLs it.
 """
 
@@ -67,9 +67,10 @@ def _run(args: list[str], opts: argparse.Namespace, state: Path) -> int:
     if command[:3] != ["python", "-m", "inference_server"]:
         print(f"fake docker runs only the inference server, not {command}", file=sys.stderr)
         return 125
-    env = {n: os.environ[n] for n in flags["-e"] if n in os.environ}
+    given = dict(e.split("=", 1) for e in flags["-e"] if "=" in e)  # -e NAME=VALUE, else NAME from our environment
+    env = {n: os.environ[n] for n in flags["-e"] if "=" not in n and n in os.environ} | given
     env["PATH"] = os.environ.get("PATH", "")
-    _log(opts.log, {"cmd": "run", "name": name, "mounts": flags["-v"], "env_names": flags["-e"],
+    _log(opts.log, {"cmd": "run", "name": name, "mounts": flags["-v"], "env_names": [e.split("=", 1)[0] for e in flags["-e"]],
                     "network": flags["--network"], "rm": bool(flags["--rm"]), "image": image, "argv": command})
     (state / name).write_text(str(os.getpid()))
     os.execve(sys.executable, [sys.executable, opts.standin, *command[3:]], env)

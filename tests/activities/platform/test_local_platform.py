@@ -350,9 +350,12 @@ def test_container_runtime_runs_the_image_as_aca_does(
                                             f"{settings.model_path.resolve()}:/models/base:ro"])
     assert (store / "_replicas").stat().st_mode & 0o7777 == 0o1777  # the image's user writes its report there
     assert set(run["env_names"]) == {"CHAT_PAGE_ENABLED", "EXTRA", "INFERENCE_API_KEYS", "INFERENCE_ADMIN_KEY",
-                                     "CONTAINER_APP_REPLICA_NAME", "CONTAINER_APP_REVISION"}
+                                     "CONTAINER_APP_REPLICA_NAME", "CONTAINER_APP_REVISION", "INFERENCE_PORT",
+                                     "INFERENCE_HOST"}
     env = environ(info["pid"])  # what the "container" got: the named variables only
     assert env["CHAT_PAGE_ENABLED"] == "0" and env["EXTRA"] == "1" and "AZURE_STORAGE_CONNECTION_STRING" not in env
+    # the image's HEALTHCHECK curls INFERENCE_PORT: the port the server was given, not the image's 8000
+    assert env["INFERENCE_PORT"] == argv[argv.index("--port") + 1] == (state.endpoint or "").rsplit(":", 1)[1]
     assert env["CONTAINER_APP_REPLICA_NAME"] == "chat--1-0" and in_container.list_replicas("chat") == ["chat--1-0"]
     admin = env["INFERENCE_ADMIN_KEY"]
     client_argv = " ".join(json.loads((settings.state_dir / "chat.json").read_text())["command"])
@@ -374,6 +377,9 @@ def test_container_runtime_stop_and_heal_leave_no_container(
     in_container.stop_app("chat")
     assert len(docker_calls(docker_log, "rm")) == removed + 1
     assert not in_container.describe_app("chat").exists
+    in_container.ensure_app(SPEC)
+    state_dir = in_container.settings.state_dir
+    assert in_container.delete_app("chat") and not list(state_dir.glob("*chat*")), list(state_dir.iterdir())
 
 
 def test_container_runtime_without_the_image_says_how_to_build_it(
