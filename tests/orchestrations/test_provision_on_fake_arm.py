@@ -79,6 +79,18 @@ async def test_provision_creates_everything_once_then_writes_nothing(aca_host) -
     assert fake.writes() == []
 
 
+async def test_provisioned_app_lists_its_revisions_replicas(aca_host) -> None:
+    """The activities' `apps.list_replicas` reads the serving revision's replicas from ARM (the gate's list)."""
+    host, fake = aca_host
+    assert activity_functions.services().apps.list_replicas(APP) == []  # no app yet
+    assert (await run(host, "provision", "p-replicas"))["state"] == "provisioned"
+    app_path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/containerApps/{APP}"
+    revision = activity_functions.services().apps.describe(APP).revision
+    listed = activity_functions.services().apps.list_replicas(APP)
+    assert listed and listed == sorted(r["name"] for r in fake.replicas(app_path, revision))
+    assert all(name.startswith(f"{revision}-") for name in listed)
+
+
 async def test_throttling_is_retried_by_the_orchestration(aca_host) -> None:
     """A 429 on the container app is retried (Retry-After honoured) and the run still succeeds."""
     host, fake = aca_host
