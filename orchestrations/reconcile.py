@@ -135,7 +135,7 @@ class _Pass:
         except Exception as exc:  # noqa: BLE001 - the rollout orchestration itself failed: a bug, not the content
             outcome = {"stage": "failed", "reason": f"rollout crashed: {exc}", "cause": "transient", "history": []}
         self.state.rollouts += 1
-        result = {k: outcome.get(k) for k in ("version", "activation", "reason", "cause") if k in outcome}
+        result = {k: outcome.get(k) for k in ("version", "activation", "reason", "cause", "replicas") if k in outcome}
         result["history"] = record_history(record, outcome.get("history") or [])
         baseline = record.get("baseline") or outcome.get("unrestored")  # the first unrestored manifest is kept
         stage, cause = outcome.get("stage") or "failed", outcome.get("cause")

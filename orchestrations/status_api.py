@@ -42,7 +42,7 @@ MAX_LIMIT = 200
 #: Ids of the provision, restart and delete orchestrations the starters return (Durable instances, read by id).
 _INSTANCE_ID = re.compile(rf"(?:provision|restart|delete)-{APP_NAME_PATTERN.pattern}\.\d{{8}}T\d{{12}}")
 #: What an open record takes from its running rollout's custom status.
-_LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause")
+_LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause", "replicas")
 
 
 def describe_instance(status: df.DurableOrchestrationStatus) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def test_hot_swap_goes_live_with_every_listed_replica_counted(local_stack) -> No
     second = deploy(local_stack, "counted", local_stack.kit.adapters["beta"])
     assert second["stage"] == "live" and second["activation"] == "hot_swap", second.get("reason")
     replicas = rollout_output(local_stack, second)["replicas"]
+    assert second["replicas"] == replicas  # the deployment record carries them (status API, adapterctl)
     assert list(replicas) == ["counted--1-0"]  # one process, revision 1: the hot swap restarted nothing
     figures = replicas["counted--1-0"]
     assert figures["alias_version"] == second["version"] and figures["counted"] is True
