@@ -1,8 +1,10 @@
 """Rollout benchmark on the embedded default (devhost + Azurite + the CPU inference server, tiny model).
 
 Prints one table: upload-to-live for a hot swap and for the restart path (p50 of N each, first deploy shown
-apart since it starts the server), then the Durable host overhead (bench/durable_overhead.py), and the memory
-of every process of the stack together. Usage: `python bench/rollout.py [--runs 5]`.
+apart since it starts the server), for each runtime asked (`--runtimes process,container`: the same rollouts with
+the server as a process and in the inference image's container, side by side in one run), then the Durable host
+overhead (bench/durable_overhead.py), and the memory of every process of each stack together.
+Usage: `python bench/rollout.py [--runs 5] [--runtimes process,container]`.
 """
 
 from __future__ import annotations
@@ -70,30 +72,43 @@ def memory_mib(pids: list[int]) -> float:
     return total / (1 << 20)
 
 
-def main(runs: int) -> None:
+def measure(runtime: str, runs: int, tmp: Path) -> tuple[list[Sample], int, float]:
+    """One stack with `runtime` (LOCAL_RUNTIME): the first deploy, `runs` hot swaps, `runs` restarts; the samples,
+    the stack's process count and their memory (a container's server is not among them: docker runs it)."""
     root = Path(__file__).resolve().parents[1]
     samples: list[Sample] = []
-    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp) / "state", root / "build/tinykit/llama") as stack:
+    env = {"LOCAL_RUNTIME": runtime}
+    with local_stack(tmp / f"state-{runtime}", root / "build/tinykit/llama", extra_env=env) as stack:
         kit = stack.kit
         samples.append(upload_to_live(stack, kit.adapters["alpha"], "alpha", "first deploy"))
         for i in range(runs):
             src = kit.adapters["beta" if i % 2 == 0 else "alpha"]
-            samples.append(upload_to_live(stack, variant(src, Path(tmp) / f"v{i}", i), f"v{i}", "hot swap"))
+            samples.append(upload_to_live(stack, variant(src, tmp / f"{runtime}-v{i}", i), f"v{i}", "hot swap"))
         for i in range(runs):
             samples.append(request_to_live(stack, f"v{i % 2}"))
         pids = stack.process_ids()
-        mem = memory_mib(pids)
-    failed = [s for s in samples if s.stage != "live"]
-    print(f"\nUpload → live on devhost (tiny model, CPU), {runs} runs each; failed: {len(failed)}")
-    print("| path | n | p50 s | min s | max s | activation |")
-    print("|---|---|---|---|---|---|")
-    for path in ("first deploy", "hot swap", "restart"):
-        times = [s.seconds for s in samples if s.path == path]
-        kinds = sorted({s.activation or "-" for s in samples if s.path == path})
-        print(f"| {path} | {len(times)} | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} "
-              f"| {', '.join(kinds)} |")
+        return samples, len(pids), memory_mib(pids)
+
+
+def main(runs: int, runtimes: list[str]) -> None:
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in runtimes:
+            results[runtime] = measure(runtime, runs, Path(tmp))
+    print(f"\nUpload → live on devhost (tiny model, CPU), {runs} runs each, by runtime (LOCAL_RUNTIME), one run")
+    print("| runtime | path | n | p50 s | min s | max s | activation | failed |")
+    print("|---|---|---|---|---|---|---|---|")
+    for runtime, (samples, _, _) in results.items():
+        for path in ("first deploy", "hot swap", "restart"):
+            mine = [s for s in samples if s.path == path]
+            times = [s.seconds for s in mine]
+            kinds = sorted({s.activation or "-" for s in mine})
+            print(f"| {runtime} | {path} | {len(times)} | {statistics.median(times):.2f} | {min(times):.2f} | "
+                  f"{max(times):.2f} | {', '.join(kinds)} | {sum(s.stage != 'live' for s in mine)} |")
     print("target: hot swap live within 5 s of the upload")
-    print(f"\nMemory of the whole stack ({len(pids)} processes: Azurite, devhost, inference server): {mem:.0f} MiB RSS")
+    for runtime, (_, count, mem) in results.items():
+        print(f"Memory of the {runtime} stack's {count} processes (Azurite, devhost, "
+              f"{'docker client' if runtime == 'container' else 'inference server'}): {mem:.0f} MiB RSS")
     import durable_overhead
 
     asyncio.run(durable_overhead.main(3))
@@ -102,4 +117,8 @@ def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    main(parser.parse_args().runs)
+    parser.add_argument("--runtimes", default="process",
+                        help="comma-separated LOCAL_RUNTIME values to measure side by side (process,container: the "
+                        "container runtime needs `make image` first)")
+    args = parser.parse_args()
+    main(args.runs, [r.strip() for r in args.runtimes.split(",") if r.strip()])
