@@ -12,9 +12,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Debian's Chromium, headless, once per session (the tests skip when it is not installed)."""
+    """Debian's Chromium, headless, once per module (the tests skip when it is not installed). Not once per session:
+    while Playwright's sync API runs, its event loop is this thread's running loop, and later tests that run a loop
+    of their own (devhost serve's main, asyncio.run) would fail with "another loop is running"."""
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
