@@ -179,6 +179,7 @@ def replica_verdict(listed: Sequence[str], observed: Sequence[Mapping[str, Any]]
         why = _pending(entry, version, manifest_updated_at)
         figures[name]["counted"] = why is None
         if why is not None:
+            figures[name]["why"] = why
             waiting.append(f"{name}: {why}")
     if refused is not None:
         return ReplicaVerdict("refused", refused[1], refused[0], figures)

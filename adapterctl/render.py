@@ -70,7 +70,22 @@ def summary(record: dict[str, Any]) -> str:
         lines.append(f"  {'sha256':<{width}}  {record['sha256']}")
     if record.get("history"):
         lines += ["stages:", *stage_lines(record["history"])]
+    if isinstance(record.get("replicas"), dict) and record["replicas"]:
+        lines += ["replicas:", *replica_lines(record["replicas"])]
     return "\n".join(lines)
+
+
+def replica_lines(replicas: dict[str, Any]) -> list[str]:
+    """One line per replica the gate listed: counted or not, the version it served, and why when it was not."""
+    out = []
+    for name, figures in sorted(replicas.items()):
+        figures = figures if isinstance(figures, dict) else {}
+        verdict = ("counted" if figures.get("counted") else "refused" if figures.get("refused")
+                   else "not counted")
+        detail = figures.get("refused") or figures.get("why") or ""
+        served = figures.get("alias_version") or "-"
+        out.append(f"  {name}  {verdict}  {served}" + (f"  ({detail})" if detail else ""))
+    return out
 
 
 def human_bytes(n: int) -> str:

@@ -194,3 +194,18 @@ def test_refusals_of_the_orchestrator_are_bad_input_and_one_broken_app_keeps_the
     (folder / "adapter_config.json").write_text("[]")
     code, out, err = run("--url", api.url, "deploy", str(folder), "--app", "demo", "--storage-connection", "x")
     assert (code, out) == (2, "") and err.startswith("adapterctl: invalid adapter") and err.count("\n") == 1, err
+
+
+def test_status_of_a_record_lists_the_replicas_the_gate_counted(run: Run, api: FakeApi) -> None:
+    """A record with the gate's per-replica figures: one line per replica, counted or not and why."""
+    rec = record("demo.20261130T141411000000-u1", "rolled_back", [*STAGES, "rolled_back"], reason="not every replica")
+    rec["replicas"] = {"demo--1-0": {"counted": True, "alias_version": "beta@a8d5", "stale": False},
+                       "demo--1-1": {"counted": False, "alias_version": "alpha@1111", "stale": True,
+                                     "why": "stale report (heartbeat 40 s ago)"},
+                       "demo--1-2": {"counted": False, "refused": "rank_too_large"}}
+    api.routes[f"/api/deployments/{rec['id']}"] = (200, rec)
+    code, out, _ = run("--url", api.url, "status", rec["id"])
+    assert code == 0
+    assert out.split("replicas:\n")[1].splitlines() == [
+        "  demo--1-0  counted  beta@a8d5", "  demo--1-1  not counted  alpha@1111  (stale report (heartbeat 40 s ago))",
+        "  demo--1-2  refused  -  (rank_too_large)"]
