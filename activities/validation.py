@@ -195,20 +195,29 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def check_file_name(name: str) -> str:
-    """A relative POSIX file name inside an adapter: no absolute path, `..`, backslash or control characters."""
-    problem = None
+def unsafe_path_problem(name: str) -> str | None:
+    """Why `name` is not a safe relative POSIX path (empty, a backslash, a control character, absolute, an empty,
+    `.` or `..` segment, over 255 characters), or None."""
     if not name:
-        problem = "is empty"
-    elif "\\" in name:
-        problem = "contains a backslash"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
-        problem = "contains a control character"
-    elif name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        problem = "is absolute"
-    elif any(part in ("", ".", "..") for part in name.split("/")):
-        problem = "has an empty, '.' or '..' segment"
-    elif len(name) > 255 or not all(_SEGMENT_PATTERN.fullmatch(p) for p in name.split("/")):
+        return "is empty"
+    if "\\" in name:
+        return "contains a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' segment"
+    if len(name) > 255:
+        return "is longer than 255 characters"
+    return None
+
+
+def check_file_name(name: str) -> str:
+    """A relative POSIX file name inside an adapter: a safe path (`unsafe_path_problem`) whose segments use letters,
+    digits, '.', '_' and '-'."""
+    problem = unsafe_path_problem(name)
+    if problem is None and not all(_SEGMENT_PATTERN.fullmatch(p) for p in name.split("/")):
         problem = "must use letters, digits, '.', '_' and '-' (starting with a letter or digit)"
     if problem:
         raise AdapterValidationError("unsafe_name", f"file name {name!r} {problem}")

@@ -52,6 +52,7 @@ from activities.validation import (
     check_file_name,
     check_name,
     is_content_name,
+    unsafe_path_problem,
     validate_adapter_folder,
 )
 
@@ -97,9 +98,7 @@ def _header_params(header: str, value: str) -> email.message.Message:
 def check_upload_name(name: str) -> str:
     """A part's file name: relative, no `..` / `.` / empty segment, backslash or control character (400); content
     names must also pass `check_file_name`. Hidden and `_`-prefixed names pass here and are skipped later."""
-    if not name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":") \
-            or any(ord(c) < 32 or ord(c) == 127 for c in name) \
-            or any(seg in ("", ".", "..") for seg in name.split("/")) or len(name) > 255:
+    if unsafe_path_problem(name):
         raise BadRequest(f"unsafe file name {name!r}: give names relative to the adapter folder, without '..'")
     if is_content_name(name):
         try:
