@@ -8,7 +8,6 @@ named as such instead of silently serving old code.
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 SOURCES_LABEL = "org.adapter-deploy.inference-sources"
@@ -28,17 +27,14 @@ def sources_digest(root: Path = INFERENCE_IMAGE_DIR) -> str:
     return digest.hexdigest()
 
 
-def image_sources(image: str) -> str | None:
-    """The digest label of a local image ("" when it has none), or None when the engine cannot say."""
-    try:
-        out = subprocess.run(["docker", "image", "inspect", "-f", f'{{{{index .Config.Labels "{SOURCES_LABEL}"}}}}',
-                              image], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    label = out.stdout.strip()
+def labelled_sources(inspect_output: str) -> str:
+    """The digest label as `docker image inspect -f LABEL_FORMAT` printed it ("" when the image has none)."""
+    label = inspect_output.strip()
     return "" if label in ("", "<no value>") else label
+
+
+#: `docker image inspect -f` format that prints the image's sources label.
+LABEL_FORMAT = f'{{{{index .Config.Labels "{SOURCES_LABEL}"}}}}'
 
 
 if __name__ == "__main__":

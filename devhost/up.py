@@ -40,7 +40,7 @@ from typing import Any
 
 from devhost.cli import Subcommand, register
 from devhost.host import PortInUseError
-from devhost.image import image_sources, sources_digest
+from devhost.image import LABEL_FORMAT, labelled_sources, sources_digest
 from devhost.supervisor import Supervisor, Watched
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,15 +224,16 @@ def check_image(image: str) -> None:
     """--runtime container: the local docker engine answers and has `image`; an OSError saying what to do otherwise
     (before anything starts, rather than a rollout failing on it)."""
     try:
-        found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60)
+        found = subprocess.run(["docker", "image", "inspect", "-f", LABEL_FORMAT, image], capture_output=True,
+                               text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OSError(f"--runtime container needs the docker client and engine: {exc}") from exc
     if found.returncode != 0:
         detail = found.stderr.strip().splitlines()[-1] if found.stderr.strip() else "not found"
         raise OSError(f"--runtime container: no image {image!r} in the local docker engine ({detail}); build it "
                       "with `make image`, or pass --image")
-    built_from = image_sources(image)
-    if built_from is not None and built_from != sources_digest():
+    built_from = labelled_sources(found.stdout)
+    if built_from != sources_digest():
         print(f"devhost up: warning: image {image!r} was not built from the inference_image/ sources here"
               f"{'' if built_from else ' (it has no sources label)'}, so it may serve other code: `make image` "
               "rebuilds it", file=sys.stderr, flush=True)

@@ -132,10 +132,10 @@ def test_image_built_from_other_sources_is_named(tmp_path: Path, monkeypatch: py
     (tmp_path / "pkg" / "server.py").write_text("A = 2\n")
     assert sources_digest(tmp_path) != before
 
-    monkeypatch.setattr(up.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
-    for label, warned in ((sources_digest(), False), ("0" * 64, True), ("", True)):
-        monkeypatch.setattr(up, "image_sources", lambda image, label=label: label)
+    for label, warned in ((sources_digest(), False), ("0" * 64, True), ("<no value>", True)):
+        monkeypatch.setattr(up.subprocess, "run",
+                            lambda *a, label=label, **k: subprocess.CompletedProcess(a, 0, label + "\n", ""))
         up.check_image("lora-inference:cpu")
         err = capsys.readouterr().err
         assert ("was not built from the inference_image/ sources here" in err) is warned, err
-        assert ("no sources label" in err) is (label == "")
+        assert ("no sources label" in err) is (label == "<no value>")
