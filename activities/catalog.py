@@ -19,5 +19,8 @@ class Activity(StrEnum):
     RESTART_APP = "restart_app"  # {app} -> {ok, revision}
     HEAL_APP = "heal_app"  # {app} -> {ok, action: "none" | "restarted", reason?}: restart a server that died
     PROBE_ENDPOINT = "probe_endpoint"  # {app, expect_version, smoke} -> {ready, served_version, reply, error, refused}
+    READ_POLICY = "read_policy"  # {app} -> {ok, policy: dict | None, source: "app" | "setting" | "none"}
+    REPLICA_METRICS = "replica_metrics"  # {app} -> {metrics: {replica id: {version: counters}}} (fresh reports)
+    EVALUATE_ADAPTER = "evaluate_adapter"  # {app, versions, eval_set} -> {ok, scores: {version: score dict}}
     PLAN_PROVISIONING = "plan_provisioning"  # {app} -> {steps: [name, ...]}
     PROVISION_STEP = "provision_step"  # {app, step} -> {ok, step, action, outcome?}
