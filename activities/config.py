@@ -372,6 +372,8 @@ class Settings:
     # LOCAL_RUNTIME (process | container) and LOCAL_INFERENCE_IMAGE: how the local platform runs a server
     local_runtime: str = "process"
     local_inference_image: str = "lora-inference:cpu"
+    # LOCAL_REPLICAS (1..8): the local platform's replicas per app; None: the template's maximumInstanceCount
+    local_replicas: int | None = None
     inference_config_path: str = "infra/inference.config.json"  # INFERENCE_CONFIG_PATH
     parameters_path: str = "infra/provision/inference.parameters.json"  # INFERENCE_PARAMETERS_PATH
 
@@ -422,9 +424,25 @@ class Settings:
             arm_ca_bundle=env.get("ARM_CA_BUNDLE", "").strip(),
             local_runtime=runtime,
             local_inference_image=env.get("LOCAL_INFERENCE_IMAGE", "").strip() or cls.local_inference_image,
+            local_replicas=local_replicas(env),
             inference_config_path=env.get("INFERENCE_CONFIG_PATH", "").strip() or cls.inference_config_path,
             parameters_path=env.get("INFERENCE_PARAMETERS_PATH", "").strip() or cls.parameters_path,
         )
+
+
+LOCAL_REPLICAS_RANGE = (1, 8)
+
+
+def local_replicas(env: Mapping[str, str]) -> int | None:
+    """The `LOCAL_REPLICAS` setting: the local platform's replica count per app (1..8), None when unset (then each
+    app's spec says, the template's maximumInstanceCount)."""
+    if not env.get("LOCAL_REPLICAS", "").strip():
+        return None
+    low, high = LOCAL_REPLICAS_RANGE
+    value = _int(env, "LOCAL_REPLICAS", low, minimum=low)
+    if value > high:
+        raise ConfigError("LOCAL_REPLICAS", ENV_SOURCE, f"must be <= {high}, got {value}")
+    return value
 
 
 def _image_registry(env: Mapping[str, str], image: str, platform: str) -> tuple[str, str]:

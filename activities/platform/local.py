@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from activities.config import LOCAL_REPLICAS_RANGE, local_replicas
 from activities.platform.aca import AppNotFoundError, secret_env_name
 from activities.platform.base import (
     AppSpec,
@@ -62,7 +63,12 @@ from activities.platform.base import (
 )
 from activities.validation import check_name
 
-INFERENCE_IMAGE_DIR = Path(__file__).resolve().parents[2] / "inference_image"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INFERENCE_IMAGE_DIR = REPO_ROOT / "inference_image"
+#: The test-only fault hook (inference_server/faults.py): passed to the servers only when our environment sets it.
+FAULT_ENV = ("INFERENCE_FAULT_REFUSE_LOAD",)
+#: Where a revision runner's replicas listen (the front alone listens on `LocalPlatformSettings.host`).
+REPLICA_HOST = "127.0.0.1"
 #: What the server inherits from the orchestrator's environment (plus `LC_*`); everything else stays out.
 INHERITED_ENV = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
@@ -107,6 +113,8 @@ class LocalPlatformSettings:
     runtime: str = "process"
     image: str = "lora-inference:cpu"
     docker: str = "docker"
+    replicas: int | None = None  # replicas per app; None: LOCAL_REPLICAS, else the spec's max_replicas
+
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -115,6 +123,9 @@ class LocalPlatformSettings:
             raise ValueError("LocalPlatformSettings.image must name an image for the container runtime")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"LocalPlatformSettings.port {self.port} is out of range")
+        low, high = LOCAL_REPLICAS_RANGE
+        if self.replicas is not None and not low <= self.replicas <= high:
+            raise ValueError(f"LocalPlatformSettings.replicas {self.replicas} is not within {low}..{high}")
         if min(self.start_timeout, self.stop_timeout, self.health_timeout) <= 0:
             raise ValueError("LocalPlatformSettings.start_timeout, stop_timeout and health_timeout must be > 0")
 
@@ -133,7 +144,8 @@ class _ProcessState:
     command: list[str]
     spec: dict[str, Any] = field(repr=False)
     generated: dict[str, str] = field(default_factory=dict, repr=False)  # generated secrets: name -> value
-    container: str | None = None  # the container runtime's container name
+    container: str | None = None  # the container runtime's container name (with replicas: `<name>-<i>` each)
+    replicas: int = 1  # > 1: `pid` is the revision runner's
 
 
 class LocalPlatform:
@@ -197,14 +209,32 @@ class LocalPlatform:
         never started."""
         existed = self.describe_app(app).exists
         self.stop_app(app, forget=True)
-        for leftover in (self._log_path(app), Path(self.settings.state_dir) / f".{app}.lock"):
+        for leftover in (self._log_path(app), self._replicas_path(app), Path(self.settings.state_dir) / f".{app}.lock"):
             leftover.unlink(missing_ok=True)
         return existed
 
     def list_replicas(self, app: str) -> list[str]:
-        """The app's one replica (`replica_name`) while its process is alive."""
+        """The replicas whose process is alive: the one process's (`replica_name`), or those the revision runner
+        lists in its replicas file."""
         state = self._load(check_name("app", app))
-        return [replica_name(app, state.revision)] if state and self._alive(state) else []
+        if state is None or not self._alive(state):
+            return []
+        if state.replicas == 1:
+            return [replica_name(app, state.revision)]
+        try:
+            listed = json.loads(self._replicas_path(app).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        if listed.get("runner_pid") != state.pid:
+            return []  # a previous runner's file
+        return sorted(name for name, info in (listed.get("replicas") or {}).items() if _pid_alive(int(info["pid"])))
+
+    def replica_count(self, spec: AppSpec) -> int:
+        """Replicas of `spec`'s app: `settings.replicas`, else LOCAL_REPLICAS, else the spec's `max_replicas`
+        (the template's maximumInstanceCount), within 1..8."""
+        low, high = LOCAL_REPLICAS_RANGE
+        wanted = self.settings.replicas or local_replicas(os.environ) or spec.max_replicas
+        return max(low, min(high, wanted))
 
     def stop_all(self, forget: bool = True) -> list[str]:
         """Stop every app this state dir knows; returns their names (`forget`: as in `stop_app`)."""
@@ -214,39 +244,58 @@ class LocalPlatform:
         return apps
 
     # -- processes -----------------------------------------------------------------------------------------
-    def command_for(self, spec: AppSpec, port: int) -> list[str]:
-        """The server's command line for `spec` on `port` (for the container runtime, the `docker run` one)."""
+    def command_for(self, spec: AppSpec, port: int, revision: int = 0) -> list[str]:
+        """The app's command line on `port`: the server's (for the container runtime, the `docker run` one), or with
+        more than one replica the revision runner's, which runs that command per replica."""
+        replicas = self.replica_count(spec)
+        if replicas == 1:
+            return self._server_command(spec, str(port), self.settings.host, self.container_name(spec.app))
+        runner = [sys.executable, "-m", "activities.platform.local_revision", "--replicas", str(replicas),
+                  "--revision", revision_name(spec.app, revision), "--host", self.settings.host, "--port", str(port),
+                  "--replicas-file", str(self._replicas_path(spec.app)), "--cwd", str(self.settings.cwd)]
+        container = f"{self.container_name(spec.app)}-{{replica}}"
+        if self.settings.runtime == "container":
+            runner += ["--docker", self.settings.docker, "--container", container]
+        return runner + ["--", *self._server_command(spec, "{port}", REPLICA_HOST, container)]
+
+    def _server_command(self, spec: AppSpec, port: str, host: str, container: str) -> list[str]:
+        """One server's command line (`port` may be the runner's `{port}` placeholder)."""
         s = self.settings
-        container = s.runtime == "container"
-        store = IMAGE_ADAPTER_STORE if container else str(Path(s.store_root) / spec.app)
-        cmd = self._docker_run(spec, port) if container else list(
+        in_image = s.runtime == "container"
+        store = IMAGE_ADAPTER_STORE if in_image else str(Path(s.store_root) / spec.app)
+        cmd = self._docker_run(spec, port, host, container) if in_image else list(
             s.server_command or (sys.executable, "-m", "inference_server"))
         cmd += ["--engine", s.engine]
         if s.model_path is not None:
-            cmd += ["--model-path", IMAGE_MODEL_PATH if container else str(s.model_path)]
+            cmd += ["--model-path", IMAGE_MODEL_PATH if in_image else str(s.model_path)]
         if spec.base_model:
             cmd += ["--base-model-name", spec.base_model]
-        cmd += ["--adapter-store", store, "--host", s.host, "--port", str(port)]
+        cmd += ["--adapter-store", store, "--host", host, "--port", port]
         return cmd + list(s.extra_args)
+
+    def _containers(self, base: str, replicas: int) -> list[str]:
+        """The container names of an app run as `base` with `replicas` replicas."""
+        return [base] if replicas == 1 else [f"{base}-{i}" for i in range(replicas)]
 
     def container_name(self, app: str) -> str:
         """The app's container: one per app and state dir (two devhosts on one engine do not meet)."""
         scope = hashlib.sha256(str(Path(self.settings.state_dir).resolve()).encode()).hexdigest()[:8]
         return f"lora-{scope}-{app}"
 
-    def _docker_run(self, spec: AppSpec, port: int) -> list[str]:
+    def _docker_run(self, spec: AppSpec, port: str, host: str, name: str) -> list[str]:
         """`docker run … IMAGE python -m inference_server`: mounts read-only, environment by name only (but the
         port and host, which the image's HEALTHCHECK reads from INFERENCE_PORT, not from the server's flags)."""
         s = self.settings
-        cmd = [s.docker, "run", "--rm", "--name", self.container_name(spec.app), "--network", "host",
+        cmd = [s.docker, "run", "--rm", "--name", name, "--network", "host",
                "-v", f"{Path(s.store_root).resolve() / spec.app}:{IMAGE_ADAPTER_STORE}:ro",
                "-v", f"{Path(s.store_root).resolve() / spec.app / REPLICA_REPORTS}:{IMAGE_ADAPTER_STORE}/"
                      f"{REPLICA_REPORTS}"]
         if s.model_path is not None:
             cmd += ["-v", f"{Path(s.model_path).resolve()}:{IMAGE_MODEL_PATH}:ro"]
-        for name in sorted({"CHAT_PAGE_ENABLED", *REPLICA_ENV, *spec.env, *self._secret_env(spec, {})}):
-            cmd += ["-e", name]
-        cmd += ["-e", f"INFERENCE_PORT={port}", "-e", f"INFERENCE_HOST={s.host}"]
+        faults = [n for n in FAULT_ENV if os.environ.get(n)]
+        for env_name in sorted({"CHAT_PAGE_ENABLED", *REPLICA_ENV, *spec.env, *self._secret_env(spec, {}), *faults}):
+            cmd += ["-e", env_name]
+        cmd += ["-e", f"INFERENCE_PORT={port}", "-e", f"INFERENCE_HOST={host}"]
         return cmd + [s.image, "python", "-m", "inference_server"]
 
     @staticmethod
@@ -264,7 +313,8 @@ class LocalPlatform:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INFERENCE_IMAGE_DIR), os.environ.get("PYTHONPATH")) if p)
         env["CHAT_PAGE_ENABLED"] = "0"  # the image's start.sh: the server alone (devhost runs the page)
         env["CONTAINER_APP_REVISION"] = revision_name(spec.app, revision)
-        env["CONTAINER_APP_REPLICA_NAME"] = replica_name(spec.app, revision)
+        env["CONTAINER_APP_REPLICA_NAME"] = replica_name(spec.app, revision)  # a revision runner sets each's own
+        env.update({name: os.environ[name] for name in FAULT_ENV if os.environ.get(name)})
         env.update(spec.env)
         env.update(LocalPlatform._secret_env(spec, generated))
         return env
@@ -286,13 +336,14 @@ class LocalPlatform:
             port = _free_port(self.settings.host)
         elif not _port_free(self.settings.host, port):
             raise PlatformError(f"port {port} on {self.settings.host} is in use; cannot start {spec.app!r}")
-        command = self.command_for(spec, port)
+        replicas = self.replica_count(spec)
+        command = self.command_for(spec, port, revision)
         generated = generate_secrets(spec, previous.generated if previous else {})
         Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
         container = None
         if self.settings.runtime == "container":
             container = self.container_name(spec.app)
-            self._prepare_container(spec.app, container)
+            self._prepare_container(spec.app, self._containers(container, replicas))
         log_path = self._log_path(spec.app)
         with open(log_path, "ab") as log:
             log.write(f"\n--- revision {revision} at {_now()}: {command[:3]} ... port {port}\n".encode())
@@ -300,7 +351,7 @@ class LocalPlatform:
             try:
                 proc = subprocess.Popen(
                     command,
-                    cwd=self.settings.cwd,
+                    cwd=self.settings.cwd if replicas == 1 else REPO_ROOT,
                     env=self.environment(spec, generated, revision),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -322,6 +373,7 @@ class LocalPlatform:
             spec=asdict(spec),
             generated=generated,
             container=container,
+            replicas=replicas,
         )
         self._save(state)
         self._wait_healthy(state)
@@ -363,13 +415,14 @@ class LocalPlatform:
             time.sleep(0.2)
         return f"process {state.pid} does not answer /health"
 
-    def _prepare_container(self, app: str, name: str) -> None:
+    def _prepare_container(self, app: str, names: list[str]) -> None:
         """The image must exist; a container left by a client killed hard is removed; the store folder exists
         (else docker would create it, owned by root)."""
         if self._docker("image", "inspect", self.settings.image).returncode != 0:
             raise PlatformError(f"no image {self.settings.image!r} in the local docker engine: build it with "
                                 "`make image` (or set LOCAL_INFERENCE_IMAGE)")
-        self._docker("rm", "-f", "-v", name)
+        for name in names:
+            self._docker("rm", "-f", "-v", name)
         store = Path(self.settings.store_root) / app
         store.mkdir(parents=True, exist_ok=True)
         reports = store / REPLICA_REPORTS
@@ -394,16 +447,18 @@ class LocalPlatform:
         return result
 
     def _stop_process(self, state: _ProcessState) -> None:
-        """SIGTERM the process group (the server drains), SIGKILL after `stop_timeout`; then the container, if
-        any, is removed."""
+        """SIGTERM the process group (the server drains; a revision runner alone, which stops its replicas), SIGKILL
+        the group after `stop_timeout`; then the containers, if any, are removed."""
         if not self._alive(state):
             self._reap(state.pid)
-            if state.container:
-                self._docker("rm", "-f", "-v", state.container)
+            self._remove_containers(state)
             return
         for sig, wait in ((signal.SIGTERM, self.settings.stop_timeout), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(state.pid, sig)
+                if sig == signal.SIGTERM and state.replicas > 1:
+                    os.kill(state.pid, sig)  # not the group: each replica would get SIGTERM twice
+                else:
+                    os.killpg(state.pid, sig)
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
@@ -412,10 +467,14 @@ class LocalPlatform:
             if not self._alive(state):
                 break
         self._reap(state.pid)
-        if state.container:
-            self._docker("rm", "-f", "-v", state.container)
+        self._remove_containers(state)
         if self._alive(state):
             raise PlatformError(f"{state.app!r} (pid {state.pid}) did not stop")
+
+    def _remove_containers(self, state: _ProcessState) -> None:
+        if state.container:
+            for name in self._containers(state.container, state.replicas):
+                self._docker("rm", "-f", "-v", name)
 
     def _reap(self, pid: int) -> None:
         proc = self._children.pop(pid, None)
@@ -447,7 +506,7 @@ class LocalPlatform:
             exists=True,
             endpoint=f"http://{_connect_host(self.settings.host)}:{state.port}",
             revision=revision_name(state.app, state.revision),
-            replicas=1 if alive else 0,
+            replicas=(1 if state.replicas == 1 else len(self.list_replicas(state.app))) if alive else 0,
             running=alive,
             image=self.settings.image if state.container else state.spec.get("image"),
             command=list(state.spec.get("command") or []),
@@ -464,6 +523,10 @@ class LocalPlatform:
 
     def _log_path(self, app: str) -> Path:
         return Path(self.settings.state_dir) / f"{app}.log"
+
+    def _replicas_path(self, app: str) -> Path:
+        """Where a revision runner lists its live replicas."""
+        return Path(self.settings.state_dir) / f"{app}.replicas"
 
     def _load(self, app: str) -> _ProcessState | None:
         try:
@@ -557,6 +620,12 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
     return fields[0], fields[19]
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while process `pid` runs (not a zombie)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def _proc_start(pid: int) -> str | None:

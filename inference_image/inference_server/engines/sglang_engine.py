@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import faults
 from ..relay import UpstreamConnection, UpstreamError, UpstreamPool
 from .base import (
     AdapterLoadError,
@@ -340,6 +341,7 @@ class SGLangEngine(Engine):
         return status, data if isinstance(data, dict) else {}
 
     async def load_adapter(self, name: str, path: Path) -> None:
+        faults.check_load(name)
         try:
             status, data = await self._admin_post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         except (UpstreamError, EngineNotReady) as exc:

@@ -38,6 +38,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
 
+from .. import faults
 from .base import (
     AdapterLoadError,
     ChatDelta,
@@ -252,6 +253,7 @@ class TransformersEngine(Engine):
         if not name:
             raise AdapterLoadError("adapter name must not be empty")
         self._require_started()
+        faults.check_load(name)
         await self._call(lambda: self._load_adapter_now(name, Path(path)))
 
     async def unload_adapter(self, name: str) -> None:
