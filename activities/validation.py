@@ -7,7 +7,9 @@ raises `AdapterValidationError` with a machine-readable `code` and a `reason` na
 names (`unsafe_name`) → file set (`too_many_files`, `empty_file`, `too_large`, `pickle_file`, `missing_config`,
 `missing_weights`) → config (`invalid_config`, `duplicate_key`, `unsupported_adapter_type`, `base_model_mismatch`,
 `rank_too_large`, `target_module_not_allowed`) → safetensors header (`corrupt_safetensors`, `duplicate_key`,
-`unsupported_dtype`) → tensors (`unexpected_tensor`, `unpaired_tensor`, `shape_mismatch`, `target_module_mismatch`).
+`unsupported_dtype`) → tensors (`unexpected_tensor`, `unpaired_tensor`, `shape_mismatch`, `target_module_mismatch`)
+→ the evaluation set, when the folder has `eval.json` (`eval_set_invalid`: activities/eval_set.py's rules; the
+parsed set is the report's `eval_set`; the file is content and counts in the digest like any other).
 
 Every JSON document read here (`adapter_config.json`, each safetensors header) refuses a key repeated in any one
 object (`duplicate_key`): JSON leaves duplicates undefined and parsers differ (Python's json keeps the last; the
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from activities.eval_set import EVAL_SET_NAME, MAX_EVAL_SET_BYTES, EvalSet, EvalSetError
 from inference_image.inference_server.manifest import digest_of_files, file_sha256
 
 CONFIG_NAME = "adapter_config.json"
@@ -167,6 +170,7 @@ class AdapterReport:
     target_modules: tuple[str, ...]
     total_bytes: int
     tensor_count: int
+    eval_set: dict[str, Any] | None = None  # the folder's `eval.json`, parsed (`EvalSet.to_dict`), None: absent
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,6 +265,7 @@ def validate_adapter_files(files: Mapping[str, AdapterFile | bytes], rules: Vali
     rank, targets, rank_values = _check_config(config, rules)
     tensors = parse_safetensors_header(readers[WEIGHTS_NAME], WEIGHTS_NAME)
     _check_tensors(tensors, rank_values, targets)
+    eval_set = _read_eval_set(readers[EVAL_SET_NAME]) if EVAL_SET_NAME in readers else None
     records = tuple(FileRecord(name, readers[name].size, readers[name].sha256()) for name in sorted(readers))
     return AdapterReport(
         sha256=digest_of_files((r.name, r.sha256) for r in records),
@@ -270,6 +275,7 @@ def validate_adapter_files(files: Mapping[str, AdapterFile | bytes], rules: Vali
         target_modules=tuple(sorted(targets)) if targets is not None else (),
         total_bytes=sum(r.size for r in records),
         tensor_count=len(tensors),
+        eval_set=eval_set.to_dict() if eval_set else None,
     )
 
 
@@ -329,16 +335,30 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _loads_unique(raw: bytes, label: str) -> Any:
-    """Parse UTF-8 JSON whose objects have unique keys; a repeated key raises `duplicate_key` naming `label`.
+def _loads_unique(raw: bytes, label: str, code: str = "duplicate_key") -> Any:
+    """Parse UTF-8 JSON whose objects have unique keys; a repeated key raises `code` naming `label`.
     Other parse errors propagate as `UnicodeDecodeError` / `json.JSONDecodeError` for the caller's code."""
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_object)
     except _DuplicateKeyError as exc:
         key = exc.key if len(exc.key) <= 120 else exc.key[:120] + "…"
         raise AdapterValidationError(
-            "duplicate_key", f"{label}: key {key!r} appears more than once in one JSON object"
+            code, f"{label}: key {key!r} appears more than once in one JSON object"
         ) from None
+
+
+def _read_eval_set(f: AdapterFile) -> EvalSet:
+    """The folder's evaluation set; any problem is `eval_set_invalid` naming the field (or the JSON error)."""
+    if f.size > MAX_EVAL_SET_BYTES:
+        raise AdapterValidationError(
+            "eval_set_invalid", f"{EVAL_SET_NAME} is {f.size} bytes, at most {MAX_EVAL_SET_BYTES}"
+        )
+    try:
+        return EvalSet.from_dict(_loads_unique(f.read(0, f.size), EVAL_SET_NAME, "eval_set_invalid"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterValidationError("eval_set_invalid", f"{EVAL_SET_NAME} is not valid JSON: {exc}") from None
+    except EvalSetError as exc:
+        raise AdapterValidationError("eval_set_invalid", f"{EVAL_SET_NAME}: {exc}") from None
 
 
 def _read_config(f: AdapterFile) -> dict[str, Any]:

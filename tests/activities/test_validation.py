@@ -446,3 +446,49 @@ def test_real_safetensors_loader_accepts_what_validation_refuses(tmp_path: Path)
     with pytest.raises(AdapterValidationError) as info:
         parse_safetensors_header(LocalFile(path), "dup.safetensors")
     assert info.value.code == "duplicate_key"
+
+
+# -- the folder's evaluation set (eval.json) ------------------------------------------------------------------------
+
+EVAL = {"min_score": 0.5, "cases": [{"messages": [{"role": "user", "content": "hi"}], "expect": {"contains": "hello"}}]}
+
+
+def with_eval(raw: bytes) -> dict[str, bytes]:
+    return {**adapter_files(), "eval.json": raw}
+
+
+def test_eval_set_in_report_and_digest(tmp_path: Path) -> None:
+    """A good eval.json is parsed into the report (defaults filled in, plain JSON), and it is content: it counts
+    in the digest, as manifest.adapter_digest computes it for the folder."""
+    plain = validate_adapter_files(adapter_files(), RULES)
+    assert plain.eval_set is None and plain.to_dict()["eval_set"] is None
+    report = validate_adapter_files(with_eval(json.dumps(EVAL).encode()), RULES)
+    assert report.eval_set == {**EVAL, "max_tokens": 32}
+    assert "eval.json" in [f.name for f in report.files]
+    assert report.sha256 != plain.sha256
+    other = validate_adapter_files(with_eval(json.dumps({**EVAL, "min_score": 0.6}).encode()), RULES)
+    assert other.sha256 != report.sha256
+    assert report.sha256 == adapter_digest(write_adapter(tmp_path / "a", with_eval(json.dumps(EVAL).encode())))
+    assert AdapterReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    assert validate_adapter_folder(tmp_path / "a", RULES).eval_set == report.eval_set
+
+
+def test_eval_set_only_at_the_top_of_the_folder() -> None:
+    """sub/eval.json is an ordinary content file."""
+    report = validate_adapter_files({**adapter_files(), "sub/eval.json": b"not json"}, RULES)
+    assert report.eval_set is None
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"{not json", "eval.json is not valid JSON"),
+    (b"\xff\xfe", "eval.json is not valid JSON"),
+    (b'{"cases": [], "cases": []}', "eval.json: key 'cases' appears more than once in one JSON object"),
+    (json.dumps({**EVAL, "min_score": 2}).encode(), "eval.json: min_score: must be a number in [0, 1]"),
+    (json.dumps({"cases": [EVAL["cases"][0], {"messages": [{"role": "user", "content": "x"}],
+                                              "expect": {"pattern": "(x"}}]}).encode(),
+     "eval.json: cases[1].expect.pattern: not a valid regular expression"),
+    (b" " * (256 << 10) + b"{}", f"eval.json is {(256 << 10) + 2} bytes, at most {256 << 10}"),
+])
+def test_eval_set_invalid(raw: bytes, why: str) -> None:
+    """A bad eval.json refuses the adapter with eval_set_invalid and the reason naming the field."""
+    assert fails(with_eval(raw), "eval_set_invalid").startswith(why)
