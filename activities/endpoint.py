@@ -6,6 +6,9 @@
 reason in `error`, so the orchestrator's health gate decides whether to retry or roll back. When the server's
 `load_errors` lists the expected version (the engine refused to load that adapter), `refused` carries the
 engine's reason: waiting longer will not help.
+
+`chat_completion` (one non-streaming chat, never raising for HTTP or network failures) is shared with the quality
+gate's evaluation (`activities.functions.evaluate_adapter`).
 """
 
 from __future__ import annotations
@@ -79,9 +82,41 @@ def probe_endpoint(request: ProbeInput, session: requests.Session | None = None)
             http.close()
 
 
+@dataclass(frozen=True)
+class ChatAnswer:
+    """One chat completion's outcome: `reply` (the message content) or `error` (for people, e.g.
+    `answered 500: engine exploded`); `status` is the HTTP status, None when no answer came (network, timeout)."""
+
+    reply: str | None
+    error: str | None = None
+    status: int | None = None
+
+
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def chat_completion(http: requests.Session, endpoint: str, api_key: str, model: str,
+                    messages: list[dict[str, str]], max_tokens: int, timeout: float | tuple[float, float]
+                    ) -> ChatAnswer:
+    """One non-streaming `POST /v1/chat/completions` at temperature 0; never raises for HTTP or network faults."""
+    payload = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": False}
+    try:
+        resp = http.post(f"{endpoint.rstrip('/')}/v1/chat/completions", json=payload, headers=auth_headers(api_key),
+                         timeout=timeout)
+    except requests.RequestException as exc:
+        return ChatAnswer(None, f"failed: {type(exc).__name__}: {exc}")
+    if resp.status_code != 200:
+        return ChatAnswer(None, f"answered {resp.status_code}: {_excerpt(resp)}", resp.status_code)
+    reply = _reply_text(_json_object(resp))
+    if reply is None:
+        return ChatAnswer(None, f"reply has no message content: {_excerpt(resp)}", resp.status_code)
+    return ChatAnswer(reply, status=resp.status_code)
+
+
 def _probe(http: requests.Session, request: ProbeInput) -> ProbeResult:
     base = request.endpoint.rstrip("/")
-    headers = {"Authorization": f"Bearer {request.api_key}"} if request.api_key else {}
+    headers = auth_headers(request.api_key)
     try:
         resp = http.get(f"{base}/ready", headers=headers, timeout=request.timeout)
     except requests.RequestException as exc:
@@ -101,27 +136,13 @@ def _probe(http: requests.Session, request: ProbeInput) -> ProbeResult:
         )
     if request.smoke_model is None:
         return ProbeResult(True, version)
-    payload = {
-        "model": request.smoke_model,
-        "messages": [{"role": "user", "content": request.smoke_prompt}],
-        "max_tokens": request.max_tokens,
-        "temperature": 0,
-        "stream": False,
-    }
-    try:
-        chat = http.post(
-            f"{base}/v1/chat/completions", json=payload, headers=headers, timeout=request.timeout
-        )
-    except requests.RequestException as exc:
-        return ProbeResult(False, version, error=f"smoke chat failed: {type(exc).__name__}: {exc}")
-    if chat.status_code != 200:
-        return ProbeResult(False, version, error=f"smoke chat answered {chat.status_code}: {_excerpt(chat)}",
-                           bad_answer=chat.status_code < 500)
-    reply = _reply_text(_json_object(chat))
-    if reply is None:
-        return ProbeResult(False, version, error=f"smoke chat reply has no message content: {_excerpt(chat)}",
-                           bad_answer=True)
-    return ProbeResult(True, version, reply=reply)
+    chat = chat_completion(http, base, request.api_key, request.smoke_model,
+                           [{"role": "user", "content": request.smoke_prompt}], request.max_tokens, request.timeout)
+    if chat.reply is None:
+        # reached the model and unusable (a 4xx, no content): the adapter's fault; down or failing (5xx): not
+        bad_answer = chat.status is not None and chat.status < 500
+        return ProbeResult(False, version, error=f"smoke chat {chat.error}", bad_answer=bad_answer)
+    return ProbeResult(True, version, reply=chat.reply)
 
 
 def _refusal(body: dict[str, Any], version: str | None) -> str | None:

@@ -15,13 +15,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.durable_functions as df
 
 from activities.apps import LifecycleActivity
 from activities.catalog import Activity
 from activities.services import services
+
+if TYPE_CHECKING:
+    from activities.platform.base import AppState
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
@@ -31,6 +34,14 @@ MAX_RETRY_AFTER_S = 30.0
 SMOKE_PROMPT = "Say hello."
 #: Readiness probes per gate check, at most (2 per replica).
 MAX_PROBE_ROUNDS = 10
+#: An evaluation's chat requests: (connect, read) timeout in seconds each, and the whole evaluation's deadline
+#: (under host.json's 10-minute functionTimeout, so running out is our error, retried, not the host's kill).
+EVAL_REQUEST_TIMEOUT_S = (5.0, 30.0)
+EVAL_DEADLINE_S = 480.0
+#: An evaluation raises (for the activity retry) when its first this-many requests all go unanswered.
+EVAL_UNREACHABLE_AFTER = 5
+#: Statuses that say nothing about the adapter (the orchestrator's key refused): not an answer.
+_NOT_ANSWERS = (401, 403)
 
 
 def _failure(code: str, reason: str, cause: str) -> dict[str, Any]:
@@ -173,6 +184,18 @@ def _replica_check(app: str, version: str, manifest_updated_at: str | None) -> d
     return replica_verdict(listed, observed, version, manifest_updated_at).to_dict()
 
 
+class EndpointUnavailable(RuntimeError):
+    """The app's endpoint has no address yet, or answered none of the evaluation's first requests (retried)."""
+
+
+def _described(app: str) -> AppState:
+    """The app's platform state, with an endpoint (`EndpointUnavailable` when it has none yet)."""
+    state = services().apps.describe(app)
+    if not state.endpoint:
+        raise EndpointUnavailable("the app has no endpoint yet")
+    return state
+
+
 @bp.activity_trigger(input_name="payload", activity=Activity.PROBE_ENDPOINT)
 def probe_endpoint(payload: dict) -> dict:
     """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app.
@@ -188,11 +211,9 @@ def probe_endpoint(payload: dict) -> dict:
 
     svc = services()
     try:
-        state = svc.apps.describe(payload["app"])
-    except PlatformError as exc:
+        state = _described(payload["app"])
+    except (PlatformError, EndpointUnavailable) as exc:
         return asdict(ProbeResult(False, error=str(exc)))
-    if not state.endpoint:
-        return asdict(ProbeResult(False, error="the app has no endpoint yet"))
     request = ProbeInput(
         endpoint=state.endpoint,
         api_key=svc.settings.inference_api_key,
@@ -215,6 +236,53 @@ def probe_endpoint(payload: dict) -> dict:
     if verdict["state"] == "refused":
         answer["refused"] = f"{verdict['why']} (replica {verdict['replica']})"
     return {**answer, "replicas": verdict}
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.EVALUATE_ADAPTER)
+def evaluate_adapter(payload: dict) -> dict:
+    """Ask each case of `eval_set` of each of `versions` (by version name) and score the replies:
+    `{ok: true, scores: {version: eval_set.score dict}}`.
+
+    A request that fails (network, timeout, 5xx, a 4xx, no content) fails its case with the error. The activity
+    raises, for the retry, when the app has no endpoint (or the platform cannot say), when none of the first
+    `EVAL_UNREACHABLE_AFTER` requests (nor any, when there are fewer) gets an answer below 500 other than 401/403
+    (the server is down or refuses our key: not the adapter's fault), and when the evaluation runs past
+    `EVAL_DEADLINE_S`. A set that does not parse is `{ok: false, code: eval_set_invalid, cause: content}`."""
+    import requests
+
+    from activities.endpoint import chat_completion
+    from activities.eval_set import EvalSet, EvalSetError, score
+
+    try:
+        eval_set = EvalSet.from_dict(payload["eval_set"])
+    except EvalSetError as exc:
+        return _failure("eval_set_invalid", f"eval_set_invalid: {exc}", "content")
+    endpoint, key = _described(payload["app"]).endpoint, services().settings.inference_api_key
+    deadline = time.monotonic() + EVAL_DEADLINE_S
+    asked = answered = 0
+    last_error: str | None = None
+    scores: dict[str, Any] = {}
+    with requests.Session() as http:
+        for version in payload["versions"]:
+            replies: list[str | None] = []
+            errors: list[str | None] = []
+            for case in eval_set.cases:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the evaluation ran past {EVAL_DEADLINE_S:.0f} s")
+                chat = chat_completion(http, endpoint, key, version, case.chat_messages(), eval_set.max_tokens,
+                                       EVAL_REQUEST_TIMEOUT_S)
+                asked += 1
+                answered += chat.status is not None and chat.status < 500 and chat.status not in _NOT_ANSWERS
+                if not answered and asked >= EVAL_UNREACHABLE_AFTER:
+                    raise EndpointUnavailable(f"{asked} evaluation requests got no answer: chat {chat.error}")
+                if chat.reply is None:
+                    last_error = f"chat {chat.error}"
+                replies.append(chat.reply)
+                errors.append(None if chat.reply is not None else last_error)
+            scores[version] = score(eval_set, replies, errors)
+    if asked and not answered:
+        raise EndpointUnavailable(f"none of {asked} evaluation requests got an answer: {last_error}")
+    return {"ok": True, "scores": scores}
 
 
 @bp.activity_trigger(input_name="payload", activity=Activity.PLAN_PROVISIONING)

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -29,6 +29,12 @@ class Behavior:
     chat_reply: str | None = "hello"
     chat_delay: float = 0.0
     api_key: str | None = None
+    #: per requested `model`: its reply (models not listed get `chat_reply`)
+    replies_by_model: dict[str, str] = field(default_factory=dict)
+    #: (model, last user message) pairs answered with a 500
+    failing_chats: set[tuple[str, str]] = field(default_factory=set)
+    #: every chat request's JSON body, in arrival order
+    chats: list[dict] = field(default_factory=list)
 
 
 BEHAVIOR = web.AppKey("behavior", Behavior)
@@ -73,14 +79,18 @@ def make_app(behavior: Behavior, argv: list[str] | None = None) -> web.Applicati
             return denied()
         b = request.app[BEHAVIOR]
         body = await request.json()
+        b.chats.append(body)
         await asyncio.sleep(b.chat_delay)
-        if b.chat_status != 200:
+        last = (body.get("messages") or [{}])[-1].get("content")
+        status = 500 if (body.get("model"), last) in b.failing_chats else b.chat_status
+        if status != 200:
             return web.json_response(
-                {"error": {"message": "engine exploded", "type": "server_error"}}, status=b.chat_status
+                {"error": {"message": "engine exploded", "type": "server_error"}}, status=status
             )
+        reply = b.replies_by_model.get(body.get("model"), b.chat_reply)
         message = (
-            {"role": "assistant", "content": b.chat_reply}
-            if b.chat_reply is not None
+            {"role": "assistant", "content": reply}
+            if reply is not None
             else {"role": "assistant"}
         )
         return web.json_response(
