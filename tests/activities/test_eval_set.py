@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +160,12 @@ def test_score_refuses_replies_that_do_not_match_the_cases() -> None:
         score(parsed, ["hello"])
     with pytest.raises(ValueError):
         score(parsed, ["hello", "alpha"], [None])
+
+
+def test_the_documented_example_is_valid_and_passes_alpha() -> None:
+    """docs/rollouts.md's example set parses, and the tiny kit's alpha phrase passes it (beta's does not)."""
+    doc = (Path(__file__).parents[2] / "docs" / "rollouts.md").read_text()
+    section = doc[doc.index("## Quality gate: evaluation sets"):]
+    parsed = EvalSet.from_dict(json.loads(re.search(r"```json\n(.*?)```", section, re.S)[1]))
+    assert score(parsed, ["alpha says hello"] * 2)["score"] == 1.0
+    assert score(parsed, ["beta says goodbye"] * 2)["score"] == 0.0
