@@ -78,6 +78,28 @@ def port_number(text: str) -> int:
     return port
 
 
+def replica_count(text: str) -> int:
+    """argparse type: replicas per app, 1..8 (the LOCAL_REPLICAS setting's range)."""
+    from activities.config import LOCAL_REPLICAS_RANGE
+
+    low, high = LOCAL_REPLICAS_RANGE
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not low <= count <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a replica count ({low}-{high})")
+    return count
+
+
+def platform_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The local platform's settings for the host `up` starts: runtime, image, and LOCAL_REPLICAS when given."""
+    settings = {"LOCAL_RUNTIME": args.runtime, "LOCAL_INFERENCE_IMAGE": args.image}
+    if args.replicas is not None:
+        settings["LOCAL_REPLICAS"] = str(args.replicas)
+    return settings
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app-name", default="demo", help="the inference app to deploy to (default %(default)s)")
     parser.add_argument("--port", type=port_number, default=7071,
@@ -102,6 +124,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "inference image through the local docker engine, as ACA runs it (`make image` builds it)")
     parser.add_argument("--image", default="lora-inference:cpu",
                         help="the image for --runtime container (default %(default)s)")
+    parser.add_argument("--replicas", type=replica_count, default=None,
+                        help="replicas per app (1-8) behind a local front that spreads requests as ACA's ingress "
+                        "does; sets LOCAL_REPLICAS for the host (default: the template's maximumInstanceCount)")
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, expect_ok: bool = False) -> None:
@@ -512,9 +537,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.runtime == "container":
         check_image(args.image)
     with ExitStack() as stack:
-        runtime = {"LOCAL_RUNTIME": args.runtime, "LOCAL_INFERENCE_IMAGE": args.image}
         up = stack.enter_context(local_stack((ROOT / args.state_dir).resolve(), ROOT / args.kit_dir, args.port,
-                                             args.azurite_port, args.inference_port, extra_env=runtime,
+                                             args.azurite_port, args.inference_port,
+                                             extra_env=platform_settings(args),
                                              fresh=args.fresh))
         rows: list[RolloutTiming] = []
         page: Child | None = None

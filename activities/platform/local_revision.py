@@ -16,7 +16,7 @@ skipped for that request; when none is up the front answers 502 with an OpenAI-s
 its first 200 on /health until its process exits.
 
 A replica whose process exits is started again under the same name (as ACA restarts a crashed container), after a
-back-off that doubles from 0.5 s up to 10 s and resets once it answers /health. At start the front opens once every
+back-off that doubles from 0.2 s up to 10 s and resets once it answers /health. At start the front opens once every
 replica answers /health; a replica that exits before that ends the runner (exit 1), so a broken server fails the
 platform's start with its log instead of looping. The live replicas (name, pid, port, up) are written to the
 replicas file on every change; the platform lists those whose process is alive. Replica output goes to the runner's
@@ -47,7 +47,7 @@ from aiohttp import web
 #: Headers that describe one connection, not the message: never forwarded either way.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "host", "content-length"})
-BACKOFF_FIRST_S = 0.5
+BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
 HEALTH_POLL_S = 0.1
 _PR_SET_PDEATHSIG = 1

@@ -1,0 +1,119 @@
+"""End to end on the embedded default with 3 local replicas per app (`LOCAL_REPLICAS=3`, `devhost up --replicas`):
+the revision runner's replicas `<app>--1-<i>` each report, and the gate counts all of them.
+
+- one replica refuses the candidate (the test hook `INFERENCE_FAULT_REFUSE_LOAD`, passed to the replicas because the
+  host's environment sets it): the rollout ends `rolled_back` and every replica serves the previous version again;
+- a replica killed (SIGKILL) while the rollout runs is restarted under its name, converges from the manifest, and is
+  counted: the rollout ends live with all three replicas counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from adapterctl.api import stream_chat
+from adapterctl.follow import follow
+from devhost.up import configure, platform_settings
+from tests.e2e.helpers import TIMEOUT, deploy
+from tinykit import PHRASES
+
+REFUSING = "refuser--*-1:beta"  # replica 1 of app `refuser` refuses beta
+
+
+@pytest.fixture(scope="module")
+def replicas_stack(tiny_kit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Its own stack (the replica count and the fault hook are the host's settings), as tests/conftest.py's."""
+    from devhost.up import local_stack as start
+
+    extra = {"MAX_ADAPTER_MB": "1", "MAX_LORA_RANK": "16", "ROLLOUT_HOT_SWAP_TIMEOUT_S": "20",
+             "ROLLOUT_RESTART_TIMEOUT_S": "90", "RECONCILE_RETRY_BASE_S": "1", "RECONCILE_HEAL_INTERVAL_S": "3",
+             "LOCAL_REPLICAS": "3", "INFERENCE_FAULT_REFUSE_LOAD": REFUSING}
+    with start(tmp_path_factory.mktemp("replicas-stack"), tiny_kit.root, extra_env=extra) as stack:
+        yield stack
+
+
+def listed(stack: Any, app: str) -> dict[str, dict[str, Any]]:
+    """The revision runner's replicas file: name -> pid, port, up."""
+    path = Path(stack.env["DEVHOST_STATE_DIR"]) / "platform" / f"{app}.replicas"
+    return json.loads(path.read_text())["replicas"]
+
+
+def served_version(stack: Any, port: int) -> str | None:
+    answer = requests.get(f"http://127.0.0.1:{port}/ready", headers={"Authorization": f"Bearer {stack.api_key}"},
+                          timeout=10)
+    return answer.json().get("served_version")
+
+
+def wait_until(check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        time.sleep(0.2)
+
+
+def test_up_replicas_flag_sets_the_hosts_setting() -> None:
+    """`devhost up --replicas 3` gives the host LOCAL_REPLICAS=3; without it the template's count stands."""
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    assert platform_settings(parser.parse_args(["--replicas", "3"]))["LOCAL_REPLICAS"] == "3"
+    assert "LOCAL_REPLICAS" not in platform_settings(parser.parse_args([]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--replicas", "9"])
+
+
+@pytest.mark.slow
+def test_one_replica_refusing_the_candidate_keeps_every_replica_on_the_previous_version(replicas_stack) -> None:
+    """alpha goes live on all three replicas; beta, refused by replica 1, ends rolled_back (cause content, naming
+    the replica) and each replica serves alpha again, asked directly."""
+    stack, app = replicas_stack, "refuser"
+    first = deploy(stack, app, stack.kit.adapters["alpha"])
+    assert first["stage"] == "live", first.get("reason")
+    names = [f"{app}--1-{i}" for i in range(3)]
+    assert sorted(first["replicas"]) == names and all(r["counted"] for r in first["replicas"].values()), first
+    second = deploy(stack, app, stack.kit.adapters["beta"])
+    assert second["stage"] == "rolled_back" and second["cause"] == "content", second
+    assert "refused" in second["reason"] and f"{app}--1-1" in second["reason"], second["reason"]  # who refused
+    ports = {name: info["port"] for name, info in listed(stack, app).items()}
+    assert sorted(ports) == names
+    wait_until(lambda: all(served_version(stack, port) == first["version"] for port in ports.values()))
+    for port in ports.values():
+        reply = "".join(stream_chat(f"http://127.0.0.1:{port}", stack.api_key, "live", "Hello there!",
+                                    temperature=0, max_tokens=24))
+        assert PHRASES["alpha"] in reply, reply
+    observed = {r["replica_id"]: r for r in stack.api.app(app)["replicas_observed"]}
+    assert all(observed[name]["alias_version"] == first["version"] for name in names), observed
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_rollout_is_restarted_and_counted(replicas_stack) -> None:
+    """SIGKILL replica 2 right after beta's upload: the runner starts it again under its name, it converges from
+    the manifest, and the rollout ends live with all three replicas counted (the restarted one included)."""
+    stack, app = replicas_stack, "restarts"
+    assert deploy(stack, app, stack.kit.adapters["alpha"])["stage"] == "live"
+    victim = f"{app}--1-2"
+    old_pid = listed(stack, app)[victim]["pid"]
+    uploaded = stack.store.upload_adapter_folder(stack.kit.adapters["beta"], app, "beta")
+    os.kill(old_pid, signal.SIGKILL)
+    killed_at = time.time()
+    record = follow(stack.api, uploaded.deployment_id, TIMEOUT, lambda _: None, interval=0.1)
+    assert record["stage"] == "live", record.get("reason")
+    live_at = max(datetime.fromisoformat(h["at"]) for h in record["history"] if h["stage"] == "live")
+    assert live_at.timestamp() > killed_at, (record["history"], killed_at)  # killed while the rollout ran
+    figures = record["replicas"]
+    assert sorted(figures) == [f"{app}--1-{i}" for i in range(3)], figures
+    assert all(f["counted"] and f["alias_version"] == record["version"] for f in figures.values()), figures
+    now = listed(stack, app)[victim]
+    assert now["pid"] != old_pid
+    observed = {r["replica_id"]: r for r in stack.api.app(app)["replicas_observed"]}
+    assert observed[victim]["pid"] == now["pid"] and observed[victim]["alias_version"] == record["version"]
