@@ -12,8 +12,17 @@
   const POLL_LIMIT = 50;
   const FIRST_VIEW = "dashboard:first-view"; // a performance mark: the first view with data drawn // newer records merge into what the first load read
   const TERMINAL = new Set(["live", "rolled_back", "failed", "superseded"]);
-  const STAGES = ["received", "validating", "staging", "provisioning", "activating", "verifying", "retrying",
-    "finishing", ...TERMINAL];
+  const STAGES = ["received", "validating", "staging", "provisioning", "activating", "evaluating", "awaiting_approval",
+    "canary", "verifying", "retrying", "finishing", ...TERMINAL];
+  // What a person may decide in which stage (orchestrations/progressive.py ACTIONS_BY_STAGE); the API refuses the
+  // rest with 409, which the page shows.
+  const ACTIONS_BY_STAGE = { awaiting_approval: ["approve", "reject", "abort"], canary: ["promote", "abort"] };
+  const DECISIONS = {
+    promote: ["Promote", "The candidate takes all traffic now, skipping the canary's remaining steps."],
+    abort: ["Abort", "The candidate is taken out of traffic and the rollout ends rolled back; the live version stays."],
+    approve: ["Approve", "The rollout goes on: to its canary steps, or to all traffic."],
+    reject: ["Reject", "The rollout ends rolled back; the live version stays."],
+  };
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -22,6 +31,7 @@
     shown: PAGE_ROWS,
     selected: null, // record id whose timeline is open
     selectedRecord: null,
+    policy: null, // GET /api/apps/{app}/policy of the selected record's app
     askedForKey: false,
     appsKnown: false, // the last read of the app list worked
   };
@@ -91,6 +101,19 @@
   }
 
   const stageBadge = (stage) => element("span", stage || "?", `stage stage-${stage || "unknown"}`);
+  const percent = (fraction) => (typeof fraction === "number" ? `${(fraction * 100).toFixed(1)} %` : "–");
+  const score = (value) => (typeof value === "number" ? value.toFixed(2) : "–");
+
+  /** A record's stage, with the canary's weight while it runs ("canary 50 %"). */
+  function stageCell(record) {
+    const cell = element("span");
+    cell.append(stageBadge(record.stage));
+    const canary = record.canary;
+    if (record.stage === "canary" && canary && typeof canary.weight === "number") {
+      cell.append(" ", element("span", `${canary.weight} %`, "weight"));
+    }
+    return cell;
+  }
   const time = (iso) => (iso ? new Date(iso).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }) : "");
 
   function seconds(from, to) {
@@ -153,6 +176,13 @@
     } catch (error) {
       if (!(error instanceof ApiError) || error.status !== 404) throw error;
     }
+    const app = state.selectedRecord && state.selectedRecord.app;
+    if (app && (!state.policy || state.policy.app !== app || !TERMINAL.has(state.selectedRecord.stage))) {
+      state.policy = await api(`${appPath(app)}/policy`).catch((error) => {
+        if (error instanceof ApiError && error.status === 404) return null; // the app is gone
+        throw error;
+      });
+    }
   }
 
   let timer = null;
@@ -188,7 +218,7 @@
     body.replaceChildren(...[...state.apps.values()].map((a) => {
       const last = a.last_rollout;
       const lastCell = document.createElement("span");
-      if (last) lastCell.append(button(last.id, "select", last.id, `Timeline of ${last.id}`), " ", stageBadge(last.stage));
+      if (last) lastCell.append(button(last.id, "select", last.id, `Timeline of ${last.id}`), " ", stageCell(last));
       const served = a.served ? a.served.version || a.served.adapter : "none";
       const reconciler = a.deleting ? "deleting" : (a.reconciler && (a.reconciler.phase || a.reconciler.runtime_status)) || "";
       const actions = element("span", null, "actions");
@@ -230,7 +260,7 @@
     const visible = records.slice(0, state.shown);
     $("rollouts").tBodies[0].replaceChildren(...visible.map((r) => {
       const tr = row([button(r.id, "select", r.id, `Timeline of ${r.id}`), r.app, r.version || r.adapter,
-        stageBadge(r.stage), time(r.accepted_at), reasonOf(r)]);
+        stageCell(r), time(r.accepted_at), reasonOf(r)]);
       tr.dataset.id = r.id;
       if (r.id === state.selected) tr.setAttribute("aria-current", "true");
       return tr;
@@ -249,7 +279,8 @@
     const total = history.length > 1 && !open ? seconds(history[0].at, history[history.length - 1].at) : "";
     const facts = [["Stage", record.stage || record.state || record.runtime_status], ["Adapter", record.adapter],
       ["Version", record.version], ["Activation", record.activation], ["Cause", record.cause],
-      ["Reason", reasonOf(record)], ["Rollback of", record.rollback_of], ["Took", total]];
+      ["Reason", reasonOf(record)], ["Rollback of", record.rollback_of], ["Policy", record.policy_source],
+      ["Took", total]];
     $("timeline-facts").replaceChildren(...facts.filter(([, v]) => v)
       .flatMap(([k, v]) => [element("dt", k), element("dd", v)]));
     $("timeline").replaceChildren(...history.map((entry, i) => {
@@ -263,6 +294,93 @@
       li.querySelector("time").dateTime = entry.at;
       return li;
     }));
+    renderDecisions(record);
+    renderGate(record.evaluation);
+    renderApproval(record.approval);
+    renderCanary(record.canary);
+    renderPolicy(state.policy && state.policy.app === record.app ? state.policy : null);
+  }
+
+  function renderDecisions(record) {
+    const accepted = ACTIONS_BY_STAGE[record.stage] || [];
+    $("record-actions").hidden = !accepted.length;
+    $("record-actions").replaceChildren(...accepted.map((action) =>
+      button(DECISIONS[action][0], action, record.id, `${DECISIONS[action][0]} ${record.id}`)));
+  }
+
+  /** The quality gate: per evaluation set, the candidate's and the live version's scores and failing cases. */
+  function renderGate(evaluation) {
+    $("gate-section").hidden = !evaluation;
+    if (!evaluation) return;
+    const verdict = { true: "passed", false: "was refused" }[evaluation.passed] || "is being evaluated";
+    $("gate-summary").textContent = `The candidate ${verdict}` +
+      (typeof evaluation.max_regression === "number" ? `; at most ${score(evaluation.max_regression)} below live` : "");
+    const rows = [];
+    for (const [name, set] of Object.entries(evaluation.sets || {})) {
+      for (const who of ["candidate", "live"]) {
+        const result = set[who];
+        if (!result) continue;
+        const failing = element("ul", null, "failing");
+        failing.append(...(result.failing || []).map((c) =>
+          element("li", `case ${c.case}: ${c.why || "failed"}` + (c.reply ? ` (replied "${c.reply}")` : ""))));
+        rows.push(row([`${name} set`, who, score(result.score), `${result.passed ?? "–"} / ${result.total ?? "–"}`,
+          score(set.min_score), failing]));
+      }
+    }
+    $("gate").tBodies[0].replaceChildren(...rows);
+  }
+
+  function renderApproval(approval) {
+    $("approval-section").hidden = !approval;
+    if (!approval) return;
+    const facts = [["Required", approval.required ? "yes" : "no"], ["Deadline", time(approval.deadline)],
+      ["Decision", approval.decision || "waiting"], ["By", approval.by], ["At", time(approval.at)]];
+    $("approval").replaceChildren(...facts.filter(([, v]) => v).flatMap(([k, v]) => [element("dt", k), element("dd", v)]));
+  }
+
+  /** The canary: its steps, where it is, and each finished step's figures by version with the verdict. */
+  function renderCanary(canary) {
+    $("canary-section").hidden = !canary;
+    if (!canary) return;
+    if (canary.skipped) {
+      $("canary-summary").textContent = `Skipped: ${canary.skipped}`;
+      $("analysis").tBodies[0].replaceChildren();
+      return;
+    }
+    const steps = canary.steps || [];
+    const hold = canary.hold_until ? `, held until ${time(canary.hold_until)}` : "";
+    $("canary-summary").textContent = `Steps ${steps.map((s) => `${s} %`).join(" → ")}; ` +
+      `step ${canary.step ?? "–"} of ${steps.length}, weight ${canary.weight ?? 0} %${hold}`;
+    const rows = [];
+    for (const step of canary.analysis || []) {
+      const figures = Object.entries(step.figures || {});
+      const why = [step.why, step.by && `by ${step.by}`].filter(Boolean).join("; ");
+      const lead = [step.step, `${step.weight} %`, element("strong", step.verdict)];
+      (figures.length ? figures : [["–", {}]]).forEach(([version, f], i) => {
+        const cells = [version, f.requests ?? "–", percent(f.error_rate),
+          typeof f.ttft_p95_ms === "number" ? `${Math.round(f.ttft_p95_ms)} ms` : "–"];
+        const tr = row(i ? cells : [...lead, ...cells, why]);
+        if (!i && figures.length > 1) {
+          for (const n of [0, 1, 2, 7]) tr.cells[n].rowSpan = figures.length;
+        }
+        tr.dataset.step = step.step;
+        rows.push(tr);
+      });
+    }
+    $("analysis").tBodies[0].replaceChildren(...rows);
+  }
+
+  const POLICY_SOURCES = { app: "the app's own policy", setting: "the ROLLOUT_POLICY setting (no policy of the app's own)",
+    none: "none: rollouts go to all traffic after the smoke chat" };
+
+  /** The app's rollout policy, read only (adapterctl policy set|clear edits it). */
+  function renderPolicy(answer) {
+    $("policy-section").hidden = !answer;
+    if (!answer) return;
+    $("policy-title").textContent = `Rollout policy of ${answer.app}`;
+    $("policy-source").textContent = `Source: ${POLICY_SOURCES[answer.source] || answer.source}`;
+    $("policy").textContent = answer.effective ? JSON.stringify(answer.effective, null, 2) : "";
+    $("policy").hidden = !answer.effective;
   }
 
   // -- acting ----------------------------------------------------------------------------------------------------
@@ -278,8 +396,31 @@
     $("timeline-title").focus();
   }
 
-  async function act(confirmation, path, options, done) {
-    if (!window.confirm(confirmation)) return;
+  /** Ask in the page's modal dialog (focus inside it, Escape cancels, focus back where it was); true if confirmed. */
+  function confirmed(title, text, verb) {
+    const dialog = $("confirm");
+    const opener = document.activeElement && document.activeElement.dataset;
+    const back = opener && opener.action ? [opener.action, opener.value] : null;
+    $("confirm-title").textContent = title;
+    $("confirm-text").textContent = text;
+    $("confirm-ok").textContent = verb;
+    dialog.returnValue = "";
+    dialog.showModal();
+    $("confirm-cancel").focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => {
+        const again = back && [...document.querySelectorAll("button[data-action]")]
+          .find((b) => b.dataset.action === back[0] && b.dataset.value === back[1]);
+        if (again) again.focus();
+        resolve(dialog.returnValue === "ok");
+      }, { once: true });
+    });
+  }
+  $("confirm-ok").addEventListener("click", () => $("confirm").close("ok"));
+  $("confirm-cancel").addEventListener("click", () => $("confirm").close("cancel"));
+
+  async function act(question, path, options, done) {
+    if (!(await confirmed(...question))) return;
     try {
       const answer = await api(path, options);
       say(done(answer));
@@ -294,13 +435,14 @@
   function rollback(app) {
     const served = state.apps.get(app)?.served;
     const from = served ? ` (serving ${served.version || served.adapter})` : "";
-    return act(`Roll back ${app}${from} to the version live before it?`, `${appPath(app)}/rollback`,
+    return act([`Roll back ${app}?`, `${app}${from} goes back to the version live before it.`, "Roll back"],
+      `${appPath(app)}/rollback`,
       { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" },
       (a) => `Rollback of ${app} requested: record ${a.id}` + (a.rollback_to ? ` (to ${a.rollback_to})` : ""));
   }
 
   function remove(app) {
-    return act(`Delete ${app}? Its server, stored versions, uploads and records are removed.`, appPath(app),
+    return act([`Delete ${app}?`, "Its server, stored versions, uploads and records are removed.", "Delete"], appPath(app),
       { method: "DELETE" }, (a) => `Deletion of ${app} started: ${a.id}`);
   }
 
@@ -415,7 +557,19 @@
     }
   }
 
+  /** A person's decision on a waiting rollout: POST /api/deployments/{id}/{action} (409 when its stage moved on). */
+  function decide(action, id) {
+    const [verb, effect] = DECISIONS[action];
+    const record = state.selectedRecord && state.selectedRecord.id === id ? state.selectedRecord : {};
+    const version = record.version ? ` (${record.version})` : "";
+    return act([`${verb} ${id}?`, `${verb} the rollout of ${record.adapter || "the adapter"}${version}. ${effect}`, verb],
+      `deployments/${encodeURIComponent(id)}/${action}`,
+      { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" },
+      (a) => `${verb} sent to ${a.id} (it was ${a.stage})`);
+  }
+
   const actions = { select, rollback, delete: remove };
+  for (const action of Object.keys(DECISIONS)) actions[action] = (id) => decide(action, id);
 
   document.addEventListener("click", (event) => {
     const target = event.target.closest("button[data-action]");

@@ -19,6 +19,11 @@ from devhost.http_front import to_aiohttp_response
 from orchestrations.dashboard import dashboard_page, dashboard_static
 
 STAGES = ["received", "validating", "staging", "provisioning", "activating", "verifying", "live"]
+#: The stages that take a person's decision, as orchestrations/progressive.py's ACTIONS_BY_STAGE says.
+ACCEPTS = {"awaiting_approval": ["approve", "reject", "abort"], "canary": ["promote", "abort"]}
+#: What each decision leads to in the stand-in: the stage the record is in at the next read.
+AFTER = {"promote": "live", "abort": "rolled_back", "approve": "canary", "reject": "rolled_back"}
+POLICY = {"canary": {"steps": [10, 50, 100], "hold_s": 60, "max_error_rate": 0.05}, "approval": {"required": True}}
 
 
 def records(app: str, count: int, start: datetime) -> list[dict[str, Any]]:
@@ -36,6 +41,48 @@ def records(app: str, count: int, start: datetime) -> list[dict[str, Any]]:
     return out
 
 
+def figures(requests: int, errors: int, p95: float) -> dict[str, Any]:
+    return {"requests": requests, "errors": errors, "error_rate": errors / requests, "ttft_p95_ms": p95}
+
+
+def evaluation(candidate: float, live: float) -> dict[str, Any]:
+    """A quality gate's outcome: the adapter's set of 4 cases, the candidate scoring `candidate`, live `live`."""
+    def result(value: float, reply: str) -> dict[str, Any]:
+        passed = round(value * 4)
+        return {"score": value, "passed": passed, "total": 4,
+                "failing": [{"case": i, "why": "expected 'hello'", "reply": reply} for i in range(passed, 4)]}
+    return {"max_regression": 0.1, "passed": candidate >= 0.5 and candidate >= live - 0.1,
+            "sets": {"adapter": {"min_score": 0.5, "candidate": result(candidate, "beta says goodbye"),
+                                 "live": result(live, "alpha says hello")}}}
+
+
+def progressive_records(app: str, start: datetime) -> list[dict[str, Any]]:
+    """A rollout in `canary` at 50 % after a passed 10 % step, one `awaiting_approval`, and one that ended `live`
+    after its canary (terminal: no decision left), newest first."""
+    def rec(n: int, stage: str, **extra: Any) -> dict[str, Any]:
+        at = start + timedelta(minutes=n)
+        stages = [*STAGES[:5], "evaluating", stage]
+        history = [{"stage": s, "at": (at + timedelta(seconds=2 * i)).isoformat()} for i, s in enumerate(stages)]
+        return {"id": f"{app}.{at:%Y%m%dT%H%M%S}000000-p{n}", "app": app, "adapter": "beta",
+                "version": f"beta@{n:012x}", "stage": stage, "accepted_at": at.isoformat(), "history": history,
+                "reason": None, "cause": None, "policy_source": "app", **extra}
+
+    live, beta = "alpha@000000000000", "beta@000000000003"
+    first = {"step": 1, "weight": 10, "verdict": "pass",
+             "figures": {live: figures(180, 1, 120.0), beta: figures(20, 0, 131.5)}}
+    canary = {"steps": [10, 50, 100], "step": 2, "weight": 50, "hold_until": (start + timedelta(hours=1)).isoformat(),
+              "analysis": [first]}
+    approval = {"required": True, "deadline": (start + timedelta(days=1)).isoformat(), "decision": None, "by": None,
+                "at": None}
+    ended = {**canary, "step": 3, "weight": 100, "hold_until": None,
+             "analysis": [first, {"step": 2, "weight": 50, "verdict": "promote", "by": "ana", "figures": {}}]}
+    return [rec(3, "canary", evaluation=evaluation(0.75, 0.75), approval={**approval, "decision": "approved",
+                                                                          "by": "ana", "at": start.isoformat()},
+                canary=canary),
+            rec(2, "awaiting_approval", evaluation=evaluation(1.0, 1.0), approval=approval),
+            rec(1, "live", evaluation=evaluation(1.0, 1.0), canary=ended)]
+
+
 @dataclass
 class StubApi:
     """The status API's read routes over fixed records; with `key` set, like Azure, 401 without that header."""
@@ -45,10 +92,18 @@ class StubApi:
     seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path and query, x-functions-key)
     url: str = ""
     uploads: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)
+    #: Apps that also have progressive_records (newest), and a rollout policy of their own.
+    progressive: tuple[str, ...] = ()
+    #: (path, body) of each decision POSTed; `moved_on`: record id -> the stage the rollout is really in (the page
+    #: still shows the old one: the stand-in answers 409 as the API does).
+    decisions: list[tuple[str, bytes]] = field(default_factory=list)
+    moved_on: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         start = datetime(2026, 1, 1, 12, tzinfo=UTC)
         self.records = {app: records(app, n, start) for app, n in self.counts.items()}
+        for app in self.progressive:
+            self.records[app][:0] = progressive_records(app, start)
         self._encoded: dict[tuple[str, int], bytes] = {}
 
     @web.middleware
@@ -89,6 +144,31 @@ class StubApi:
         found = [r for rs in self.records.values() for r in rs if r["id"] == wanted]
         return web.json_response(found[0]) if found else web.json_response({}, status=404)
 
+    async def _decide(self, request: web.Request) -> web.Response:
+        """Like `POST /api/deployments/{id}/{action}`: 202 and the record moves on; 409 in a stage without it."""
+        self.decisions.append((request.path, await request.read()))
+        wanted, action = request.match_info["id"], request.match_info["action"]
+        found = [r for rs in self.records.values() for r in rs if r["id"] == wanted]
+        if not found:
+            return web.json_response({"error": {"message": f"no deployment {wanted!r}", "status": 404}}, status=404)
+        record = found[0]
+        stage = self.moved_on.get(wanted, record["stage"])
+        if action not in ACCEPTS.get(stage, []):
+            takes = f"it takes {', '.join(ACCEPTS[stage])}" if stage in ACCEPTS else "it takes no action"
+            return web.json_response({"error": {"message": f"deployment {wanted} is {stage}: {takes}", "status": 409},
+                                      "stage": stage, "accepts": ACCEPTS.get(stage, [])}, status=409)
+        record["stage"] = AFTER[action]
+        record["history"].append({"stage": AFTER[action], "at": datetime.now(UTC).isoformat()})
+        if record.get("canary") and action == "abort":
+            record["canary"] = {**record["canary"], "weight": 0, "hold_until": None}
+        self._encoded.clear()
+        return web.json_response({"id": wanted, "action": action, "stage": stage, "by": None}, status=202)
+
+    async def _policy(self, request: web.Request) -> web.Response:
+        app = request.match_info["app"]
+        own = POLICY if app in self.progressive else None
+        return web.json_response({"app": app, "policy": own, "effective": own, "source": "app" if own else "none"})
+
     async def _rules(self, _request: web.Request) -> web.Response:
         return web.json_response({"max_total_bytes": 1 << 20, "max_files": 32, "max_rank": 16,
                                   "required_files": ["adapter_config.json", "adapter_model.safetensors"]})
@@ -111,7 +191,9 @@ class StubApi:
                         web.get("/api/apps", self._apps), web.get("/api/apps/{app}", self._app),
                         web.get("/api/apps/{app}/deployments", self._deployments),
                         web.get("/api/deployments/{id}", self._deployment),
-                        web.get("/api/uploads/rules", self._rules), web.post("/api/apps/{app}/uploads", self._upload)])
+                        web.get("/api/uploads/rules", self._rules), web.post("/api/apps/{app}/uploads", self._upload),
+                        web.post("/api/deployments/{id}/{action}", self._decide),
+                        web.get("/api/apps/{app}/policy", self._policy)])
         return app
 
 

@@ -60,10 +60,10 @@ def test_watch_deploy_fail_timeline_and_roll_back(local_stack, browser: Browser,
     assert page.locator("#timeline li").evaluate_all("items => items.map(i => i.dataset.stage)") == stages
 
     # a delete that is not confirmed sends nothing; a confirmed rollback goes live with the earlier version
-    page.once("dialog", lambda dialog: dialog.dismiss())
     page.get_by_role("button", name=f"Delete {APP}").click()
-    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("dialog", name=f"Delete {APP}?").get_by_role("button", name="Cancel").click()
     page.get_by_role("button", name=f"Roll back {APP}").click()
+    page.get_by_role("dialog", name=f"Roll back {APP}?").get_by_role("button", name="Roll back").click()
     expect(page.get_by_role("status")).to_contain_text(f"Rollback of {APP} requested", timeout=10_000)
     rollback_id = page.get_by_role("status").inner_text().split("record ")[1].split(" ")[0]
     expect(_row(page, rollback_id)).to_contain_text("live", timeout=LIVE_TIMEOUT_MS)
@@ -75,8 +75,8 @@ def test_watch_deploy_fail_timeline_and_roll_back(local_stack, browser: Browser,
 
     # a confirmed delete removes the app from the page
     wait_idle(local_stack, APP)
-    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name=f"Delete {APP}").click()
+    page.get_by_role("dialog", name=f"Delete {APP}?").get_by_role("button", name="Delete").click()
     expect(page.get_by_role("status")).to_contain_text(f"Deletion of {APP} started: delete-{APP}.", timeout=15_000)
     expect(app_row).to_have_count(0, timeout=LIVE_TIMEOUT_MS)
     expect(_row(page, first["id"])).to_have_count(0)

@@ -75,3 +75,18 @@ def test_api_routes_need_the_function_key_and_only_the_page_is_anonymous() -> No
         assert level == expected, route
     assert all([m.value for m in e.trigger.methods] == ["GET"] for e in http if e.trigger.route in DASHBOARD_ROUTES)
 
+
+
+def test_the_decision_and_policy_routes_the_page_calls_need_the_function_key() -> None:
+    """The page's promote / abort / approve / reject and its policy view go through these routes; devhost does not
+    check keys, so the host's auth level is what refuses a request without one in Azure."""
+    import function_app
+    from devhost.functions import FunctionIndex
+
+    http = {e.trigger.route: e.trigger for e in FunctionIndex.from_app(function_app.app).http}
+    decisions, policy = http["deployments/{id}/{action}"], http["apps/{app}/policy"]
+    assert [m.value for m in decisions.methods] == ["POST"]
+    assert {m.value for m in policy.methods} == {"GET", "PUT", "DELETE"}
+    assert decisions.auth_level == policy.auth_level == func.AuthLevel.FUNCTION
+    script = (STATIC_DIR / "dashboard.js").read_text(encoding="utf-8")
+    assert "`deployments/${encodeURIComponent(id)}/${action}`" in script and "/policy`" in script
