@@ -14,9 +14,10 @@ from typing import Any
 
 @dataclass
 class FakeApi:
-    """`routes`: path (with query) → (status, JSON body). `deployments`: id → the records successive GETs of
-    `/api/deployments/<id>` answer (the last one repeats); `any_deployment` does the same for every other id,
-    with the id filled in. `requests`: (method, path, headers) of each request, in order."""
+    """`routes`: path (with query), or "METHOD path" for one method only (it wins) → (status, JSON body).
+    `deployments`: id → the records successive GETs of `/api/deployments/<id>` answer (the last one repeats);
+    `any_deployment` does the same for every other id, with the id filled in. `requests`: (method, path, headers)
+    of each request, in order; `bodies`: (method, path, the JSON body or None) of each request with a body."""
 
     url: str = ""
     routes: dict[str, tuple[int, Any]] = field(default_factory=dict)
@@ -25,6 +26,7 @@ class FakeApi:
     chat_reply: list[str] = field(default_factory=list)
     chat_error: tuple[int, Any] | None = None  # (status, JSON body) the chat route answers instead of a stream
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    bodies: list[tuple[str, str, Any]] = field(default_factory=list)
     _polls: dict[str, int] = field(default_factory=dict)
 
     def answer(self, method: str, path: str) -> tuple[int, Any]:
@@ -35,7 +37,8 @@ class FakeApi:
             if steps:
                 n = self._polls[record_id] = self._polls.get(record_id, -1) + 1
                 return 200, steps[min(n, len(steps) - 1)]
-        return self.routes.get(path, (404, {"error": {"message": f"no route {method} {path}"}}))
+        fallback = self.routes.get(path, (404, {"error": {"message": f"no route {method} {path}"}}))
+        return self.routes.get(f"{method} {path}", fallback)
 
 
 def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
@@ -46,7 +49,11 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
         def _reply(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
-                self.rfile.read(length)
+                raw = self.rfile.read(length)
+                try:
+                    api.bodies.append((method, self.path, json.loads(raw)))
+                except ValueError:
+                    api.bodies.append((method, self.path, None))
             api.requests.append((method, self.path, dict(self.headers)))
             chat = self.path == "/v1/chat/completions"
             if chat and api.chat_error is None:
@@ -73,6 +80,12 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             self._reply("POST")
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self._reply("PUT")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._reply("DELETE")
 
     return Handler
 
