@@ -36,7 +36,9 @@ def replicas_stack(tiny_kit, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """Its own stack (the replica count and the fault hook are the host's settings), as tests/conftest.py's."""
     from devhost.up import local_stack as start
 
-    extra = {"MAX_ADAPTER_MB": "1", "MAX_LORA_RANK": "16", "ROLLOUT_HOT_SWAP_TIMEOUT_S": "20",
+    # three servers start at once on a small machine (2 cores: about 20 s until each has loaded the base model and
+    # the first adapter): a hot swap gate of 60 s, so the first rollout does not time out into a restart
+    extra = {"MAX_ADAPTER_MB": "1", "MAX_LORA_RANK": "16", "ROLLOUT_HOT_SWAP_TIMEOUT_S": "60",
              "ROLLOUT_RESTART_TIMEOUT_S": "90", "RECONCILE_RETRY_BASE_S": "1", "RECONCILE_HEAL_INTERVAL_S": "3",
              "LOCAL_REPLICAS": "3", "INFERENCE_FAULT_REFUSE_LOAD": REFUSING}
     with start(tmp_path_factory.mktemp("replicas-stack"), tiny_kit.root, extra_env=extra) as stack:
@@ -47,6 +49,14 @@ def listed(stack: Any, app: str) -> dict[str, dict[str, Any]]:
     """The revision runner's replicas file: name -> pid, port, up."""
     path = Path(stack.env["DEVHOST_STATE_DIR"]) / "platform" / f"{app}.replicas"
     return json.loads(path.read_text())["replicas"]
+
+
+def revision_replicas(stack: Any, app: str) -> list[str]:
+    """The names of the app's serving revision's three replicas, `<app>--<n>-0..2`."""
+    names = sorted(listed(stack, app))
+    assert len(names) == 3 and len({n.rsplit("-", 1)[0] for n in names}) == 1, names
+    assert [n.rsplit("-", 1)[1] for n in names] == ["0", "1", "2"], names
+    return names
 
 
 def served_version(stack: Any, port: int) -> str | None:
@@ -79,11 +89,11 @@ def test_one_replica_refusing_the_candidate_keeps_every_replica_on_the_previous_
     stack, app = replicas_stack, "refuser"
     first = deploy(stack, app, stack.kit.adapters["alpha"])
     assert first["stage"] == "live", first.get("reason")
-    names = [f"{app}--1-{i}" for i in range(3)]
+    names = revision_replicas(stack, app)
     assert sorted(first["replicas"]) == names and all(r["counted"] for r in first["replicas"].values()), first
     second = deploy(stack, app, stack.kit.adapters["beta"])
     assert second["stage"] == "rolled_back" and second["cause"] == "content", second
-    assert "refused" in second["reason"] and f"{app}--1-1" in second["reason"], second["reason"]  # who refused
+    assert "refused" in second["reason"] and names[1] in second["reason"], second["reason"]  # who refused
     ports = {name: info["port"] for name, info in listed(stack, app).items()}
     assert sorted(ports) == names
     wait_until(lambda: all(served_version(stack, port) == first["version"] for port in ports.values()))
@@ -93,6 +103,7 @@ def test_one_replica_refusing_the_candidate_keeps_every_replica_on_the_previous_
         assert PHRASES["alpha"] in reply, reply
     observed = {r["replica_id"]: r for r in stack.api.app(app)["replicas_observed"]}
     assert all(observed[name]["alias_version"] == first["version"] for name in names), observed
+    stack.platform.stop_app(app)  # its three servers would slow the next test down (the heal pass leaves it alone)
 
 
 @pytest.mark.slow
@@ -101,7 +112,8 @@ def test_a_replica_killed_mid_rollout_is_restarted_and_counted(replicas_stack) -
     the manifest, and the rollout ends live with all three replicas counted (the restarted one included)."""
     stack, app = replicas_stack, "restarts"
     assert deploy(stack, app, stack.kit.adapters["alpha"])["stage"] == "live"
-    victim = f"{app}--1-2"
+    names = revision_replicas(stack, app)
+    victim = names[2]
     old_pid = listed(stack, app)[victim]["pid"]
     uploaded = stack.store.upload_adapter_folder(stack.kit.adapters["beta"], app, "beta")
     os.kill(old_pid, signal.SIGKILL)
@@ -111,7 +123,7 @@ def test_a_replica_killed_mid_rollout_is_restarted_and_counted(replicas_stack) -
     live_at = max(datetime.fromisoformat(h["at"]) for h in record["history"] if h["stage"] == "live")
     assert live_at.timestamp() > killed_at, (record["history"], killed_at)  # killed while the rollout ran
     figures = record["replicas"]
-    assert sorted(figures) == [f"{app}--1-{i}" for i in range(3)], figures
+    assert sorted(figures) == names, figures
     assert all(f["counted"] and f["alias_version"] == record["version"] for f in figures.values()), figures
     now = listed(stack, app)[victim]
     assert now["pid"] != old_pid
