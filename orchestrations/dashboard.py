@@ -2,9 +2,10 @@
 
 The page is plain HTML, JavaScript and CSS from `orchestrations/dashboard_static/`, served as they are: no template,
 no build step, nothing of the host's settings in them, so the page never carries a key. In the browser it reads
-the status API (`GET /api/apps`, `/api/apps/{app}`, `/api/apps/{app}/deployments?limit=`, `/api/deployments/{id}`)
-every few seconds and acts through the same routes as `adapterctl` (`POST /api/apps/{app}/rollback`,
-`DELETE /api/apps/{app}`), each after a confirmation. Its *Deploy* form sends a picked adapter folder to
+the status API (`GET /api/apps`, `/api/apps/{app}`, `/api/apps/{app}/deployments?limit=`, `/api/deployments/{id}`,
+`/api/apps/{app}/policy`) every few seconds and acts through the same routes as `adapterctl` (`POST
+/api/apps/{app}/rollback`, `DELETE /api/apps/{app}`, and `POST /api/deployments/{id}/{action}` for promote, abort,
+approve and reject), each after a confirmation. Its *Deploy* form sends a picked adapter folder to
 `POST /api/apps/{app}/uploads` (orchestrations/uploads.py: validated with the orchestrator's rules, then uploaded
 like `adapterctl deploy` uploads), after checking in the browser what it can against `GET /api/uploads/rules`.
 

@@ -138,3 +138,10 @@ def test_status_prints_the_gate_approval_and_canary(run: Run, api: FakeApi) -> N
     assert "approval: waiting until 2026-12-01 14:14:20 UTC" in out.splitlines()
     assert "canary: skipped (no canary in the policy)" in out.splitlines()
     assert "quality gate" not in out
+
+    running = {"max_regression": 0.0, "passed": None, "sets": {"adapter": {"min_score": None, "candidate": {
+        "score": None}, "live": None}}}  # figures not in yet: shown as "-", never a crash
+    api.routes[f"/api/deployments/{ID}"] = (200, record(ID, "evaluating", GATED, evaluation=running))
+    code, out, _ = run("--url", api.url, "status", ID)
+    assert code == 0 and out.splitlines()[-2:] == ["quality gate: running",
+                                                   "  adapter set: candidate - (-/-), minimum -"]
