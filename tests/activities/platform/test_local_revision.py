@@ -231,3 +231,15 @@ def test_container_runtime_runs_one_container_per_replica(
         assert not list((log.parent / "containers").iterdir())
     finally:
         p.stop_all()
+
+
+def test_replicas_end_with_a_runner_killed_hard_and_heal_starts_a_new_revision(platform: LocalPlatform) -> None:
+    """SIGKILL to the runner alone: its replicas get SIGTERM (parent-death signal) instead of holding their ports;
+    heal_app starts the app again as the next revision with all its replicas."""
+    platform.ensure_app(SPEC)
+    pids = replica_pids(platform).values()
+    os.kill(json.loads((platform.settings.state_dir / "chat.json").read_text())["pid"], signal.SIGKILL)
+    wait_for(lambda: all(gone(pid) for pid in pids))
+    assert platform.list_replicas("chat") == []
+    assert platform.heal_app("chat")["action"] == "restarted"
+    assert platform.list_replicas("chat") == [n.replace("--1", "--2") for n in NAMES]
