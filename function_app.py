@@ -4,9 +4,11 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from activities.functions import bp as activities
+from activities.progressive_functions import bp as progressive_activities
 from orchestrations.dashboard import bp as dashboard
 from orchestrations.health_gate import bp as health_gate
 from orchestrations.lifecycle import bp as lifecycle
+from orchestrations.progressive_api import bp as progressive_api
 from orchestrations.provision import bp as provisioning
 from orchestrations.reconcile import bp as reconciling
 from orchestrations.rollout import bp as rollouts
@@ -16,5 +18,5 @@ from orchestrations.uploads import bp as uploads
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 for blueprint in (rollouts, reconciling, provisioning, health_gate, starters, status_api, lifecycle, dashboard, uploads,
-                  activities):
+                  progressive_api, activities, progressive_activities):
     app.register_functions(blueprint)

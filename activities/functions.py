@@ -169,7 +169,8 @@ def delete_app(payload: dict) -> dict:
     return {"ok": True, "platform": "deleted" if platform else "absent", "store": store, "blobs": blobs}
 
 
-def _replica_check(app: str, version: str, manifest_updated_at: str | None) -> dict[str, Any]:
+def _replica_check(app: str, version: str | None, manifest_updated_at: str | None, candidate: str | None = None
+                   ) -> dict[str, Any]:
     """`replica_verdict` over the platform's listed replicas and their reports; a platform or store that cannot
     answer now is `waiting` (the gate probes again)."""
     from activities.platform.base import PlatformError
@@ -181,7 +182,7 @@ def _replica_check(app: str, version: str, manifest_updated_at: str | None) -> d
         observed = replicas_observed(svc.target, app)
     except (PlatformError, OSError) as exc:
         return ReplicaVerdict("waiting", f"cannot list the replicas: {exc}").to_dict()
-    return replica_verdict(listed, observed, version, manifest_updated_at).to_dict()
+    return replica_verdict(listed, observed, version, manifest_updated_at, candidate).to_dict()
 
 
 class EndpointUnavailable(RuntimeError):
@@ -200,9 +201,9 @@ def _described(app: str) -> AppState:
 def probe_endpoint(payload: dict) -> dict:
     """Readiness (and a smoke chat when asked) of the app's endpoint; never raises for an unhealthy app.
 
-    With `replicas: {"manifest_updated_at"}` and a ready endpoint, the answer also carries `replicas` (the
-    `ReplicaVerdict` for `expect_version`); a replica's engine refusing the version sets `refused` as `/ready`'s
-    load errors do."""
+    With `replicas: {"manifest_updated_at", "candidate"?}` and a ready endpoint, the answer also carries `replicas`
+    (the `ReplicaVerdict` for `expect_version`, None: the base model); a replica's engine refusing the version or
+    the manifest's candidate sets `refused` as `/ready`'s load errors do."""
     import requests
 
     from activities.endpoint import ProbeInput, ProbeResult
@@ -230,9 +231,10 @@ def probe_endpoint(payload: dict) -> dict:
                 return asdict(result)
         answer = asdict(probe(request, http))
     check = payload.get("replicas")
-    if check is None or not answer["ready"] or request.expect_version is None:
+    if check is None or not answer["ready"]:
         return answer
-    verdict = _replica_check(payload["app"], request.expect_version, check.get("manifest_updated_at"))
+    verdict = _replica_check(payload["app"], request.expect_version, check.get("manifest_updated_at"),
+                             check.get("candidate"))
     if verdict["state"] == "refused":
         answer["refused"] = f"{verdict['why']} (replica {verdict['replica']})"
     return {**answer, "replicas": verdict}

@@ -135,15 +135,15 @@ def _figures(entry: Mapping[str, Any] | None) -> dict[str, Any]:
     return {"reported": True, **{k: entry.get(k) for k in keys}}
 
 
-def _refusal(entry: Mapping[str, Any], version: str) -> str | None:
-    """The engine's reason when this fresh report lists `version` among its load errors."""
+def _refusal(entry: Mapping[str, Any], versions: Sequence[str | None]) -> str | None:
+    """The engine's reason when this fresh report lists one of `versions` among its load errors."""
     for error in (entry.get("load_errors") or {}).values():
-        if isinstance(error, Mapping) and error.get("version") == version:
+        if isinstance(error, Mapping) and error.get("version") in versions:
             return str(error.get("reason") or "refused by the inference engine")
     return None
 
 
-def _pending(entry: Mapping[str, Any] | None, version: str, manifest_updated_at: str | None) -> str | None:
+def _pending(entry: Mapping[str, Any] | None, version: str | None, manifest_updated_at: str | None) -> str | None:
     """Why this replica does not count (yet) for `version`, or None when it does."""
     if entry is None:
         return "no report"
@@ -158,12 +158,13 @@ def _pending(entry: Mapping[str, Any] | None, version: str, manifest_updated_at:
     return None
 
 
-def replica_verdict(listed: Sequence[str], observed: Sequence[Mapping[str, Any]], version: str,
-                    manifest_updated_at: str | None) -> ReplicaVerdict:
+def replica_verdict(listed: Sequence[str], observed: Sequence[Mapping[str, Any]], version: str | None,
+                    manifest_updated_at: str | None, candidate: str | None = None) -> ReplicaVerdict:
     """The gate's rule over the listed replicas and the reports (`replicas_observed` entries): a fresh report with
-    a load error for `version` refuses it; every listed replica needs a fresh, undamaged report of the manifest
-    written (`manifest_updated_at`) whose alias serves `version`, converged; reports of unlisted replicas are
-    ignored; no listed replica at all is waiting."""
+    a load error for `version` (or for the manifest's `candidate` version) refuses it; every listed replica needs
+    a fresh, undamaged report of the manifest written (`manifest_updated_at`) whose alias serves `version`
+    (None: the base model), converged (which covers the candidate); reports of unlisted replicas are ignored; no
+    listed replica at all is waiting."""
     by_id = {entry.get("replica_id"): entry for entry in observed}
     figures: dict[str, dict[str, Any]] = {}
     waiting: list[str] = []
@@ -171,7 +172,8 @@ def replica_verdict(listed: Sequence[str], observed: Sequence[Mapping[str, Any]]
     for name in sorted(set(listed)):
         entry = by_id.get(name)
         figures[name] = _figures(entry)
-        reason = _refusal(entry, version) if entry is not None and entry.get("stale") is False else None
+        watched = [v for v in (version, candidate) if v is not None]
+        reason = _refusal(entry, watched) if entry is not None and entry.get("stale") is False else None
         if reason is not None:
             refused = refused or (name, reason)
             figures[name]["refused"] = reason
@@ -188,3 +190,13 @@ def replica_verdict(listed: Sequence[str], observed: Sequence[Mapping[str, Any]]
     if waiting:
         return ReplicaVerdict("waiting", "; ".join(waiting), replicas=figures)
     return ReplicaVerdict("ready", replicas=figures)
+
+
+def replica_metrics(target: StagingTarget, app: str) -> dict[str, dict[str, Any]]:
+    """Replica id → its report's per-version metrics (cumulative counters), for every readable report, stale
+    ones included (a replica that died during a canary hold still served its share of it)."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for entry in replicas_observed(target, app):
+        if not entry.get("damaged") and isinstance(entry.get("metrics"), Mapping):
+            metrics[str(entry["replica_id"])] = dict(entry["metrics"])
+    return metrics

@@ -1,4 +1,5 @@
-"""`adapterctl` commands: deploy, status, apps, provision, restart, chat, config check.
+"""`adapterctl` commands: deploy, status, apps, provision, restart, chat, config check (and, from `lifecycle` and
+`progressive`: apps delete, rollback, approve, reject, promote, abort, policy).
 
 Works against devhost and Azure with the same flags: `--url` is the Functions app, `--function-key` its key;
 uploads go to the adapters container named by `--storage-connection` or `--account-url` (signed in with
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 from azure.core.exceptions import AzureError
 
-from . import lifecycle
+from . import lifecycle, progressive
 from .api import ApiError, stream_chat
 from .connection import Defaults
 from .lifecycle import check_app_known
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "check (over the environment); default: the environment alone")
     c.set_defaults(func=cmd_config_check)
     lifecycle.register(sub, common)
+    progressive.register(sub, common)
     return parser
 
 

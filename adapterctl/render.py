@@ -72,7 +72,49 @@ def summary(record: dict[str, Any]) -> str:
         lines += ["stages:", *stage_lines(record["history"])]
     if isinstance(record.get("replicas"), dict) and record["replicas"]:
         lines += ["replicas:", *replica_lines(record["replicas"])]
-    return "\n".join(lines)
+    return "\n".join(lines + progressive_lines(record))
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+
+def _score(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "-"
+
+
+def progressive_lines(record: dict[str, Any]) -> list[str]:
+    """The quality gate's scores, the approval, and the canary's step, weight and figures by version."""
+    lines: list[str] = []
+    evaluation = record.get("evaluation") if isinstance(record.get("evaluation"), dict) else None
+    if evaluation:
+        verdict = {True: "passed", False: "refused", None: "running"}.get(evaluation.get("passed"), "?")
+        lines.append(f"quality gate: {verdict}")
+        for name, result in sorted((evaluation.get("sets") or {}).items()):
+            cand, live = result.get("candidate") or {}, result.get("live") or {}
+            live_text = f", live {_score(live.get('score'))}" if live else ""
+            lines.append(f"  {name} set: candidate {_score(cand.get('score'))} ({cand.get('passed', '-')}/"
+                         f"{cand.get('total', '-')}){live_text}, minimum {_score(result.get('min_score'))}")
+    approval = record.get("approval") if isinstance(record.get("approval"), dict) else None
+    if approval:
+        decision = approval.get("decision") or f"waiting until {clock(approval.get('deadline'))}"
+        by = f" by {approval['by']}" if approval.get("by") else ""
+        lines.append(f"approval: {decision}{by}")
+    canary = record.get("canary") if isinstance(record.get("canary"), dict) else None
+    if canary and canary.get("skipped"):
+        lines.append(f"canary: skipped ({canary['skipped']})")
+    elif canary:
+        steps = " → ".join(f"{s} %" for s in canary.get("steps") or [])
+        lines.append(f"canary: {steps}; now {canary.get('weight', 0)} %"
+                     + (f" until {clock(canary['hold_until'])}" if canary.get("hold_until") else ""))
+        for step in canary.get("analysis") or []:
+            lines.append(f"  {step.get('weight')} %: {step.get('verdict')}"
+                         + (f" ({step['why']})" if step.get("why") else ""))
+            for version, f in sorted((step.get("figures") or {}).items()):
+                p95 = f.get("ttft_p95_ms")
+                lines.append(f"    {version}  {f.get('requests')} requests, errors {_pct(f.get('error_rate'))}, "
+                             f"ttft p95 {p95 if p95 is not None else '-'} ms")
+    return lines
 
 
 def replica_lines(replicas: dict[str, Any]) -> list[str]:

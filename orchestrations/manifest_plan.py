@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
-from inference_image.inference_server.manifest import AdapterEntry, Manifest
+from inference_image.inference_server.manifest import AdapterEntry, CandidateEntry, Manifest
 
 #: Adapters kept loaded per app (the newest deployments; the active and the previous active are never dropped).
 MAX_ADAPTERS = 8
@@ -38,3 +39,10 @@ def activate(
         base_model=old.base_model or base_model,
         updated_at=now.isoformat(),
     )
+
+
+def with_candidate(previous: Manifest | None, candidate: CandidateEntry, now: datetime,
+                   base_model: str | None = None) -> Manifest:
+    """`previous` unchanged but for its candidate (the version a gated rollout is trying, at its weight)."""
+    old = previous or Manifest(base_model=base_model)
+    return replace(old, candidate=candidate, base_model=old.base_model or base_model, updated_at=now.isoformat())

@@ -24,7 +24,7 @@ from activities.catalog import Activity
 
 from .policies import IO_RETRY, RolloutTiming
 from .rollout import ROLLOUT_ORCHESTRATOR, RolloutRequest
-from .rollout_status import record_history
+from .rollout_status import OUTCOME_FIELDS, record_history
 
 bp = df.Blueprint()
 
@@ -135,7 +135,7 @@ class _Pass:
         except Exception as exc:  # noqa: BLE001 - the rollout orchestration itself failed: a bug, not the content
             outcome = {"stage": "failed", "reason": f"rollout crashed: {exc}", "cause": "transient", "history": []}
         self.state.rollouts += 1
-        result = {k: outcome.get(k) for k in ("version", "activation", "reason", "cause", "replicas") if k in outcome}
+        result = {k: outcome.get(k) for k in OUTCOME_FIELDS if k in outcome}
         result["history"] = record_history(record, outcome.get("history") or [])
         baseline = record.get("baseline") or outcome.get("unrestored")  # the first unrestored manifest is kept
         stage, cause = outcome.get("stage") or "failed", outcome.get("cause")

@@ -1,7 +1,8 @@
 """Rollout orchestration: one adapter version of one app from upload to live (or back).
 
-Covers: validate → stage (the staged copy validated again) → provision → activate (hot swap through the manifest;
-a restart only when the server did not take the new version and did not refuse it) → verify (readiness + smoke
+Covers: validate → stage (the staged copy validated again) → provision → [the quality gate, approval and canary
+steps where the app's rollout policy or an evaluation set asks for them: `progressive`] → activate (hot swap
+through the manifest; a restart only when the server did not take the new version and did not refuse it) → verify (readiness + smoke
 chat, then every replica the platform lists reports the new version of the manifest written) → live. Once the manifest is replaced, any failure restores exactly the manifest it replaced (`rolled_back`);
 a failure before that ends `failed` with nothing changed. Every failure names its cause (`rollout_status.Cause`):
 the reconciler retries transient ones and never retries content ones. No I/O here.
@@ -17,12 +18,14 @@ from typing import Any
 import azure.durable_functions as df
 
 from activities.catalog import Activity
+from activities.rollout_policy import RolloutPolicy
 from inference_image.inference_server.manifest import AdapterEntry, Manifest
 
 from .health_gate import replicas_agree, serves, wait_until_serving
 from .manifest_plan import activate, adapter_version
 from .policies import IO_RETRY, RolloutTiming
-from .rollout_status import Cause, RolloutStatus, Stage
+from .progressive import Progressive, eval_sets, is_gated
+from .rollout_status import Cause, RolloutFailed, RolloutStatus, Stage
 
 bp = df.Blueprint()
 
@@ -49,14 +52,6 @@ class RolloutRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class RolloutFailed(Exception):
-    """A failure that ends the rollout; `cause` says whose fault it is (see `rollout_status.Cause`)."""
-
-    def __init__(self, reason: str, cause: Cause) -> None:
-        super().__init__(reason)
-        self.cause = cause
 
 
 class _Rollout:
@@ -173,15 +168,23 @@ class _Rollout:
             yield from self.call(Activity.ENSURE_APP, app=req.app)
 
             self.enter(Stage.ACTIVATING)
+            found = yield from self.call(Activity.READ_POLICY, app=req.app)
+            policy = RolloutPolicy.from_dict(found["policy"]) if found.get("policy") else None
+            self.status.policy_source = found.get("source")
             if req.baseline is not None:
                 raw = req.baseline.get("manifest")
             else:
                 raw = yield from self.call(Activity.READ_MANIFEST, app=req.app)
             previous = Manifest.from_dict(raw) if raw else None
             entry = AdapterEntry(staged["path"], report["sha256"], self.status.version)
-            base_model = (staged.get("report") or report).get("base_model")
-            desired = activate(previous, req.adapter, entry, self.ctx.current_utc_datetime, base_model)
+            served_report = staged.get("report") or report
+            base_model = served_report.get("base_model")
             replaced = _Replaced(previous)  # from here on a failure restores exactly `previous`
+            sets = eval_sets(policy, served_report)
+            if is_gated(policy, sets):
+                yield from Progressive(self, policy, sets, previous, entry, base_model).run()
+                self.enter(Stage.ACTIVATING)  # promotion: the candidate becomes the active adapter
+            desired = activate(previous, req.adapter, entry, self.ctx.current_utc_datetime, base_model)
             self.replica_check = {"manifest_updated_at": desired.updated_at}
             yield from self.call(Activity.WRITE_MANIFEST, app=req.app, manifest=asdict(desired))
             yield from self.activate()

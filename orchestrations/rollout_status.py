@@ -1,7 +1,8 @@
 """Rollout stages and the status record every rollout publishes as its Durable custom status.
 
-`received → validating → staging → provisioning → activating → verifying → live | rolled_back | failed`;
-each stage entered is recorded with its time, and a terminal failure carries the reason. The status API and
+`received → validating → staging → provisioning → activating → [evaluating → awaiting_approval → canary →]
+verifying → live | rolled_back | failed` (the bracketed stages only where the app's rollout policy or an evaluation
+set asks for them); each stage entered is recorded with its time, and a terminal failure carries the reason. The status API and
 `adapterctl` read this record as JSON; this module is its only definition.
 """
 
@@ -19,6 +20,9 @@ class Stage(StrEnum):
     STAGING = "staging"
     PROVISIONING = "provisioning"
     ACTIVATING = "activating"
+    EVALUATING = "evaluating"  # the quality gate: the candidate and the live version asked by name
+    AWAITING_APPROVAL = "awaiting_approval"
+    CANARY = "canary"  # a share of the alias's callers on the candidate, step by step
     VERIFYING = "verifying"
     LIVE = "live"
     ROLLED_BACK = "rolled_back"
@@ -38,6 +42,12 @@ def record_history(record: dict[str, Any], rollout_history: list[dict[str, Any]]
     return record.get("history", [])[:1] + rollout_history[1:]
 
 
+#: The rollout's figures a deployment record keeps (the reconciler copies them from the rollout's outcome, the
+#: status API from its custom status while it runs).
+OUTCOME_FIELDS = ("version", "activation", "reason", "cause", "replicas", "policy_source", "evaluation", "approval",
+                  "canary")
+
+
 class Cause(StrEnum):
     """Why a rollout did not go live: decides whether the same content is tried again."""
 
@@ -45,6 +55,14 @@ class Cause(StrEnum):
     PLATFORM = "platform"  # the platform refused a request (configuration): not retried
     TRANSIENT = "transient"  # storage, network, platform or a timeout: the reconciler retries with backoff
     SUPERSEDED = "superseded"  # a newer upload replaced the content before it was served: the record is superseded
+
+
+class RolloutFailed(Exception):
+    """A failure that ends the rollout; `cause` says whose fault it is (see `Cause`)."""
+
+    def __init__(self, reason: str, cause: Cause) -> None:
+        super().__init__(reason)
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,14 @@ class RolloutStatus:
     #: Per replica the platform listed at the gate: what its report said (`alias_version`, `manifest_updated_at`,
     #: `converged`, `stale`, ...) and whether it `counted` (`activities.replica_reports.replica_verdict`).
     replicas: dict[str, dict[str, Any]] | None = None
+    policy_source: str | None = None  # where the rollout policy came from: "app", "setting" or "none"
+    #: The quality gate's scores per evaluation set and version, and whether the candidate passed.
+    evaluation: dict[str, Any] | None = None
+    #: {"required", "deadline", "decision", "by", "at"} while a rollout waits for a person and after.
+    approval: dict[str, Any] | None = None
+    #: {"steps", "step", "weight", "hold_until", "analysis": [per finished step: weight, figures by version,
+    #: verdict]}: where a canary is and what each hold measured.
+    canary: dict[str, Any] | None = None
 
     def enter(self, stage: Stage, at: datetime, reason: str | None = None, cause: str | None = None) -> None:
         """Move to `stage` at `at` (the orchestration's deterministic clock)."""

@@ -33,7 +33,7 @@ from activities.validation import APP_NAME_PATTERN
 
 from .http_util import BadRequest, answers_bad_requests, app_name, error_response, json_response
 from .reconcile import reconcile_instance_id
-from .rollout_status import record_history
+from .rollout_status import OUTCOME_FIELDS, record_history
 
 bp = df.Blueprint()
 
@@ -42,7 +42,7 @@ MAX_LIMIT = 200
 #: Ids of the provision, restart and delete orchestrations the starters return (Durable instances, read by id).
 _INSTANCE_ID = re.compile(rf"(?:provision|restart|delete)-{APP_NAME_PATTERN.pattern}\.\d{{8}}T\d{{12}}")
 #: What an open record takes from its running rollout's custom status.
-_LIVE_FIELDS = ("stage", "history", "version", "activation", "reason", "cause", "replicas")
+_LIVE_FIELDS = ("stage", "history", *OUTCOME_FIELDS)
 
 
 def describe_instance(status: df.DurableOrchestrationStatus) -> dict[str, Any]:

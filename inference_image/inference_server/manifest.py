@@ -38,6 +38,32 @@ class AdapterEntry:
 
 
 @dataclass(frozen=True)
+class CandidateEntry:
+    """The version a gated rollout is trying (docs/rollouts.md "Rollout policies"): loaded beside the adapters,
+    reachable by its version string, and given `weight` (0..1) of the alias's callers."""
+
+    adapter: str
+    path: str
+    sha256: str
+    version: str
+    weight: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Any, versions: set[str]) -> CandidateEntry:
+        """Parse `data`; `versions` are the manifest's adapter versions, which the candidate's must differ from."""
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) and data.get(k)
+                                                 for k in ("adapter", "path", "sha256", "version")):
+            raise ManifestError("candidate needs non-empty string fields adapter, path, sha256 and version")
+        check_relative_path(data["path"])
+        weight = data.get("weight", 0.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+            raise ManifestError(f"candidate weight must be a number in [0, 1], got {weight!r}")
+        if data["version"] in versions:
+            raise ManifestError(f"candidate version {data['version']!r} is already one of the manifest's adapters")
+        return cls(data["adapter"], data["path"], data["sha256"], data["version"], float(weight))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Desired adapters by name, oldest deployment first; `active` is what the alias routes to (None: base)."""
 
@@ -47,11 +73,17 @@ class Manifest:
     base_model: str | None = None
     updated_at: str | None = None
     schema: int = SCHEMA_VERSION
+    candidate: CandidateEntry | None = None
 
     @property
     def active_version(self) -> str | None:
         """Version string of the active adapter, or None when the alias serves the base model."""
         return self.adapters[self.active].version if self.active else None
+
+    @property
+    def candidate_version(self) -> str | None:
+        """Version string of the candidate, or None when no gated rollout is trying one."""
+        return self.candidate.version if self.candidate else None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)  # key order kept: adapters oldest first
@@ -80,6 +112,8 @@ class Manifest:
             alias=str(data.get("alias") or DEFAULT_ALIAS),
             base_model=data.get("base_model"),
             updated_at=data.get("updated_at"),
+            candidate=(CandidateEntry.from_dict(data["candidate"], {e.version for e in adapters.values()})
+                       if data.get("candidate") is not None else None),
         )
 
     @classmethod

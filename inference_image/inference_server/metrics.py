@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -61,3 +62,37 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+#: Bounds (ms) of the per-version time-to-first-token histogram in each replica's report (docs/rollouts.md):
+#: `counts[i]` holds the samples in (bounds[i-1], bounds[i]], the last entry those above the last bound.
+TTFT_MS_BOUNDS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> dict[str, Any]:
+    """One version's counters over an interval (`{"requests", "errors", "ttft_ms": {"le", "counts"}}` at its end
+    minus at its start). A counter that went down means the replica restarted: the end's counters are the
+    interval's. None or other histogram bounds at the start: counted from zero."""
+    hist = after["ttft_ms"]
+    start = before if before is not None and list(before["ttft_ms"]["le"]) == list(hist["le"]) else None
+    if start is None or after["requests"] < start["requests"] or after["errors"] < start["errors"] or any(
+            a < b for a, b in zip(hist["counts"], start["ttft_ms"]["counts"], strict=True)):
+        return {"requests": after["requests"], "errors": after["errors"],
+                "ttft_ms": {"le": list(hist["le"]), "counts": list(hist["counts"])}}
+    return {"requests": after["requests"] - start["requests"], "errors": after["errors"] - start["errors"],
+            "ttft_ms": {"le": list(hist["le"]),
+                        "counts": [a - b for a, b in zip(hist["counts"], start["ttft_ms"]["counts"], strict=True)]}}
+
+
+def p95_ms(le: Sequence[float], counts: Sequence[int]) -> float | None:
+    """The 95th percentile as the upper bound of the bucket that holds it (None: no samples; past the last bound:
+    that bound, the histogram cannot say more)."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen = 0.95 * total, 0
+    for bound, count in zip([*le, le[-1]], counts, strict=True):
+        seen += count
+        if seen >= rank:
+            return float(bound)
+    return float(le[-1])

@@ -25,7 +25,8 @@ TIMING = {"poll_interval_s": 0.05, "hot_swap_timeout_s": 0.3, "restart_timeout_s
           "heal_interval_s": 60.0, "retry_base_s": 0.2}
 REPLICA = "app--1-0"
 PREVIOUS = {"adapters": {"old": {"path": "adapters/old/" + "b" * 64, "sha256": "b" * 64, "version": "old@bbbbbbbbbbbb"}},
-            "active": "old", "alias": "live", "base_model": "tiny", "updated_at": None, "schema": 1}
+            "active": "old", "alias": "live", "base_model": "tiny", "updated_at": None, "schema": 1,
+            "candidate": None}
 
 
 @dataclass
@@ -103,6 +104,11 @@ def stand_in_app(s: Scenario) -> df.DFApp:
     def ensure_app(payload: dict) -> dict:
         record("ensure_app")
         return {"ok": True, "changed": False, "endpoint": "http://127.0.0.1:1"}
+
+    @bp.activity_trigger(input_name="payload", activity=Activity.READ_POLICY)
+    def read_policy(payload: dict) -> dict:
+        record("read_policy")
+        return {"ok": True, "policy": None, "source": "none"}
 
     @bp.activity_trigger(input_name="payload", activity=Activity.READ_MANIFEST)
     def read_manifest(payload: dict) -> dict | None:
