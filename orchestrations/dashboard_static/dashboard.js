@@ -34,6 +34,7 @@
     policy: null, // GET /api/apps/{app}/policy of the selected record's app
     askedForKey: false,
     appsKnown: false, // the last read of the app list worked
+    readFailed: false, // the status line's last message is a failed read (the next good read clears it; others stay)
   };
 
   class ApiError extends Error {
@@ -63,6 +64,7 @@
     const status = $("status");
     status.textContent = text;
     status.classList.toggle("error", isError);
+    state.readFailed = false;
   }
 
   function refused(error) {
@@ -157,12 +159,13 @@
       if (failure) throw failure.reason;
       state.appsKnown = true;
       if (state.selected) await loadSelected();
-      if ($("status").classList.contains("error")) say("");
+      if (state.readFailed) say("");
       state.askedForKey = false;
       $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
       state.appsKnown = false;
       if (!(error instanceof ApiError && refused(error))) say(`Cannot read the status API: ${error.message}`, true);
+      state.readFailed = true;
     }
     render();
     if (state.apps.size && !performance.getEntriesByName(FIRST_VIEW).length) performance.mark(FIRST_VIEW);

@@ -123,6 +123,12 @@ def test_a_409_is_shown_with_its_message(page: Page, stub: StubApi) -> None:
     expect(page.get_by_role("status")).to_have_text(
         f"Refused: deployment {canary['id']} is verifying: it takes no action")
     expect(page.get_by_role("status")).to_have_class("error")
+    reads = len(stub.seen)
+    for _ in range(50):  # until the next poll has read the API (fine): the refusal stays shown
+        if len(stub.seen) >= reads + 4:
+            break
+        page.wait_for_timeout(200)
+    expect(page.get_by_role("status")).to_contain_text("it takes no action")
     assert [path for path, _ in stub.decisions] == [f"/api/deployments/{canary['id']}/promote"]
 
 
