@@ -166,3 +166,16 @@ def test_decisions_carry_the_key_as_a_header_only(browser: Browser) -> None:
         assert (f"/api/deployments/{canary['id']}/abort", key) in stub.seen
         assert not any(key in query for query, _ in stub.seen)
         context.close()
+
+
+def test_a_narrow_window_keeps_the_canary_view_within_the_page(browser: Browser, stub: StubApi) -> None:
+    """At 360 px the page does not scroll sideways: the wide tables scroll inside their own box."""
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    page = context.new_page()
+    page.goto(f"{stub.url}/api/dashboard")
+    _open(page, stub.records[APP][0]["id"])
+    expect(page.locator("#analysis tbody tr")).to_have_count(2)
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    box = page.locator("#record-actions").bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 360
+    context.close()
