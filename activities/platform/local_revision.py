@@ -15,8 +15,9 @@ is relayed chunk by chunk as it arrives (SSE streams stay unbuffered). A replica
 skipped for that request; when none is up the front answers 502 with an OpenAI-style JSON error. A replica is up from
 its first 200 on /health until its process exits.
 
-A replica whose process exits is started again under the same name (as ACA restarts a crashed container), after a
-back-off that doubles from 0.2 s up to 10 s and resets once it answers /health. At start the front opens once every
+A replica whose process exits is started again under the same name (as ACA restarts a crashed container): at once
+the first time (so it is out of the list only for the moment its new process takes to spawn), then after a back-off
+that doubles from 0.5 s up to 10 s while it keeps exiting before it answers /health (reset once it answers). At start the front opens once every
 replica answers /health; a replica that exits before that ends the runner (exit 1), so a broken server fails the
 platform's start with its log instead of looping. The live replicas (name, pid, port, up) are written to the
 replicas file on every change; the platform lists those whose process is alive. Replica output goes to the runner's
@@ -47,7 +48,7 @@ from aiohttp import web
 #: Headers that describe one connection, not the message: never forwarded either way.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "host", "content-length"})
-BACKOFF_FIRST_S = 0.2
+BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 HEALTH_POLL_S = 0.1
 _PR_SET_PDEATHSIG = 1
@@ -62,7 +63,7 @@ class Replica:
     proc: asyncio.subprocess.Process | None = None
     port: int = 0
     up: bool = False
-    backoff: float = BACKOFF_FIRST_S
+    backoff: float = 0.0  # before the next restart
     ever_up: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -130,7 +131,7 @@ class Runner:
                 async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as answer:
                     if answer.status == 200:
                         replica.up = replica.ever_up = True
-                        replica.backoff = BACKOFF_FIRST_S
+                        replica.backoff = 0.0
                         _say(f"{replica.name} is up")
                         self.publish()
                         break
@@ -151,11 +152,12 @@ class Runner:
             self.failed = f"{replica.name} exited with code {code} before it answered /health"
             self.stopping.set()
             return
-        try:
-            await asyncio.wait_for(self.stopping.wait(), replica.backoff)
-        except TimeoutError:
-            pass
-        replica.backoff = min(replica.backoff * 2, BACKOFF_MAX_S)
+        if replica.backoff:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), replica.backoff)
+            except TimeoutError:
+                pass
+        replica.backoff = min(max(replica.backoff * 2, BACKOFF_FIRST_S), BACKOFF_MAX_S)
         if not self.stopping.is_set():
             await self.start(replica)
 
