@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,11 @@ def test_the_app_policy_wins_over_the_setting_and_an_empty_setting_is_none() -> 
 def test_a_bad_setting_is_an_error_naming_the_setting() -> None:
     with pytest.raises(PolicyError, match=f"{POLICY_SETTING}: canary.steps"):
         setting_policy({POLICY_SETTING: json.dumps({"canary": {"steps": [5]}})})
+
+
+def test_the_documented_example_policy_parses_with_every_part() -> None:
+    """docs/policy.example.json (the README's `policy set` line) is a valid policy with all three parts."""
+    root = Path(__file__).resolve().parents[2]
+    policy = RolloutPolicy.from_json((root / "docs" / "policy.example.json").read_bytes())
+    assert policy.canary is not None and policy.canary.steps == (10, 50, 100)
+    assert policy.quality.eval is not None and not policy.approval.required
