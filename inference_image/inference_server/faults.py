@@ -1,11 +1,16 @@
-"""Test-only fault hooks, off unless their environment variable is set (the local platform passes it through to its
-replicas only when the orchestrator's environment has it; nothing sets it in production).
+"""Test-only fault hooks, off unless their environment variable is set (the local platform passes them through to its
+replicas only when the orchestrator's environment has them; nothing sets them in production).
 
-`INFERENCE_FAULT_REFUSE_LOAD="<replica glob>:<adapter glob>"`: the replica whose `CONTAINER_APP_REPLICA_NAME` matches
-the first glob refuses to load an adapter whose name matches the second, exactly as the engine refuses one
-(`AdapterLoadError` from `Engine.load_adapter`, so the load lands in the replica's `load_errors`). The adapter glob
-is matched against the engine's name for the load and against that name without the registry's `-<12 hex>` ref
-suffix (the adapter's own name, e.g. `beta`). Example: `"chat--*-1:beta"` makes replica 1 of app chat refuse beta.
+Each takes `"<replica glob>:<adapter glob>"`: it applies on the replica whose `CONTAINER_APP_REPLICA_NAME` matches the
+first glob, to an adapter whose name matches the second. The adapter glob is matched against the engine's name and
+against that name without the registry's `-<12 hex>` ref suffix (the adapter's own name, e.g. `beta`).
+
+- `INFERENCE_FAULT_REFUSE_LOAD`: the replica refuses to load the adapter, exactly as the engine refuses one
+  (`AdapterLoadError` from `Engine.load_adapter`, so the load lands in the replica's `load_errors`). Example:
+  `"chat--*-1:beta"` makes replica 1 of app chat refuse beta.
+- `INFERENCE_FAULT_FAIL_CHAT`: every generation with the adapter fails as a broken engine's does (`EngineError` from
+  `Engine.chat` before the first delta: the client gets a 500, the replica counts an error for the version). Example:
+  `"failing--*:beta"` makes every replica of app failing fail beta's chats.
 """
 
 from __future__ import annotations
@@ -14,22 +19,51 @@ import os
 import re
 from fnmatch import fnmatchcase
 
-from .engines.base import AdapterLoadError
+from .engines.base import AdapterLoadError, EngineError
 
 REFUSE_LOAD_ENV = "INFERENCE_FAULT_REFUSE_LOAD"
+FAIL_CHAT_ENV = "INFERENCE_FAULT_FAIL_CHAT"
 _REF_SUFFIX = re.compile(r"-[0-9a-f]{12}$")
+
+
+def _applies(env_name: str, engine_name: str | None) -> str | None:
+    """The rule of `env_name` when it applies to this replica and `engine_name`, else None; a malformed rule raises
+    `ValueError`."""
+    rule = os.environ.get(env_name, "")
+    if not rule or engine_name is None:
+        return None
+    replica_glob, sep, adapter_glob = rule.rpartition(":")
+    if not sep:
+        raise ValueError(f"{env_name} must be '<replica glob>:<adapter glob>', got {rule!r}")
+    names = {engine_name, _REF_SUFFIX.sub("", engine_name)}
+    replica = os.environ.get("CONTAINER_APP_REPLICA_NAME", "")
+    if fnmatchcase(replica, replica_glob) and any(fnmatchcase(name, adapter_glob) for name in names):
+        return rule
+    return None
+
+
+def _replica() -> str:
+    return os.environ.get("CONTAINER_APP_REPLICA_NAME", "")
 
 
 def check_load(engine_name: str) -> None:
     """Raise `AdapterLoadError` when `INFERENCE_FAULT_REFUSE_LOAD` makes this replica refuse `engine_name`."""
-    rule = os.environ.get(REFUSE_LOAD_ENV, "")
-    if not rule:
-        return
-    replica_glob, sep, adapter_glob = rule.rpartition(":")
-    if not sep:
-        raise AdapterLoadError(f"{REFUSE_LOAD_ENV} must be '<replica glob>:<adapter glob>', got {rule!r}")
-    replica = os.environ.get("CONTAINER_APP_REPLICA_NAME", "")
-    names = {engine_name, _REF_SUFFIX.sub("", engine_name)}
-    if fnmatchcase(replica, replica_glob) and any(fnmatchcase(name, adapter_glob) for name in names):
+    try:
+        rule = _applies(REFUSE_LOAD_ENV, engine_name)
+    except ValueError as exc:
+        raise AdapterLoadError(str(exc)) from exc
+    if rule is not None:
         raise AdapterLoadError(f"adapter {engine_name!r}: refused by the test hook {REFUSE_LOAD_ENV}={rule!r} "
-                               f"on replica {replica!r}")
+                               f"on replica {_replica()!r}")
+
+
+def check_chat(engine_name: str | None) -> None:
+    """Raise `EngineError` when `INFERENCE_FAULT_FAIL_CHAT` makes this replica fail generations with `engine_name`
+    (None: the base model, never failed)."""
+    try:
+        rule = _applies(FAIL_CHAT_ENV, engine_name)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from exc
+    if rule is not None:
+        raise EngineError(f"adapter {engine_name!r}: generation failed by the test hook {FAIL_CHAT_ENV}={rule!r} "
+                          f"on replica {_replica()!r}")

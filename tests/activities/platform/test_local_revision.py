@@ -185,13 +185,15 @@ def test_replica_count_precedence(settings: LocalPlatformSettings, monkeypatch: 
 def test_the_fault_hook_reaches_the_replicas_only_when_set(
     platform: LocalPlatform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """INFERENCE_FAULT_REFUSE_LOAD in the orchestrator's environment is passed to every replica; unset, to none."""
+    """The fault hooks in the orchestrator's environment are passed to every replica; unset, to none."""
+    hooks = {"INFERENCE_FAULT_REFUSE_LOAD": "chat--*-1:beta", "INFERENCE_FAULT_FAIL_CHAT": "chat--*:alpha"}
     platform.ensure_app(SPEC)
-    assert all("INFERENCE_FAULT_REFUSE_LOAD" not in environ(pid) for pid in replica_pids(platform).values())
-    monkeypatch.setenv("INFERENCE_FAULT_REFUSE_LOAD", "chat--*-1:beta")
+    assert all(not set(hooks) & set(environ(pid)) for pid in replica_pids(platform).values())
+    for name, rule in hooks.items():
+        monkeypatch.setenv(name, rule)
     platform.restart_app("chat")
-    assert {environ(pid)["INFERENCE_FAULT_REFUSE_LOAD"] for pid in replica_pids(platform).values()} == {
-        "chat--*-1:beta"}
+    for pid in replica_pids(platform).values():
+        assert {name: environ(pid).get(name) for name in hooks} == hooks
 
 
 @pytest.fixture

@@ -1,12 +1,21 @@
 """The test-only fault hook the local platform passes to its replicas (inference_server/faults.py): one replica
-refuses one adapter as the engine refuses one."""
+refuses one adapter as the engine refuses one; generations with one adapter fail as a broken engine's do."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
-from inference_image.inference_server.engines.base import AdapterLoadError
-from inference_image.inference_server.faults import REFUSE_LOAD_ENV, check_load
+from inference_image.inference_server.engines.base import (
+    AdapterLoadError,
+    ChatRequest,
+    EngineError,
+    EngineNotReady,
+)
+from inference_image.inference_server.engines.transformers_engine import TransformersEngine
+from inference_image.inference_server.faults import FAIL_CHAT_ENV, REFUSE_LOAD_ENV, check_chat, check_load
 
 
 @pytest.mark.parametrize(("replica", "engine_name", "refused"), [
@@ -35,3 +44,46 @@ def test_refuse_load_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(REFUSE_LOAD_ENV, "no colon")
     with pytest.raises(AdapterLoadError, match="must be"):
         check_load("beta")
+
+
+@pytest.mark.parametrize(("replica", "engine_name", "failed"), [
+    ("failing--1-0", "beta-0123456789ab", True),
+    ("failing--2-2", "beta", True),
+    ("chat--1-0", "beta-0123456789ab", False),  # another app's replica
+    ("failing--1-0", "alpha-0123456789ab", False),
+    ("failing--1-0", None, False),  # the base model
+])
+def test_fail_chat_matches_replica_and_adapter(
+    monkeypatch: pytest.MonkeyPatch, replica: str, engine_name: str | None, failed: bool
+) -> None:
+    monkeypatch.setenv(FAIL_CHAT_ENV, "failing--*:beta")
+    monkeypatch.setenv("CONTAINER_APP_REPLICA_NAME", replica)
+    if failed:
+        with pytest.raises(EngineError, match=f"failed by the test hook {FAIL_CHAT_ENV}") as caught:
+            check_chat(engine_name)
+        assert not isinstance(caught.value, AdapterLoadError)  # an engine failure (500), not a refused load
+    else:
+        check_chat(engine_name)
+
+
+def test_fail_chat_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FAIL_CHAT_ENV, raising=False)
+    monkeypatch.setenv("CONTAINER_APP_REPLICA_NAME", "failing--1-0")
+    check_chat("beta-0123456789ab")
+    monkeypatch.setenv(FAIL_CHAT_ENV, "no colon")
+    with pytest.raises(EngineError, match="must be"):
+        check_chat("beta")
+
+
+async def _first(engine: TransformersEngine, adapter: str) -> None:
+    await anext(engine.chat(ChatRequest(messages=[{"role": "user", "content": "hi"}], adapter=adapter)))
+
+
+def test_the_transformers_engine_fails_the_chat_before_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's generate path calls the hook: the first delta raises, even on an engine that never started."""
+    monkeypatch.setenv(FAIL_CHAT_ENV, "*:beta")
+    engine = TransformersEngine(Path("/no/model"), "tiny")  # never started
+    with pytest.raises(EngineError, match="test hook"):
+        asyncio.run(_first(engine, "beta-0123456789ab"))
+    with pytest.raises(EngineNotReady):  # not failed by the hook: on to admission, which finds no engine
+        asyncio.run(_first(engine, "alpha-0123456789ab"))
