@@ -29,7 +29,7 @@ from activities.services import Services
 from devhost.azurite import Azurite
 from devhost.host import DevHost
 from inference_image.inference_server.manifest import AdapterEntry, Manifest
-from orchestrations import lifecycle, starters, status_api
+from orchestrations import lifecycle, progressive_api, starters, status_api
 from tests.activities.lora_builder import adapter_files, write_adapter
 
 pytestmark = pytest.mark.azurite
@@ -55,7 +55,7 @@ async def host(azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     apps = LocalApps(platform, lambda name: AppSpec(app=name, image="local"))
     svc = Services(Settings(base_model_name="tiny-llama", platform="local"), store,
                    LocalFolderTarget(tmp_path / "store"), apps, DeploymentRecords(store))
-    for module in (activity_functions, status_api, starters, lifecycle):
+    for module in (activity_functions, status_api, starters, lifecycle, progressive_api):
         monkeypatch.setattr(module, "services", lambda: svc)
     woken: list[str] = []
 
@@ -391,3 +391,61 @@ async def test_rollback_with_an_unreadable_manifest_uses_the_records(host) -> No
     manifest.write_text("{not json")
     status, body = await call(host, "POST", "apps/rbbad/rollback")
     assert status == 202 and body["rollback_of"] == beta_v and body["rollback_to"] == alpha_v, body
+
+
+async def test_policy_routes(host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET|PUT|DELETE /api/apps/{app}/policy`: 404 for an unknown app, 400 naming the field, the app's own policy
+    stored and winning over the ROLLOUT_POLICY setting, removed again by DELETE."""
+    monkeypatch.delenv("ROLLOUT_POLICY", raising=False)
+    status, body = await call(host, "GET", "apps/ghost/policy")
+    assert status == 404 and "ghost" in body["error"]["message"]
+    upload(host, "pol", "alpha", "1")
+    assert await call(host, "GET", "apps/pol/policy") == (200, {"app": "pol", "policy": None, "effective": None,
+                                                               "source": "none"})
+    status, body = await call(host, "PUT", "apps/pol/policy", {"canary": {"steps": [10, 60]}})
+    assert status == 400 and "canary.steps must increase and end with 100" in body["error"]["message"]
+    async with host.http.put("/api/apps/pol/policy", data=b"{nope") as resp:
+        assert resp.status == 400 and "not valid JSON" in (await resp.json())["error"]["message"]
+    status, body = await call(host, "PUT", "apps/pol/policy", {"canary": {"steps": [25, 100], "hold_s": 5}})
+    assert status == 200 and body["source"] == "app" and body["policy"]["canary"]["steps"] == [25, 100]
+    monkeypatch.setenv("ROLLOUT_POLICY", json.dumps({"approval": {"required": True}}))
+    status, body = await call(host, "GET", "apps/pol/policy")
+    assert body["source"] == "app" and body["effective"]["canary"]["hold_s"] == 5.0
+    status, body = await call(host, "DELETE", "apps/pol/policy")
+    assert status == 200 and body["policy"] is None and body["source"] == "setting"
+    assert body["effective"]["approval"]["required"] is True
+
+
+async def test_decisions_reach_only_a_rollout_in_a_stage_that_takes_them(host) -> None:
+    """`POST /api/deployments/{id}/{action}`: 404 unknown action or id, 409 naming the stage and what it takes,
+    400 for a bad `by`, 202 and the `rollout_action` event delivered to the rollout's instance."""
+    done = upload(host, "act", "alpha", "1")
+    host.svc.records.ingest("act")
+    rid = done.deployment_id
+    status, body = await call(host, "POST", f"deployments/{rid}/launch")
+    assert status == 404 and "unknown action 'launch'" in body["error"]["message"]
+    status, body = await call(host, "POST", "deployments/act.20260101T000000000000-r000000/promote")
+    assert status == 404
+    status, body = await call(host, "POST", f"deployments/{rid}/promote")
+    assert status == 409 and body["stage"] == "received" and body["accepts"] == []
+    # a running instance stands in for the rollout (an idle reconciler of another app: it ignores the event)
+    instance = "stand-in-rollout"
+    host.devhost.worker.start_new("reconcile", instance, json.dumps({"app": "other"}))
+    host.svc.records.update("act", rid, {"stage": "canary", "instance_id": instance})
+    status, body = await call(host, "POST", f"deployments/{rid}/approve")
+    assert status == 409 and body["accepts"] == ["promote", "abort"] and "is canary" in body["error"]["message"]
+    status, body = await call(host, "POST", f"deployments/{rid}/abort", {"by": "x" * 101})
+    assert status == 400
+    status, body = await call(host, "POST", f"deployments/{rid}/abort", {"by": "ana"})
+    assert status == 202 and body == {"id": rid, "action": "abort", "stage": "canary", "by": "ana"}
+    raised: list[dict] = []
+    for _ in range(100):
+        raised = [json.loads(e["Input"]) for e in host.devhost.store.history(instance)
+                  if e.get("Name") == "rollout_action"]
+        if raised:
+            break
+        await asyncio.sleep(0.05)
+    assert raised == [{"action": "abort", "by": "ana"}]
+    host.svc.records.update("act", rid, {"stage": "rolled_back"})
+    status, body = await call(host, "POST", f"deployments/{rid}/abort")
+    assert status == 409 and body["stage"] == "rolled_back"
