@@ -182,8 +182,8 @@
     const app = state.selectedRecord && state.selectedRecord.app;
     if (app && (!state.policy || state.policy.app !== app || !TERMINAL.has(state.selectedRecord.stage))) {
       state.policy = await api(`${appPath(app)}/policy`).catch((error) => {
-        if (error instanceof ApiError && error.status === 404) return null; // the app is gone
-        throw error;
+        if (!(error instanceof ApiError) || error.status === 401 || error.status === 403) throw error;
+        return error.status === 404 ? null : { app, error: error.message }; // gone; or shown in its place
       });
     }
   }
@@ -381,7 +381,8 @@
     $("policy-section").hidden = !answer;
     if (!answer) return;
     $("policy-title").textContent = `Rollout policy of ${answer.app}`;
-    $("policy-source").textContent = `Source: ${POLICY_SOURCES[answer.source] || answer.source}`;
+    $("policy-source").textContent = answer.error ? `Cannot read it: ${answer.error}`
+      : `Source: ${POLICY_SOURCES[answer.source] || answer.source}`;
     $("policy").textContent = answer.effective ? JSON.stringify(answer.effective, null, 2) : "";
     $("policy").hidden = !answer.effective;
   }

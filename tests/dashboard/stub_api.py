@@ -98,6 +98,7 @@ class StubApi:
     #: still shows the old one: the stand-in answers 409 as the API does).
     decisions: list[tuple[str, bytes]] = field(default_factory=list)
     moved_on: dict[str, str] = field(default_factory=dict)
+    bad_policy: dict[str, str] = field(default_factory=dict)  # app -> why its stored policy does not parse
 
     def __post_init__(self) -> None:
         start = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -166,6 +167,9 @@ class StubApi:
 
     async def _policy(self, request: web.Request) -> web.Response:
         app = request.match_info["app"]
+        if app in self.bad_policy:  # as the API answers a stored policy that no longer parses
+            return web.json_response({"error": {"message": f"policy_invalid: {self.bad_policy[app]}", "status": 500}},
+                                     status=500)
         own = POLICY if app in self.progressive else None
         return web.json_response({"app": app, "policy": own, "effective": own, "source": "app" if own else "none"})
 

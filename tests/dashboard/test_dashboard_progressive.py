@@ -148,6 +148,12 @@ def test_ended_and_plain_rollouts_offer_no_decision(page: Page, stub: StubApi) -
         "Source: none: rollouts go to all traffic after the smoke chat")
     assert page.locator("button[data-action=abort], button[data-action=promote]").count() == 0
 
+    stub.bad_policy[APP] = "policy.canary.steps: must end at 100"  # shown in its place, the page reads on
+    _open(page, stub.records[APP][0]["id"])
+    expect(page.locator("#policy-source")).to_have_text(
+        "Cannot read it: policy_invalid: policy.canary.steps: must end at 100", timeout=5000)
+    expect(page.get_by_role("status")).to_have_text("")
+
 
 def test_decisions_carry_the_key_as_a_header_only(browser: Browser) -> None:
     key = "stub-key-abcdef0123"
