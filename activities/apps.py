@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 from activities.config import InferenceConfig, ProvisionParameters, Settings
@@ -140,9 +141,18 @@ class AcaApps:
         return {"ok": True, **self.provisioner.run_step(step, self._plan(app)).to_dict()}
 
 
+def template_replicas(settings: Settings) -> int:
+    """The template's `maximumInstanceCount` (`settings.parameters_path`), 1 when the file is absent or leaves it
+    null; a malformed file raises `ConfigError` as provisioning's read does."""
+    if not Path(settings.parameters_path).is_file():
+        return 1
+    return ProvisionParameters.load(settings.parameters_path).maximum_instance_count or 1
+
+
 def local_spec(settings: Settings, app: str, env: dict[str, str], secret_name: str) -> AppSpec:
     """The local process's spec: the API key travels as a platform secret, never in orchestration history; the
-    platform generates the admin key."""
+    platform generates the admin key. `max_replicas` is the template's, as on ACA: the local platform runs that many
+    replicas unless `LOCAL_REPLICAS` says otherwise."""
     secrets = {secret_name: settings.inference_api_key} if settings.inference_api_key else {}
     return AppSpec(
         app=app,
@@ -151,4 +161,5 @@ def local_spec(settings: Settings, app: str, env: dict[str, str], secret_name: s
         env=dict(env),
         secrets=secrets,
         generated_secrets=(ADMIN_KEY_SECRET,),
+        max_replicas=template_replicas(settings),
     )

@@ -23,6 +23,7 @@ from activities.platform.base import ADMIN_KEY_SECRET, AppSpec, PlatformError, g
 from activities.platform.local import LocalPlatform, LocalPlatformSettings
 
 STANDIN = Path(__file__).resolve().parents[1] / "standin_server.py"
+TEMPLATE_PARAMETERS = Path(__file__).resolve().parents[3] / "infra/provision/inference.parameters.json"
 SPEC = AppSpec(
     app="chat",
     image="local",
@@ -220,6 +221,46 @@ def test_local_spec_asks_for_an_admin_key() -> None:
     settings = Settings(base_model_name="tiny-llama", inference_api_key="chat")
     spec = local_spec(settings, "chat", {}, "inference-api-keys")
     assert spec.secrets == {"inference-api-keys": "chat"} and spec.generated_secrets == (ADMIN_KEY_SECRET,)
+
+
+def parameters_file(folder: Path, count: int | None) -> Path:
+    """A copy of the template's inference.parameters.json with `maximumInstanceCount` set to `count`."""
+    data = json.loads(TEMPLATE_PARAMETERS.read_text())
+    data["parameters"]["maximumInstanceCount"]["value"] = count
+    path = folder / "inference.parameters.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(("count", "spec_replicas", "local_setting", "replicas"), [
+    (3, 3, None, 3),  # the template's count when LOCAL_REPLICAS is unset
+    (3, 3, "2", 2),  # the setting wins
+    (None, 1, None, 1),  # null in the template: one
+    (20, 20, None, 8),  # the local platform's bound
+])
+def test_local_spec_takes_the_templates_replica_count(
+    settings: LocalPlatformSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int | None, spec_replicas: int,
+    local_setting: str | None, replicas: int
+) -> None:
+    """`local_spec`'s max_replicas is the template's maximumInstanceCount, so the local platform runs that many
+    replicas unless LOCAL_REPLICAS says otherwise."""
+    app_settings = Settings(base_model_name="tiny-llama", parameters_path=str(parameters_file(tmp_path, count)))
+    spec = local_spec(app_settings, "chat", {}, "inference-api-keys")
+    assert spec.max_replicas == spec_replicas
+    if local_setting is None:
+        monkeypatch.delenv("LOCAL_REPLICAS", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_REPLICAS", local_setting)
+    assert LocalPlatform(settings).replica_count(spec) == replicas
+
+
+def test_local_spec_without_a_template_runs_one_replica_and_reads_the_shipped_one(tmp_path: Path) -> None:
+    absent = Settings(base_model_name="tiny-llama", parameters_path=str(tmp_path / "absent.json"))
+    assert local_spec(absent, "chat", {}, "inference-api-keys").max_replicas == 1
+    shipped = json.loads(TEMPLATE_PARAMETERS.read_text())
+    expected = shipped["parameters"]["maximumInstanceCount"]["value"] or 1
+    in_repo = Settings(base_model_name="tiny-llama", parameters_path=str(TEMPLATE_PARAMETERS))
+    assert local_spec(in_repo, "chat", {}, "inference-api-keys").max_replicas == expected
 
 
 # --- heal --------------------------------------------------------------------------------------------------------
