@@ -13,6 +13,9 @@ its `candidate`:
    judged against live (`canary_analysis`); a failing step ends the rollout (rolled back to the manifest it
    replaced, weight 0 with it). `promote` skips the remaining steps; `abort` ends the rollout.
 
+While it waits (approval, a canary hold), a newer deployment accepted for the app ends it `superseded` (rolled
+back), so a long hold never keeps the newest upload waiting (`supersede`, sent by the starters, checked here).
+
 Then the rollout promotes (the candidate becomes the active adapter) and verifies as without a policy. Every
 failure here is the candidate's (cause `content`: the reconciler does not retry it) except a replica or the
 endpoint failing to show the manifest in time (`transient`). No I/O here.
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 
 #: The external event a person's decision arrives as: `{"action": one of ACTIONS, "by": str | None}`.
 ACTION_EVENT = "rollout_action"
+#: Sent by the starters when a newer deployment is accepted while a rollout waits in one of these stages.
+SUPERSEDE = "supersede"
 #: Which actions a rollout takes in which stage (the actions API refuses the others with 409).
 ACTIONS_BY_STAGE: dict[str, tuple[str, ...]] = {
     Stage.AWAITING_APPROVAL: ("approve", "reject", "abort"),
@@ -169,9 +174,19 @@ class Progressive:
                     timer.cancel()
             self.pending_event = None
             action = event.result if isinstance(event.result, dict) else {}
-            if action.get("action") in accepted:
+            if action.get("action") == SUPERSEDE:
+                yield from self.give_way()
+            elif action.get("action") in accepted:
                 return {"action": action["action"], "by": action.get("by"),
                         "at": self.ctx.current_utc_datetime.isoformat()}
+
+    def give_way(self) -> Generator[Any, Any, None]:
+        """A newer deployment was accepted while this rollout waits (the starters send `supersede`): end
+        superseded (rolled back) when the app's newest open record is another one; a stale hint is ignored."""
+        open_records = yield from self.ro.call(Activity.INGEST_RECORDS, app=self.ro.req.app)
+        newest = open_records[-1]["id"] if open_records else None
+        if newest is not None and newest != self.ro.req.deployment_id:
+            raise RolloutFailed(f"superseded by {newest} while {self.ro.status.stage}", Cause.SUPERSEDED)
 
     def await_approval(self) -> Generator[Any, Any, None]:
         timeout = self.policy.approval.timeout_s

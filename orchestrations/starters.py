@@ -30,6 +30,7 @@ from activities.validation import APP_NAME_PATTERN, check_name
 
 from .http_util import BadRequest, answers_bad_requests, app_name, json_body, json_response
 from .policies import RolloutTiming
+from .progressive import ACTION_EVENT, ACTIONS_BY_STAGE, SUPERSEDE
 from .provision import PROVISION_ORCHESTRATOR, RESTART_ORCHESTRATOR
 from .reconcile import RECONCILE_ORCHESTRATOR, WAKE_EVENT, ReconcileState, reconcile_instance_id
 
@@ -46,12 +47,15 @@ LIVE_STATES = {
 }
 
 
-async def wake_reconciler(client: df.DurableOrchestrationClient, app: str, reason: str) -> str:
-    """Start the app's reconciler, or wake it if it runs; returns its instance id."""
+async def wake_reconciler(client: df.DurableOrchestrationClient, app: str, reason: str, newer: bool = False) -> str:
+    """Start the app's reconciler, or wake it if it runs; returns its instance id. `newer`: a deployment was just
+    accepted, so a rollout waiting for a person or in a canary hold is told to give way (`supersede`)."""
     instance_id = reconcile_instance_id(app)
     status = await client.get_status(instance_id)
     if status and status.runtime_status in LIVE_STATES:
         await client.raise_event(instance_id, WAKE_EVENT, {"reason": reason})
+        if newer:
+            await _supersede_waiting_rollout(client, status, reason)
         return instance_id
     state = ReconcileState(app=app, timing=RolloutTiming.from_env().to_dict())
     try:
@@ -62,6 +66,20 @@ async def wake_reconciler(client: df.DurableOrchestrationClient, app: str, reaso
             raise
         await client.raise_event(instance_id, WAKE_EVENT, {"reason": reason})
     return instance_id
+
+
+async def _supersede_waiting_rollout(client: df.DurableOrchestrationClient, reconciler: df.DurableOrchestrationStatus,
+                                     reason: str) -> None:
+    """Tell the rollout the reconciler runs to give way when it waits (approval, canary hold); the rollout checks
+    that a newer record exists before it ends superseded."""
+    phase = reconciler.custom_status if isinstance(reconciler.custom_status, dict) else {}
+    rollout_id = phase.get("instance_id") if phase.get("phase") == "rolling_out" else None
+    if not rollout_id:
+        return
+    rollout = await client.get_status(rollout_id)
+    progress = rollout.custom_status if rollout and isinstance(rollout.custom_status, dict) else {}
+    if progress.get("stage") in ACTIONS_BY_STAGE:
+        await client.raise_event(rollout_id, ACTION_EVENT, {"action": SUPERSEDE, "by": reason})
 
 
 def _status_url(req: func.HttpRequest, instance_id: str) -> str:
@@ -85,7 +103,7 @@ async def on_adapter_uploaded(marker: func.InputStream, client: df.DurableOrches
         await asyncio.to_thread(services().records.ingest, app)  # the record exists before anyone asks
     except Exception:  # noqa: BLE001 - storage hiccup: the reconciler's own pass makes the record
         log.warning("could not record upload %r now; the reconciler will", marker.name, exc_info=True)
-    instance_id = await wake_reconciler(client, app, f"upload {parts[-2]}")
+    instance_id = await wake_reconciler(client, app, f"upload {parts[-2]}", newer=True)
     log.info("adapter upload %r recorded; reconciler %s woken", parts[-2], instance_id)
 
 
@@ -130,7 +148,7 @@ async def request_deployment(req: func.HttpRequest, client: df.DurableOrchestrat
     if deleting is not None:
         raise BadRequest(f"app {app!r} is being deleted ({deleting.get('id')}); deploy again once that ended", 409)
     record = await asyncio.to_thread(records.create_request, app, adapter, force_restart, expect_sha256, **extra)
-    await wake_reconciler(client, app, f"deploy request {record['id']}")
+    await wake_reconciler(client, app, f"deploy request {record['id']}", newer=True)
     url = _status_url(req, record["id"])
     return json_response({"id": record["id"], "app": app, "adapter": adapter, **extra, "status_url": url}, 202,
                          {"Location": url})

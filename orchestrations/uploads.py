@@ -247,7 +247,7 @@ async def _record_and_wake(client: df.DurableOrchestrationClient, app: str, adap
 
     try:
         await asyncio.to_thread(services().records.ingest, app)
-        await wake_reconciler(client, app, f"browser upload {adapter}")
+        await wake_reconciler(client, app, f"browser upload {adapter}", newer=True)
     except Exception:  # noqa: BLE001 - the upload is done; the blob trigger and the heal timer finish this
         log.warning("upload of %s to %s: could not record it or wake the reconciler now; the blob trigger will",
                     adapter, app, exc_info=True)

@@ -53,6 +53,7 @@ class World:
     writes: list[dict[str, Any] | None] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     metric_reads: int = 0
+    open_records: list[str] = field(default_factory=lambda: ["app.1"])  # ids of the app's open records, oldest first
     slow_probe_at: float | None = None  # the first probe of the manifest with this candidate weight takes 0.5 s
 
     def report(self) -> dict[str, Any]:
@@ -141,6 +142,10 @@ def stand_in_app(w: World) -> df.DFApp:
                                "cases": [{"ok": i < passed, "why": None if i < passed else "no 'hello'"}
                                          for i in range(total)]}
         return {"ok": True, "scores": scores}
+
+    @activity(Activity.INGEST_RECORDS)
+    def ingest_records(payload: dict) -> list[dict]:
+        return [{"id": rid} for rid in w.open_records]
 
     @activity(Activity.REPLICA_METRICS)
     def replica_metrics(payload: dict) -> dict:
@@ -341,3 +346,22 @@ async def test_a_decision_sent_while_the_weight_moves_is_taken_by_the_next_hold(
     out = await run.outcome()
     assert out["stage"] == "live"
     assert [a["verdict"] for a in out["canary"]["analysis"]] == ["pass", "promote"]
+
+
+@pytest.mark.parametrize("stage", ["canary", "awaiting_approval"])
+async def test_a_newer_deployment_ends_a_waiting_rollout_superseded(start, stage: str) -> None:
+    """`supersede` (from the starters) while the rollout waits: a newer open record ends it superseded and rolled
+    back; the same hint without a newer record (stale) is ignored and the wait goes on."""
+    policy = ({"canary": {"steps": [10, 100], "hold_s": 60}} if stage == "canary"
+              else {"approval": {"required": True, "timeout_s": 60}})
+    w = World(policy=policy)
+    run = await start(w)
+    await run.when(stage)
+    run.act("supersede", by="upload beta")  # stale: this rollout's record is the newest open one
+    await asyncio.sleep(0.3)
+    assert await run.stage() == stage and "ingest_records" in w.calls
+    w.open_records.append("app.2")
+    run.act("supersede", by="upload beta")
+    out = await run.outcome()
+    assert out["stage"] == "rolled_back" and out["cause"] == "superseded"
+    assert out["reason"] == f"superseded by app.2 while {stage}" and w.writes[-1] == PREVIOUS
