@@ -111,6 +111,9 @@ async def list_models(request: web.Request) -> web.Response:
          "version": active.version if active else None},
     ]
     data += [{**card, "id": ref.name, "root": ref.name, "parent": base, "version": ref.version} for ref in registry.refs()]
+    if (candidate := registry.candidate) is not None:  # a canary candidate is asked by its version string
+        data.append({**card, "id": candidate.version, "root": candidate.name, "parent": base,
+                     "version": candidate.version, "candidate": True})
     return web.json_response({"object": "list", "data": data})
 
 
@@ -146,8 +149,8 @@ async def admin_adapters(request: web.Request) -> web.Response:
         for ref in registry.refs()
     ]
     return web.json_response({"alias": registry.alias, "active": registry.active, "adapters": adapters,
-                              "retiring": registry.retiring, "engine_adapters": state.engine.loaded_adapters(),
-                              **state.syncer.status()})
+                              "candidate": state.candidate(), "retiring": registry.retiring,
+                              "engine_adapters": state.engine.loaded_adapters(), **state.syncer.status()})
 
 
 @routes.post("/admin/sync")

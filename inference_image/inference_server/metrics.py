@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +68,38 @@ class ServerMetrics:
 #: Bounds (ms) of the per-version time-to-first-token histogram in each replica's report (docs/rollouts.md):
 #: `counts[i]` holds the samples in (bounds[i-1], bounds[i]], the last entry those above the last bound.
 TTFT_MS_BOUNDS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+class VersionMetrics:
+    """Per-version counters for the replica report (cumulative since the process started; the orchestrator diffs
+    two snapshots with `diff`): chat requests that reached routing, those that ended in a 5xx or failed mid-stream,
+    and a time-to-first-token histogram on `TTFT_MS_BOUNDS`. Keys are served versions (the base model's name for
+    base-model requests), so they grow only with what the manifest loads."""
+
+    def __init__(self) -> None:
+        self._by_version: dict[str, dict[str, Any]] = {}
+
+    def _entry(self, version: str) -> dict[str, Any]:
+        entry = self._by_version.get(version)
+        if entry is None:
+            entry = self._by_version[version] = {"requests": 0, "errors": 0, "counts": [0] * (len(TTFT_MS_BOUNDS) + 1)}
+        return entry
+
+    def request(self, version: str) -> None:
+        self._entry(version)["requests"] += 1
+
+    def error(self, version: str) -> None:
+        self._entry(version)["errors"] += 1
+
+    def ttft(self, version: str, seconds: float) -> None:
+        """One time to first token (streaming) or to the whole answer (non-streaming)."""
+        self._entry(version)["counts"][bisect.bisect_left(TTFT_MS_BOUNDS, seconds * 1000.0)] += 1
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """`{version: {"requests", "errors", "ttft_ms": {"le", "counts"}}}` (copies)."""
+        return {version: {"requests": e["requests"], "errors": e["errors"],
+                          "ttft_ms": {"le": list(TTFT_MS_BOUNDS), "counts": list(e["counts"])}}
+                for version, e in self._by_version.items()}
 
 
 def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> dict[str, Any]:

@@ -111,12 +111,14 @@ class ParsedChat:
     """A validated request: the `model` the client asked for, its stream options, and the engine request.
 
     `max_tokens_given`: the client set max_tokens (else the default applies and may be cut to fit the context).
+    `user`: OpenAI's end-user id when it is a non-empty string (the canary's caller key), else None.
     """
 
     model: str
     request: ChatRequest
     include_usage: bool = False
     max_tokens_given: bool = False
+    user: str | None = None
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -181,7 +183,9 @@ def parse_chat_request(
         stream=stream,
     )
     given = data.get("max_completion_tokens") is not None or data.get("max_tokens") is not None
-    return ParsedChat(model=model, request=request, include_usage=stream and _include_usage(data), max_tokens_given=given)
+    user = data.get("user")
+    return ParsedChat(model=model, request=request, include_usage=stream and _include_usage(data), max_tokens_given=given,
+                      user=user if isinstance(user, str) and user else None)
 
 
 def sampling_fields(data: dict[str, Any], defaults: SamplingDefaults) -> SamplingDefaults:

@@ -12,9 +12,11 @@ The report (schema 1) — `build_report()` is its only writer, `parse_report()` 
     schema, replica_id, host, pid, revision (CONTAINER_APP_REVISION or null), started_at, heartbeat_at (UTC ISO),
     sync_interval_s, alias, alias_target (adapter or base model name; null while the alias is unavailable),
     alias_version, alias_unavailable (why, or null), adapters ({name: {version, sha256}} loaded),
-    load_errors ({name: {version, sha256, reason}} the engine refused), manifest_updated_at (the `updated_at` of
-    the manifest the latest sync read), converged (the alias serves that manifest's active version), engine_ready,
-    draining, last_sync_error.
+    load_errors ({name: {version, sha256, reason}} the engine refused, the candidate's too), candidate
+    ({adapter, version, weight, loaded} or null), metrics ({version: {requests, errors, ttft_ms: {le, counts}}},
+    metrics.py `VersionMetrics`), manifest_updated_at (the `updated_at` of the manifest the latest sync read),
+    converged (the alias serves that manifest's active version and the candidate is its candidate at its weight),
+    engine_ready, draining, last_sync_error.
 
 Stale rule (`stale_after_s`): a report is stale when its heartbeat is older than max(3 × the replica's own
 `sync_interval_s`, 30 s): three missed syncs, and never less than 30 s so that clock skew between the replica and

@@ -5,6 +5,11 @@ and a prompt whose tokens plus `max_tokens` exceed the context (the model's own,
 without `max_tokens` the default is cut to what fits. Engines that cannot count prompt tokens (SGLang) only get
 the `max_tokens` check here and refuse long prompts themselves (`EngineRequestError`, also a 400).
 
+Routing (registry.py): the alias may send a caller to the canary candidate; the caller's key is the body's `user`,
+else the `X-Session-Id` header. Every answer carries `X-Served-Model` and, for an adapter, `X-Adapter-Version`; the
+per-version counters of the replica report (metrics.py `VersionMetrics`) count each routed request, its time to
+first token (to the whole answer when not streaming), and an error when it ends in a 5xx or fails mid-stream.
+
 Engines that speak OpenAI SSE themselves (`open_sse(request, include_usage=...)`, SGLang) are relayed byte for
 byte from the upstream socket to the client's (relay.py); other engines' `ChatDelta`s are encoded here. The hot path
 does one JSON parse of the body, one registry lookup and a few counter updates; per upstream read on the
@@ -46,6 +51,7 @@ from .state import ServerState
 
 log = logging.getLogger(__name__)
 
+SESSION_HEADER = "X-Session-Id"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
 
@@ -69,7 +75,7 @@ class ChatService:
                                         max_tokens_cap=state.config.max_tokens_cap, defaults=state.sampling_defaults)
             parsed = await self._fit_context(parsed)
             state.check_admission()
-            lease = state.registry.acquire(parsed.model)
+            lease = state.registry.acquire(parsed.model, parsed.user or request.headers.get(SESSION_HEADER))
         except UnknownModelError as exc:
             state.metrics.error("", 404, "model_not_found")  # labels never carry client-chosen strings
             raise unknown_model(exc.args[0]) from exc
@@ -80,10 +86,16 @@ class ChatService:
             state.metrics.error("", exc.status, exc.code or exc.type)
             raise
         state.begin()  # synchronous with acquire: drain sees every routed request
+        state.versions.request(lease.route.label)
         try:
             return await self._serve(request, parsed, lease, started)
         except ApiError as exc:
             state.metrics.error(lease.route.served_model, exc.status, exc.code or exc.type)
+            if exc.status >= 500:
+                state.versions.error(lease.route.label)
+            raise
+        except Exception:
+            state.versions.error(lease.route.label)
             raise
         finally:
             lease.release()
@@ -149,6 +161,7 @@ class ChatService:
                 final = delta
         body = completion_json(_completion_id(), int(time.time()), model, "".join(parts), final.finish_reason, final.usage)
         self._observe(headers["X-Served-Model"], 200, started, ttft, final.usage)
+        self._state.versions.ttft(_label(headers), time.perf_counter() - started)
         return web.json_response(body, headers=headers)
 
     async def _forward(
@@ -161,8 +174,9 @@ class ChatService:
     ) -> web.StreamResponse:
         """Relay an upstream SSE response (its status already 200) from socket to socket."""
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        outcome = _Outcome()
         try:
-            async with _mid_stream_failures(response):
+            async with _mid_stream_failures(response, outcome):
                 await upstream.forward(request, response, _content_deltas, _error_event)
         finally:
             upstream.release()
@@ -170,9 +184,11 @@ class ChatService:
             log.error("engine failed mid-stream: %s", upstream.stream_error)
             error = _client_error(upstream.stream_error)  # the request still counts as a 200 below
             self._state.metrics.errors.labels(error.code or error.type).inc()
+            outcome.failed = True
         first = upstream.first_byte_at
         ttft = first - started if first is not None else None
         self._state.metrics.observe(served, 200, time.perf_counter() - started, ttft, upstream.counted)
+        self._versions_done(_label(headers), ttft, outcome)
         return response
 
     async def _relay(
@@ -189,8 +205,9 @@ class ChatService:
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
         await response.prepare(request)
         tokens = _content_deltas(first)
+        outcome = _Outcome()
         try:
-            async with _mid_stream_failures(response):
+            async with _mid_stream_failures(response, outcome):
                 await response.write(first)
                 async for chunk in stream:
                     tokens += _content_deltas(chunk)
@@ -198,6 +215,7 @@ class ChatService:
         finally:
             await _aclose(stream)
         self._state.metrics.observe(served, 200, time.perf_counter() - started, ttft, tokens)
+        self._versions_done(_label(headers), ttft, outcome)
         return response
 
     async def _stream(
@@ -212,20 +230,43 @@ class ChatService:
         chunks = _sse_chunks(self._state.engine.chat(engine_request), parsed.model, parsed.include_usage)
         return await self._relay(request, headers["X-Served-Model"], chunks, headers, started)
 
+    def _versions_done(self, label: str, ttft: float | None, outcome: _Outcome) -> None:
+        """A stream that went out: its time to first token, and an error when it failed mid-stream."""
+        if ttft is not None:
+            self._state.versions.ttft(label, ttft)
+        if outcome.failed:
+            self._state.versions.error(label)
+
     def _observe(self, served: str, status: int, started: float, ttft: float | None, usage: Usage | None) -> None:
         tokens = usage.completion_tokens if usage else 0
         self._state.metrics.observe(served, status, time.perf_counter() - started, ttft, tokens)
 
 
+class _Outcome:
+    """How a stream that went out ended: `failed` when the engine failed mid-stream."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+def _label(headers: dict[str, str]) -> str:
+    """The per-version metrics key of an answer: its adapter version, else the served (base) model's name."""
+    return headers.get("X-Adapter-Version") or headers["X-Served-Model"]
+
+
 @contextlib.asynccontextmanager
-async def _mid_stream_failures(response: web.StreamResponse) -> AsyncIterator[None]:
-    """After the 200 went out: a client that left is logged, an engine failure ends the stream with an error event."""
+async def _mid_stream_failures(response: web.StreamResponse, outcome: _Outcome) -> AsyncIterator[None]:
+    """After the 200 went out: a client that left is logged, an engine failure ends the stream with an error event
+    (and marks `outcome` failed)."""
     try:
         yield
     except ConnectionResetError:
         log.info("client went away mid-stream")
     except EngineError as exc:
         log.exception("engine failed mid-stream")
+        outcome.failed = True
         await response.write(_error_event(exc))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from .config import ServerConfig
 from .engines.base import Engine, EngineError
 from .generation import read_sampling_defaults
-from .metrics import ServerMetrics
+from .metrics import ServerMetrics, VersionMetrics
 from .protocol import unavailable
 from .registry import AdapterRegistry
 from .replica_state import ReplicaReporter, replica_id
@@ -47,6 +47,7 @@ class ServerState:
         self.reporter = ReplicaReporter(config.replica_state_path, replica_id(), config.sync_interval_s)
         self.syncer = ManifestSyncer(self.registry, config.adapter_store, self.report)
         self.metrics = ServerMetrics(lambda: len(self.registry.refs()), lambda: self.in_flight)
+        self.versions = VersionMetrics()
         self.in_flight = 0
         self.draining = False
         self.started = False
@@ -123,6 +124,8 @@ class ServerState:
             "alias_unavailable": registry.unavailable if active is None else None,
             "adapters": {ref.name: {"version": ref.version, "sha256": ref.sha256} for ref in registry.refs()},
             "load_errors": syncer.load_errors,
+            "candidate": self.candidate(),
+            "metrics": self.versions.snapshot(),
             "manifest_updated_at": syncer.desired.updated_at if syncer.desired else None,
             "converged": syncer.converged,
             "engine_ready": self.started and self.engine.health().ready,
@@ -130,11 +133,22 @@ class ServerState:
             "last_sync_error": syncer.last_error or self.start_error,
         }
 
+    def candidate(self) -> dict[str, Any] | None:
+        """The canary candidate as served (`loaded`), else the manifest's not (yet) loaded one, else None."""
+        ref, want = self.registry.candidate, self.syncer.desired.candidate if self.syncer.desired else None
+        if ref is not None:
+            return {"adapter": ref.name, "version": ref.version, "weight": self.registry.candidate_weight,
+                    "loaded": True}
+        if want is not None:
+            return {"adapter": want.adapter, "version": want.version, "weight": want.weight, "loaded": False}
+        return None
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready = engine up, desired adapter served, not draining; with the details either way."""
+        """Ready = engine up, desired adapter served by the alias, not draining (the candidate does not count: its
+        `candidate` entry says how it stands); with the details either way."""
         health = self.engine.health()
         active = self.registry.active_ref
-        ready = self.started and health.ready and self.syncer.converged and not self.draining
+        ready = self.started and health.ready and self.syncer.alias_converged and not self.draining
         detail: dict[str, Any] = {
             "ready": ready,
             "engine": {"name": self.engine.name, "ready": health.ready, "detail": health.detail or self.start_error},
@@ -142,6 +156,7 @@ class ServerState:
             "alias": self.registry.alias,
             "served_model": self.registry.alias_target,
             "served_version": active.version if active else None,
+            "candidate": self.candidate(),
             **self.syncer.status(),
         }
         return ready, detail

@@ -2,8 +2,10 @@
 
 One `sync_once()` at a time (a lock): read the manifest, verify and load new or changed adapters (identity =
 sha256 over the folder, checked against the manifest before loading), point the alias at the active adapter,
-then retire adapters the manifest dropped. A bad adapter is skipped: the previous version keeps serving and the
-error is reported by `/ready` (`load_errors`, by adapter name) until a later sync loads it or the manifest drops it.
+then retire adapters the manifest dropped, then load (or drop) the canary candidate and set its weight. A bad adapter
+is skipped: the previous version keeps serving and the error is reported by `/ready` (`load_errors`, by adapter
+name, the entry's `version` saying which) until a later sync loads it or the manifest drops it. A refused candidate
+is reported the same way and takes no traffic (nor does the candidate it was to replace).
 `run()` repeats this on an interval. After every sync, `on_synced` runs (the server writes its replica report,
 replica_state.py).
 
@@ -75,7 +77,18 @@ class ManifestSyncer:
 
     @property
     def converged(self) -> bool:
-        """True when the alias serves the manifest's active adapter at the manifest's digest."""
+        """True when the alias serves the manifest's active adapter and the candidate (version, digest and weight)
+        is the manifest's (the replica report's `converged`)."""
+        if not self.alias_converged:
+            return False
+        want, have = self.desired.candidate if self.desired else None, self._registry.candidate
+        if want is None or have is None:
+            return want is None and have is None
+        return (have.version, have.sha256, self._registry.candidate_weight) == (want.version, want.sha256, want.weight)
+
+    @property
+    def alias_converged(self) -> bool:
+        """True when the alias serves the manifest's active adapter at the manifest's digest (what `/ready` needs)."""
         if self.last_report is None:
             return False
         if self.desired is None:
@@ -113,7 +126,7 @@ class ManifestSyncer:
         if manifest is None:  # none (e.g. a first deploy rolled back): the alias means the base model
             self.desired, self.load_errors = None, {}
             self._registry.set_active(None)
-            retired = await self._retire(Manifest(adapters={}, active=None))
+            retired = await self._retire(Manifest(adapters={}, active=None)) + await self._drop_candidate()
             return self._finish(SyncReport(retired=retired, active=self._registry.active))
         self.desired = manifest
         report = await self._converge(manifest)
@@ -122,6 +135,12 @@ class ManifestSyncer:
             for name, entry in manifest.adapters.items()
             if name in report.errors
         }
+        candidate = manifest.candidate
+        if candidate is not None and candidate.version in report.errors:
+            # By adapter name like the others; by version only when the live entry of that name failed too.
+            key = candidate.version if candidate.adapter in self.load_errors else candidate.adapter
+            self.load_errors[key] = {"version": candidate.version, "sha256": candidate.sha256,
+                                     "reason": report.errors[candidate.version]}
         return self._finish(report)
 
     def _finish(self, report: SyncReport) -> SyncReport:
@@ -162,7 +181,33 @@ class ManifestSyncer:
             )
         # else: the new active adapter failed; the alias keeps serving the previous one.
         retired += await self._retire(manifest)
+        retired += await self._converge_candidate(manifest, loaded, errors)
         return SyncReport(loaded=loaded, retired=retired, errors=errors, active=registry.active)
+
+    async def _converge_candidate(self, manifest: Manifest, loaded: list[str], errors: dict[str, str]) -> list[str]:
+        """Load the manifest's candidate (or only set its weight), or drop it; its version goes into `loaded` or
+        `errors`, a dropped one's into the list returned."""
+        want, registry = manifest.candidate, self._registry
+        if want is None:
+            return await self._drop_candidate()
+        have = registry.candidate
+        fresh = have is None or (have.sha256, have.version) != (want.sha256, want.version)
+        path = self._store / want.path if self._store else Path(want.path)
+        try:
+            if fresh:
+                await self._verify(path, want.sha256)
+            await registry.load_candidate(want.adapter, path, want.sha256, want.version, want.weight)
+        except AdapterLoadError as exc:
+            errors[want.version] = str(exc)
+            log.warning("candidate %s (version %s) not loaded: %s", want.adapter, want.version, exc)
+            return await self._drop_candidate()
+        if fresh:
+            loaded.append(want.version)
+        return []
+
+    async def _drop_candidate(self) -> list[str]:
+        dropped = await self._registry.unload_candidate()
+        return [dropped.version] if dropped else []
 
     async def _retire(self, manifest: Manifest) -> list[str]:
         """Unload the adapters the manifest dropped, except the one the alias serves now."""
