@@ -184,7 +184,7 @@ class ChatService:
             log.error("engine failed mid-stream: %s", upstream.stream_error)
             error = _client_error(upstream.stream_error)  # the request still counts as a 200 below
             self._state.metrics.errors.labels(error.code or error.type).inc()
-            outcome.failed = True
+            outcome.failed = error.status >= 500  # the engine refusing the request is the client's 4xx
         first = upstream.first_byte_at
         ttft = first - started if first is not None else None
         self._state.metrics.observe(served, 200, time.perf_counter() - started, ttft, upstream.counted)
@@ -243,7 +243,7 @@ class ChatService:
 
 
 class _Outcome:
-    """How a stream that went out ended: `failed` when the engine failed mid-stream."""
+    """How a stream that went out ended: `failed` when the engine failed mid-stream (not for a request it refused)."""
 
     __slots__ = ("failed",)
 
@@ -266,7 +266,7 @@ async def _mid_stream_failures(response: web.StreamResponse, outcome: _Outcome) 
         log.info("client went away mid-stream")
     except EngineError as exc:
         log.exception("engine failed mid-stream")
-        outcome.failed = True
+        outcome.failed = not isinstance(exc, EngineRequestError)  # a refused request is the client's 4xx
         await response.write(_error_event(exc))
 
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from inference_server.api_router import STATE
 from tests.fakes.harness import sse_events
 from tests.inference_image.test_relay import SSE_HEAD, RawUpstream, chunk, event, metric, server_over, stream
 
@@ -51,6 +52,7 @@ async def test_error_event_ends_the_stream(aiohttp_client, framing: str) -> None
         assert len(payloads) == 3
         assert await metric(client, 'inference_generated_tokens_total{model="tiny"} 2.0')
         assert await metric(client, 'inference_errors_total{type="BadRequestError"} 1.0')
+        assert client.app[STATE].versions.snapshot()["tiny"]["errors"] == 0  # a refused request: the client's 4xx
         opened = upstream.connections
         resp = await stream(client)
         assert sse_events(await resp.text())[2].startswith('{"error"')
@@ -72,3 +74,5 @@ async def test_server_error_is_generic_and_content_mentioning_error_passes(aioht
         payloads = sse_events(await (await stream(client)).text())
         assert json.loads(payloads[0])["choices"][0]["delta"]["content"] == '"error": fine'
         assert json.loads(payloads[1])["error"]["code"] == "engine_error" and len(payloads) == 2
+        counted = client.app[STATE].versions.snapshot()["tiny"]  # per-version counters of the replica report
+        assert (counted["requests"], counted["errors"], sum(counted["ttft_ms"]["counts"])) == (1, 1, 1)
