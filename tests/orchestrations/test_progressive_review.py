@@ -21,7 +21,16 @@ from inference_image.inference_server.manifest import Manifest
 from inference_image.inference_server.metrics import TTFT_MS_BOUNDS
 from inference_image.inference_server.replica_state import REPLICA_DIR, build_report
 from orchestrations.canary_analysis import hold_figures, judge
-from tests.orchestrations.test_progressive_rollout import LIVE, NEW, PREVIOUS, SHA, World, start, weights
+from tests.orchestrations.test_progressive_rollout import (
+    EVAL,
+    LIVE,
+    NEW,
+    PREVIOUS,
+    SHA,
+    World,
+    start,
+    weights,
+)
 
 __all__ = ["start"]  # the harness's fixture, used by name
 
@@ -221,3 +230,20 @@ async def test_an_abort_followed_by_a_stale_hint_while_the_weight_moves_still_ab
     finally:
         w.open_records.append("app.2")  # lets a looping rollout end (superseded), so the host can stop
         await run.outcome()
+
+
+LEFTOVER = {"adapter": "old", "path": "adapters/old/" + "c" * 64, "sha256": "c" * 64, "version": "old@cccccccccccc",
+            "weight": 0.1}
+
+
+@pytest.mark.xfail(strict=True, reason="review: a rollback restores a leftover candidate: unjudged traffic goes on")
+async def test_a_rollback_never_restores_a_candidate_left_by_a_crashed_rollout(start) -> None:
+    """A rollout that crashes outside its own error handling (the double approve above) leaves its candidate at
+    10 % in the manifest; the reconciler's retry reads that manifest as the one it replaces, and any failure of
+    the retry (here its quality gate) "restores" the unjudged candidate at 10 %: `rolled_back` while callers are
+    still served a version nobody judged. No rollout is in progress when another starts (one per app), so the
+    manifest to restore never has a candidate."""
+    w = World(manifest={**PREVIOUS, "candidate": LEFTOVER}, eval_set=EVAL, scores={NEW: 0.25, LIVE: 1.0})
+    out = await (await start(w)).outcome()
+    assert out["stage"] == "rolled_back"
+    assert w.manifest is not None and w.manifest.get("candidate") is None, w.manifest.get("candidate")
