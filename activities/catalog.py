@@ -20,6 +20,7 @@ class Activity(StrEnum):
     HEAL_APP = "heal_app"  # {app} -> {ok, action: "none" | "restarted", reason?}: restart a server that died
     PROBE_ENDPOINT = "probe_endpoint"  # {app, expect_version, smoke} -> {ready, served_version, reply, error, refused}
     READ_POLICY = "read_policy"  # {app} -> {ok, policy: dict | None, source: "app" | "setting" | "none"}
+    READ_DECISIONS = "read_decisions"  # {app, id} -> {decisions: [{action, by, at}], oldest first}
     REPLICA_METRICS = "replica_metrics"  # {app} -> {metrics: {replica id: {version: counters}}} (fresh reports)
     EVALUATE_ADAPTER = "evaluate_adapter"  # {app, versions, eval_set} -> {ok, scores: {version: score dict}}
     PLAN_PROVISIONING = "plan_provisioning"  # {app} -> {steps: [name, ...]}

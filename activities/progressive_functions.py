@@ -1,4 +1,5 @@
-"""Durable activities of progressive delivery: the policy a rollout follows, the replicas' metrics for a canary.
+"""Durable activities of progressive delivery: the policy a rollout follows, the replicas' metrics for a canary, the
+decisions people sent to a rollout (kept by the actions API, `DeploymentRecords.add_decision`).
 
 `read_policy` answers `{ok: false, code: policy_invalid, cause: platform}` for a policy that does not parse (the
 app's blob or the `ROLLOUT_POLICY` setting): a configuration error, not retried, and the rollout never runs
@@ -33,3 +34,8 @@ def read_policy(payload: dict) -> dict[str, Any]:
 @bp.activity_trigger(input_name="payload", activity=Activity.REPLICA_METRICS)
 def read_replica_metrics(payload: dict) -> dict[str, Any]:
     return {"ok": True, "metrics": replica_metrics(services().target, payload["app"])}
+
+
+@bp.activity_trigger(input_name="payload", activity=Activity.READ_DECISIONS)
+def read_decisions(payload: dict) -> dict[str, Any]:
+    return {"ok": True, "decisions": services().records.decisions(payload["app"], payload["id"])}

@@ -47,6 +47,9 @@ from activities.adapter_store import (
 from activities.validation import APP_NAME_PATTERN, check_name
 
 RECORDS_DIR = "_deployments"
+#: A person's decisions on a deployment's rollout (`<app>/_decisions/<id>/<time>-<random>.json`): one blob each,
+#: never rewritten, so a decision is never lost to a concurrent record write.
+DECISIONS_DIR = "_decisions"
 #: The app's deletion marker (`<app>/_lifecycle/deleting.json`), present while a deletion runs or after one failed.
 DELETING_BLOB = "_lifecycle/deleting.json"
 TERMINAL = frozenset({"live", "rolled_back", "failed", "superseded"})
@@ -238,6 +241,30 @@ class DeploymentRecords:
             record["ended_at"] = datetime.now(UTC).isoformat()
         self._write(record)
         return record
+
+    # -- a person's decisions on a waiting rollout -----------------------------------------------------------------
+    def add_decision(self, app: str, record_id: str, action: str, by: str | None) -> dict[str, Any]:
+        """Keep a decision (`promote`, `abort`, `approve`, `reject`) on the record's rollout; returns it."""
+        now = datetime.now(UTC)
+        decision = {"action": action, "by": by, "at": now.isoformat()}
+        name = f"{self._decisions_folder(app, record_id)}{stamp(now)}-{secrets.token_hex(4)}.json"
+        self.store.container.upload_blob(name, json.dumps(decision), overwrite=False)
+        return decision
+
+    def _decisions_folder(self, app: str, record_id: str) -> str:
+        self._blob(app, record_id)  # the id's own checks
+        return f"{self._app_prefix(app)}{DECISIONS_DIR}/{record_id}/"
+
+    def decisions(self, app: str, record_id: str) -> list[dict[str, Any]]:
+        """The decisions on the record's rollout, oldest first (by the server's time of each)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        folder = self._decisions_folder(app, record_id)
+        found = []
+        for blob in sorted(self._listing(app, folder.removeprefix(self._app_prefix(app))), key=lambda b: b.name):
+            with contextlib.suppress(ResourceNotFoundError, ValueError):  # deleted meanwhile, or not JSON
+                found.append(json.loads(self.store.container.download_blob(blob.name).readall()))
+        return [d for d in found if isinstance(d, dict)]
 
     def _prune(self, app: str, stages: dict[str, str], protected: set[str]) -> None:
         from azure.core.exceptions import ResourceNotFoundError

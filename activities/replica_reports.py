@@ -193,10 +193,11 @@ def replica_verdict(listed: Sequence[str], observed: Sequence[Mapping[str, Any]]
 
 
 def replica_metrics(target: StagingTarget, app: str) -> dict[str, dict[str, Any]]:
-    """Replica id → its report's per-version metrics (cumulative counters), for every readable report, stale
-    ones included (a replica that died during a canary hold still served its share of it)."""
+    """`<replica id>@<started_at>` → that process's per-version metrics (cumulative counters since it started), for
+    every readable report, stale ones included (a replica that died during a canary hold still served its share of
+    it). Keyed by process, not by name: a replica restarted under its name is a new set of counters."""
     metrics: dict[str, dict[str, Any]] = {}
     for entry in replicas_observed(target, app):
         if not entry.get("damaged") and isinstance(entry.get("metrics"), Mapping):
-            metrics[str(entry["replica_id"])] = dict(entry["metrics"])
+            metrics[f"{entry['replica_id']}@{entry.get('started_at')}"] = dict(entry["metrics"])
     return metrics

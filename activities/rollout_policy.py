@@ -64,7 +64,9 @@ class CanaryPolicy:
     max_error_rate_increase: float = 0.02  # candidate's error rate minus the live version's
     max_ttft_p95_ratio: float | None = 1.5  # candidate's time-to-first-token p95 / the live version's
     max_ttft_p95_ms: float | None = None  # an absolute bound on the candidate's p95
-    min_requests: int = 0  # fewer candidate requests in a hold: the step fails ("not enough traffic to judge")
+    #: Fewer candidate requests in a hold: the step fails ("not enough traffic to judge"); 0 lets a hold without
+    #: candidate traffic pass unjudged (an idle app's canary).
+    min_requests: int = 1
 
     KEYS = {"steps", "hold_s", "max_error_rate", "max_error_rate_increase", "max_ttft_p95_ratio", "max_ttft_p95_ms",
             "min_requests"}
@@ -79,7 +81,7 @@ class CanaryPolicy:
             raise PolicyError(f"{where}.steps must be a list of whole percentages in 1..100, got {steps!r}")
         if steps != sorted(set(steps)) or steps[-1] != 100:
             raise PolicyError(f"{where}.steps must increase and end with 100 (promotion), got {steps!r}")
-        min_requests = data.get("min_requests", 0)
+        min_requests = data.get("min_requests", cls.min_requests)
         if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 0:
             raise PolicyError(f"{where}.min_requests must be a whole number >= 0, got {min_requests!r}")
         return cls(

@@ -2,8 +2,8 @@
 
 Each replica's report carries cumulative per-version counters (`metrics`: requests, errors, a time-to-first-token
 histogram; inference_server/metrics.py). A step reads them at the start and at the end of its hold; the figures of
-the hold are the differences, summed over the replicas (a replica that restarted, or first appeared, during the
-hold counts from zero). Pure functions: the orchestrator calls them while replaying.
+the hold are the differences, summed over the replicas (`replica_metrics` keys each replica process by its id and start
+time, so one restarted under the same name, or first appearing, during the hold counts from zero). Pure functions: the orchestrator calls them while replaying.
 """
 
 from __future__ import annotations
@@ -14,18 +14,22 @@ from typing import Any
 from activities.rollout_policy import CanaryPolicy
 from inference_image.inference_server.metrics import diff, p95_ms
 
+EPSILON = 1e-9
 #: {replica id: {version: {"requests", "errors", "ttft_ms": {"le", "counts"}}}}
 ReplicaMetrics = Mapping[str, Mapping[str, Mapping[str, Any]]]
 
 
 def _add(total: dict[str, Any] | None, part: Mapping[str, Any]) -> dict[str, Any]:
+    """Sum counters; histograms only where the bounds agree (replicas of two image versions during an upgrade:
+    the first bounds seen are kept, the other replicas' requests and errors still count)."""
     if total is None:
         return {"requests": part["requests"], "errors": part["errors"],
                 "ttft_ms": {"le": list(part["ttft_ms"]["le"]), "counts": list(part["ttft_ms"]["counts"])}}
     total["requests"] += part["requests"]
     total["errors"] += part["errors"]
-    total["ttft_ms"]["counts"] = [a + b for a, b in zip(total["ttft_ms"]["counts"], part["ttft_ms"]["counts"],
-                                                        strict=True)]
+    if list(part["ttft_ms"]["le"]) == total["ttft_ms"]["le"]:
+        total["ttft_ms"]["counts"] = [a + b for a, b in zip(total["ttft_ms"]["counts"], part["ttft_ms"]["counts"],
+                                                            strict=True)]
     return total
 
 
@@ -59,11 +63,12 @@ def judge(figures: Mapping[str, Mapping[str, Any]], live: str, candidate: str, p
         return f"not enough traffic to judge: {cand['requests']} candidate requests, the policy needs {policy.min_requests}"
     if not cand["requests"]:
         return None
-    rate = cand["error_rate"]
-    if rate > policy.max_error_rate:
+    rate = cand["errors"] / cand["requests"]  # unrounded; a bound is met exactly up to float noise (EPSILON)
+    if rate > policy.max_error_rate + EPSILON:
         return f"error rate {rate:.1%} is above the policy's {policy.max_error_rate:.1%}"
-    if base["error_rate"] is not None and rate - base["error_rate"] > policy.max_error_rate_increase:
-        return (f"error rate {rate:.1%} is {rate - base['error_rate']:.1%} above live's {base['error_rate']:.1%} "
+    live_rate = base["errors"] / base["requests"] if base["requests"] else None
+    if live_rate is not None and rate - live_rate > policy.max_error_rate_increase + EPSILON:
+        return (f"error rate {rate:.1%} is {rate - live_rate:.1%} above live's {live_rate:.1%} "
                 f"(the policy allows {policy.max_error_rate_increase:.1%})")
     p95 = cand["ttft_p95_ms"]
     if policy.max_ttft_p95_ms is not None and p95 is not None and p95 > policy.max_ttft_p95_ms:

@@ -28,10 +28,7 @@ def activate(
     old = previous or Manifest(base_model=base_model)
     adapters = {name: e for name, e in old.adapters.items() if name != adapter}
     adapters[adapter] = entry
-    protected = {adapter, old.active}
-    while len(adapters) > max_adapters:
-        oldest = next(name for name in adapters if name not in protected)
-        del adapters[oldest]
+    _retire_oldest(adapters, {adapter, old.active}, max_adapters)
     return Manifest(
         adapters=adapters,
         active=adapter,
@@ -41,8 +38,22 @@ def activate(
     )
 
 
+def _retire_oldest(adapters: dict[str, AdapterEntry], protected: set[str | None], cap: int) -> None:
+    while len(adapters) > cap:
+        oldest = next(name for name in adapters if name not in protected)
+        del adapters[oldest]
+
+
 def with_candidate(previous: Manifest | None, candidate: CandidateEntry, now: datetime,
-                   base_model: str | None = None) -> Manifest:
-    """`previous` unchanged but for its candidate (the version a gated rollout is trying, at its weight)."""
+                   base_model: str | None = None, max_adapters: int = MAX_ADAPTERS) -> Manifest:
+    """`previous` with `candidate` (the version a gated rollout is trying, at its weight). An inactive entry of the
+    candidate's version (an earlier deployment still loaded) leaves `adapters`, as a version is loaded once; the
+    oldest inactive entries retire so that adapters and candidate together stay within the engine's slots. The
+    active adapter is never the candidate's version (a rollout of the live content is not gated)."""
     old = previous or Manifest(base_model=base_model)
-    return replace(old, candidate=candidate, base_model=old.base_model or base_model, updated_at=now.isoformat())
+    if candidate.version == old.active_version:
+        raise ValueError(f"{candidate.version} is the active version: it cannot also be the candidate")
+    adapters = {name: e for name, e in old.adapters.items() if e.version != candidate.version}
+    _retire_oldest(adapters, {old.active}, max_adapters - 1)
+    return replace(old, adapters=adapters, candidate=candidate, base_model=old.base_model or base_model,
+                   updated_at=now.isoformat())

@@ -82,7 +82,8 @@ class Progressive:
         self.entry = entry
         self.base_model = base_model
         self.live = previous.active_version if previous is not None else None
-        self.pending_event: Any = None  # the open wait for a person's decision (`next_action`)
+        self.pending_event: Any = None  # the open wait for a wake-up (`next_action`)
+        self.decisions_seen = 0  # decisions already read (`read_decisions` lists them oldest first)
 
     @property
     def ctx(self) -> Any:
@@ -157,11 +158,18 @@ class Progressive:
             raise RolloutFailed("quality gate: " + "; ".join(problems), Cause.CONTENT)
 
     def next_action(self, seconds: float, accepted: tuple[str, ...]) -> Generator[Any, Any, dict | None]:
-        """The first action in `accepted` within `seconds` (others are ignored), or None at the end. One wait for
-        the event stays open across calls until an event arrives, so a decision sent between two holds (while the
-        weight moves) is taken by the next one instead of landing on a wait nobody listens to any more."""
+        """The first decision in `accepted` sent within `seconds`, or None at the end. Decisions are read from
+        where the actions API keeps them (`read_decisions`: each one once, in order; one the stage does not take
+        is passed over); the `rollout_action` event only wakes this wait (a `supersede` hint also checks for a
+        newer deployment). One wait for the event stays open across calls, so a wake-up sent between two holds is
+        taken by the next one."""
         deadline = self.ctx.current_utc_datetime + timedelta(seconds=seconds)
         while True:
+            found = yield from self.ro.call(Activity.READ_DECISIONS, app=self.ro.req.app, id=self.ro.req.deployment_id)
+            fresh, self.decisions_seen = found["decisions"][self.decisions_seen:], len(found["decisions"])
+            for decision in fresh:
+                if decision.get("action") in accepted:
+                    return {"action": decision["action"], "by": decision.get("by"), "at": decision.get("at")}
             if self.pending_event is None:
                 self.pending_event = self.ctx.wait_for_external_event(ACTION_EVENT)
             event = self.pending_event
@@ -173,12 +181,13 @@ class Progressive:
                 if not timer.is_completed:
                     timer.cancel()
             self.pending_event = None
-            action = event.result if isinstance(event.result, dict) else {}
-            if action.get("action") == SUPERSEDE:
+            # The SDK keeps an event that arrived while no wait was open and completes every later wait of that
+            # name with it (DurableOrchestrationContext._add_to_open_tasks): once taken, drop it. At the same point
+            # of every replay, so replay-safe; a wake-up dropped here loses nothing (decisions are read above).
+            self.ctx.deferred_tasks.pop(ACTION_EVENT, None)
+            hint = event.result if isinstance(event.result, dict) else {}
+            if hint.get("action") == SUPERSEDE:
                 yield from self.give_way()
-            elif action.get("action") in accepted:
-                return {"action": action["action"], "by": action.get("by"),
-                        "at": self.ctx.current_utc_datetime.isoformat()}
 
     def give_way(self) -> Generator[Any, Any, None]:
         """A newer deployment was accepted while this rollout waits (the starters send `supersede`): end
@@ -189,6 +198,7 @@ class Progressive:
             raise RolloutFailed(f"superseded by {newest} while {self.ro.status.stage}", Cause.SUPERSEDED)
 
     def await_approval(self) -> Generator[Any, Any, None]:
+        yield from self.give_way()  # a deployment accepted before the wait began got no hint
         timeout = self.policy.approval.timeout_s
         deadline = self.ctx.current_utc_datetime + timedelta(seconds=timeout)
         approval: dict[str, Any] = {"required": True, "deadline": deadline.isoformat(), "decision": None}
@@ -212,6 +222,7 @@ class Progressive:
         for number, percent in enumerate(policy.steps, start=1):
             if percent == 100:
                 return
+            yield from self.give_way()
             yield from self.set_weight(percent / 100)
             before = yield from self.ro.call(Activity.REPLICA_METRICS, app=self.ro.req.app)
             hold_until = self.ctx.current_utc_datetime + timedelta(seconds=policy.hold_s)

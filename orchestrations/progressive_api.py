@@ -2,8 +2,9 @@
 
 - `POST /api/deployments/{id}/{action}` (`promote`, `abort`, `approve`, `reject`; body optional `{"by": "name"}`):
   202 when the rollout is in a stage that takes the action (`progressive.ACTIONS_BY_STAGE`); 404 unknown id;
-  409 naming the stage and the actions it takes otherwise (ended, not started, another stage). The decision
-  reaches the rollout as a Durable external event; the record shows what it did.
+  409 naming the stage and the actions it takes otherwise (ended, not started, another stage). The decision is
+  kept as its own blob beside the record (`DeploymentRecords.add_decision`), then a Durable external event wakes
+  the rollout, which reads the decisions it has not seen: a wake-up lost or repeated never loses or repeats one.
 - `GET /api/apps/{app}/policy`: the app's own policy (or null), the policy its rollouts follow and where that
   comes from (`app`, `setting`, `none`); `PUT` stores a policy (400 naming the field when it does not parse);
   `DELETE` removes the app's own policy. 404 for an app that does not exist.
@@ -73,7 +74,9 @@ async def rollout_action(req: func.HttpRequest, client: df.DurableOrchestrationC
         takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no action"
         return json_response({"error": {"message": f"deployment {deployment_id} is {stage}: {takes}", "status": 409},
                               "stage": stage, "accepts": list(accepted)}, 409)
-    await client.raise_event(record["instance_id"], ACTION_EVENT, {"action": action, "by": by})
+    app = record["app"]
+    await asyncio.to_thread(services().records.add_decision, app, deployment_id, action, by)
+    await client.raise_event(record["instance_id"], ACTION_EVENT, {"action": action, "by": by})  # the wake-up
     return json_response({"id": deployment_id, "action": action, "stage": stage, "by": by}, 202)
 
 

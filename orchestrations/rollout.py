@@ -11,7 +11,7 @@ the reconciler retries transient ones and never retries content ones. No I/O her
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -176,12 +176,15 @@ class _Rollout:
             else:
                 raw = yield from self.call(Activity.READ_MANIFEST, app=req.app)
             previous = Manifest.from_dict(raw) if raw else None
+            if previous is not None and previous.candidate is not None:  # left by a rollout that crashed: never
+                previous = replace(previous, candidate=None)  # restore traffic to a version nobody judged
             entry = AdapterEntry(staged["path"], report["sha256"], self.status.version)
             served_report = staged.get("report") or report
             base_model = served_report.get("base_model")
             replaced = _Replaced(previous)  # from here on a failure restores exactly `previous`
             sets = eval_sets(policy, served_report)
-            if is_gated(policy, sets):
+            already_live = previous is not None and previous.active_version == entry.version
+            if is_gated(policy, sets) and not already_live:  # the live content itself: nothing to compare or move
                 yield from Progressive(self, policy, sets, previous, entry, base_model).run()
                 self.enter(Stage.ACTIVATING)  # promotion: the candidate becomes the active adapter
             desired = activate(previous, req.adapter, entry, self.ctx.current_utc_datetime, base_model)

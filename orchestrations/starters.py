@@ -113,7 +113,7 @@ async def heal_reconcilers(timer: func.TimerRequest, client: df.DurableOrchestra
     """Wake every app's reconciler: the level-triggered safety net under the blob trigger."""
     apps = await asyncio.to_thread(services().records.list_apps)
     for app in apps:
-        await wake_reconciler(client, app, "heal timer")
+        await wake_reconciler(client, app, "heal timer", newer=True)  # an upload whose event was lost
     log.info("heal timer woke %d reconcilers", len(apps))
 
 

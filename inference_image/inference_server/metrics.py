@@ -66,8 +66,10 @@ class ServerMetrics:
 
 
 #: Bounds (ms) of the per-version time-to-first-token histogram in each replica's report (docs/rollouts.md):
-#: `counts[i]` holds the samples in (bounds[i-1], bounds[i]], the last entry those above the last bound.
-TTFT_MS_BOUNDS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+#: `counts[i]` holds the samples in (bounds[i-1], bounds[i]], the last entry those above the last bound. Each bound
+#: is 1.25× the one before (1 ms to about 70 s), so a p95 read from it is within 25 % and a canary's
+#: `max_ttft_p95_ratio` of 1.5 means what it says.
+TTFT_MS_BOUNDS = tuple(round(1.25 ** i, 2) for i in range(51))
 
 
 class VersionMetrics:

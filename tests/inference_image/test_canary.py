@@ -3,6 +3,7 @@ sticky per-caller assignment (the same on every replica), per-version metrics, a
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections import Counter
@@ -237,7 +238,7 @@ async def test_metrics_per_version(aiohttp_client, tmp_path: Path, live_manifest
     # non-streaming: the whole answer (3 tokens 50 ms apart) is over 100 ms; each answered request has one sample
     assert sum(snap[LIVE]["ttft_ms"]["counts"]) == 1 and sum(snap[CANDIDATE]["ttft_ms"]["counts"]) == 3
     whole = snap[LIVE]["ttft_ms"]["counts"]
-    assert sum(whole[TTFT_MS_BOUNDS.index(100) + 1:]) == 1
+    assert sum(whole[bisect.bisect_left(TTFT_MS_BOUNDS, 100):]) == 1
     assert snap[LIVE]["ttft_ms"]["le"] == list(TTFT_MS_BOUNDS) and len(whole) == len(TTFT_MS_BOUNDS) + 1
 
 

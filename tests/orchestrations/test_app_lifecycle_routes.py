@@ -59,7 +59,7 @@ async def host(azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(module, "services", lambda: svc)
     woken: list[str] = []
 
-    async def wake(client, app: str, reason: str) -> str:
+    async def wake(client, app: str, reason: str, newer: bool = False) -> str:
         woken.append(app)
         return f"reconcile-{app}"
 

@@ -1,6 +1,6 @@
 """Review of progressive delivery (#14): defects found in the rollout's gated part and the canary's figures, each a
-test that failed on the code reviewed (docstrings describe the defect there); those whose fix has landed run
-plainly as regression tests, the others are marked xfail(strict) until theirs does. The orchestration tests use the stand-in harness of
+test that failed on the code reviewed (docstrings describe the defect there), kept as a regression test now that
+its fix has landed. The orchestration tests use the stand-in harness of
 test_progressive_rollout.py (devhost's real replay); the analysis tests call its pure functions. (One file: the test
 tree has no packages, so a second test_progressive_review.py would clash on its basename.)"""
 
@@ -137,7 +137,6 @@ def test_a_replica_restarted_under_the_same_name_counts_its_hold_from_zero(tmp_p
     assert judge(figures, LIVE, NEW, CanaryPolicy()) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="review: an error-rate increase exactly at the policy's bound fails (floats)")
 def test_an_error_rate_increase_exactly_at_the_bound_passes() -> None:
     """7 % against live's 5 % with `max_error_rate_increase: 0.02` ("at most 2 points more"): 0.07 - 0.05 is
     0.020000000000000004 in floats, so `judge` fails the step; the quality gate has a 1e-9 tolerance, this not."""
@@ -158,7 +157,6 @@ def test_replicas_with_different_histogram_bounds_do_not_crash_the_analysis() ->
     assert (figures[NEW]["requests"], figures[NEW]["errors"]) == (20, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="review: an event raised while no wait is open is redelivered to every later wait")
 async def test_a_stale_hint_sent_while_the_weight_moves_is_taken_once(start) -> None:
     """A stale `supersede` (e.g. a malformed upload: its record is failed at once, so no newer open record) raised
     while the weight moves (no `rollout_action` wait open) is deferred by the SDK (`deferred_tasks[name]`), and the
@@ -189,7 +187,6 @@ async def _settled(run: Any, w: World) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.xfail(strict=True, reason="review: a double-click on approve crashes the rollout with the candidate at 10 %")
 async def test_a_double_click_on_approve_does_not_crash_the_rollout(start) -> None:
     """Two `approve` (a double click, or two people; both pass the API while the stage is awaiting_approval): the
     first ends the wait, the second arrives while the weight moves and is deferred by the SDK; the first canary
@@ -210,7 +207,6 @@ async def test_a_double_click_on_approve_does_not_crash_the_rollout(start) -> No
     assert out.get("stage") == "live", (out.get("stage"), (w.manifest or {}).get("candidate"))
 
 
-@pytest.mark.xfail(strict=True, reason="review: of two actions raised while no wait is open, the SDK keeps only the last")
 async def test_an_abort_followed_by_a_stale_hint_while_the_weight_moves_still_aborts(start) -> None:
     """The SDK defers an event with no open wait in one slot per name (`deferred_tasks[name] = ...`): a person's
     `abort` and then a stale `supersede` raised while the weight moves leave only the hint, so the abort is lost
@@ -236,7 +232,6 @@ LEFTOVER = {"adapter": "old", "path": "adapters/old/" + "c" * 64, "sha256": "c" 
             "weight": 0.1}
 
 
-@pytest.mark.xfail(strict=True, reason="review: a rollback restores a leftover candidate: unjudged traffic goes on")
 async def test_a_rollback_never_restores_a_candidate_left_by_a_crashed_rollout(start) -> None:
     """A rollout that crashes outside its own error handling (the double approve above) leaves its candidate at
     10 % in the manifest; the reconciler's retry reads that manifest as the one it replaces, and any failure of

@@ -16,6 +16,7 @@ import pytest
 from activities.catalog import Activity
 from activities.replica_reports import replica_verdict
 from devhost.host import DevHost
+from inference_image.inference_server.metrics import TTFT_MS_BOUNDS, p95_ms
 from orchestrations.health_gate import bp as health_gate
 from orchestrations.progressive import ACTION_EVENT
 from orchestrations.rollout import bp as rollouts
@@ -30,7 +31,7 @@ PREVIOUS = {"adapters": {"old": {"path": "adapters/old/" + "b" * 64, "sha256": "
             "candidate": None}
 EVAL = {"min_score": 0.8, "max_tokens": 16,
         "cases": [{"messages": [{"role": "user", "content": "hi"}], "expect": {"contains": "hello"}}]}
-LE = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+LE = list(TTFT_MS_BOUNDS)
 
 
 def histogram(samples: int, ms: float) -> dict[str, Any]:
@@ -53,6 +54,7 @@ class World:
     writes: list[dict[str, Any] | None] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     metric_reads: int = 0
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # kept by the actions API, oldest first
     open_records: list[str] = field(default_factory=lambda: ["app.1"])  # ids of the app's open records, oldest first
     slow_probe_at: float | None = None  # the first probe of the manifest with this candidate weight takes 0.5 s
 
@@ -143,6 +145,10 @@ def stand_in_app(w: World) -> df.DFApp:
                                          for i in range(total)]}
         return {"ok": True, "scores": scores}
 
+    @activity(Activity.READ_DECISIONS)
+    def read_decisions(payload: dict) -> dict:
+        return {"ok": True, "decisions": list(w.decisions)}
+
     @activity(Activity.INGEST_RECORDS)
     def ingest_records(payload: dict) -> list[dict]:
         return [{"id": rid} for rid in w.open_records]
@@ -174,7 +180,12 @@ class Run:
             await asyncio.sleep(0.02)
         raise TimeoutError(f"the rollout never reached {stage} (at {await self.stage()})")
 
+    world: World | None = None
+
     def act(self, action: str, by: str | None = "ana") -> None:
+        """What the actions API does: keep the decision, then wake the rollout (a `supersede` hint only wakes)."""
+        if action != "supersede" and self.world is not None:
+            self.world.decisions.append({"action": action, "by": by, "at": "2026-11-30T00:00:00+00:00"})
         self.host.worker.raise_event(self.instance, ACTION_EVENT, json.dumps({"action": action, "by": by}))
 
     async def outcome(self) -> dict[str, Any]:
@@ -193,7 +204,7 @@ async def start(tmp_path) -> AsyncIterator[Any]:
         request = {"deployment_id": "app.1", "app": "app", "adapter": "new", "sha256": SHA, "force_restart": False,
                    "timing": TIMING, "baseline": None}
         host.worker.start_new("rollout", "app.1", json.dumps(request))
-        return Run(host)
+        return Run(host, world=world)
 
     yield run
     for host in hosts:
@@ -288,13 +299,18 @@ async def test_a_good_canary_walks_the_steps_and_goes_live(start) -> None:
     assert weights(w) == [0.0, 0.1, 0.5, None] and w.manifest["active"] == "new"
     analysis = out["canary"]["analysis"]
     assert [(a["weight"], a["verdict"]) for a in analysis] == [(10, "pass"), (50, "pass")]
-    assert analysis[0]["figures"][NEW] == {"requests": 10, "errors": 0, "error_rate": 0.0, "ttft_p95_ms": 50.0}
+    assert analysis[0]["figures"][NEW] == {"requests": 10, "errors": 0, "error_rate": 0.0,
+                                           "ttft_p95_ms": p95_ms(LE, histogram(10, 40.0)["counts"])}
     assert analysis[0]["figures"][LIVE]["requests"] == 90
+
+
+SLOW, FAST = p95_ms(LE, histogram(1, 900.0)["counts"]), p95_ms(LE, histogram(1, 40.0)["counts"])
 
 
 @pytest.mark.parametrize(("traffic", "why"), [
     ((10, 3, 40.0), "error rate 30.0% is above the policy's 5.0%"),
-    ((10, 0, 900.0), "time to first token p95 1000 ms is 20.00× live's 50 ms (the policy allows 1.5×)"),
+    ((10, 0, 900.0), f"time to first token p95 {SLOW:g} ms is {SLOW / FAST:.2f}× live's {FAST:g} ms "
+                     "(the policy allows 1.5×)"),
 ])
 async def test_a_bad_canary_is_rolled_back_within_one_step(start, traffic: tuple, why: str) -> None:
     w = World(policy=CANARY)

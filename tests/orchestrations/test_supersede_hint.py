@@ -1,5 +1,5 @@
 """The starters' hint to a waiting rollout: a newer deployment tells the rollout the reconciler runs to give way,
-only when it waits in a stage that takes decisions, and never from the heal timer."""
+only when it waits in a stage that takes decisions (the heal timer hints too: an upload whose event was lost)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ async def test_a_newer_deployment_hints_a_waiting_rollout(stage: str) -> None:
 @pytest.mark.parametrize(("stage", "phase", "newer"), [
     ("evaluating", "rolling_out", True),  # not waiting: it ends by itself within the evaluation's deadline
     ("canary", "idle", True),  # the reconciler runs no rollout
-    ("canary", "rolling_out", False),  # the heal timer: nothing newer
+    ("canary", "rolling_out", False),  # a wake that brings no new deployment
 ])
 async def test_no_hint_otherwise(stage: str, phase: str, newer: bool) -> None:
     client = client_with(stage, phase)
