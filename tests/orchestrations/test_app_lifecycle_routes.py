@@ -446,6 +446,10 @@ async def test_decisions_reach_only_a_rollout_in_a_stage_that_takes_them(host) -
             break
         await asyncio.sleep(0.05)
     assert raised == [{"action": "abort", "by": "ana"}]
+    status, body = await call(host, "POST", f"deployments/{rid}/promote")
+    kept = host.svc.records.decisions("act", rid)  # what the rollout reads, oldest first
+    assert [(d["action"], d["by"]) for d in kept] == [("abort", "ana"), ("promote", None)]
+    assert all(d["at"] for d in kept)
     host.svc.records.update("act", rid, {"stage": "rolled_back"})
     status, body = await call(host, "POST", f"deployments/{rid}/abort")
     assert status == 409 and body["stage"] == "rolled_back"
