@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from adapterctl.api import stream_chat
 from adapterctl.follow import follow
 
@@ -56,3 +58,23 @@ def wait_idle(stack, app: str, timeout: float = TIMEOUT) -> dict[str, Any]:
             return info
         time.sleep(0.2)
     raise TimeoutError(f"reconciler of {app} never went idle")
+
+
+def listed(stack, app: str) -> dict[str, dict[str, Any]]:
+    """The local revision runner's replicas file: name -> pid, port, up."""
+    path = Path(stack.env["DEVHOST_STATE_DIR"]) / "platform" / f"{app}.replicas"
+    return json.loads(path.read_text())["replicas"]
+
+
+def wait_until(check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        time.sleep(0.2)
+
+
+def served_version(stack, port: int) -> str | None:
+    """The alias's version as one replica (its own port) says on /ready."""
+    answer = requests.get(f"http://127.0.0.1:{port}/ready", headers={"Authorization": f"Bearer {stack.api_key}"},
+                          timeout=10)
+    return answer.json().get("served_version")

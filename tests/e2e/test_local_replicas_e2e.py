@@ -1,6 +1,8 @@
 """End to end on the embedded default with 3 local replicas per app (`LOCAL_REPLICAS=3`, `devhost up --replicas`):
 the revision runner's replicas `<app>--1-<i>` each report, and the gate counts all of them.
 
+The stack is tests/e2e/conftest.py's `replicas_stack` (one for every module that uses it).
+
 - one replica refuses the candidate (the test hook `INFERENCE_FAULT_REFUSE_LOAD`, passed to the replicas because the
   host's environment sets it): the rollout ends `rolled_back` and every replica serves the previous version again;
 - a replica killed (SIGKILL) while the rollout runs is restarted under its name, converges from the manifest, and is
@@ -10,45 +12,20 @@ the revision runner's replicas `<app>--1-<i>` each report, and the gate counts a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from adapterctl.api import stream_chat
 from adapterctl.follow import follow
 from devhost.up import configure, platform_settings
-from tests.e2e.helpers import TIMEOUT, deploy
+from tests.e2e.helpers import TIMEOUT, deploy, listed, served_version, wait_until
 from tinykit import PHRASES
 
-REFUSING = "refuser--*-1:beta"  # replica 1 of app `refuser` refuses beta
 MID_ROLLOUT = ("staging", "provisioning", "activating", "verifying")
-
-
-@pytest.fixture(scope="module")
-def replicas_stack(tiny_kit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Its own stack (the replica count and the fault hook are the host's settings), as tests/conftest.py's."""
-    from devhost.up import local_stack as start
-
-    # three servers start at once on a small machine (2 cores: about 20 s until each has loaded the base model and
-    # the first adapter): a hot swap gate of 60 s, so the first rollout does not time out into a restart
-    extra = {"MAX_ADAPTER_MB": "1", "MAX_LORA_RANK": "16", "ROLLOUT_HOT_SWAP_TIMEOUT_S": "60",
-             "ROLLOUT_RESTART_TIMEOUT_S": "90", "RECONCILE_RETRY_BASE_S": "1", "RECONCILE_HEAL_INTERVAL_S": "3",
-             "LOCAL_REPLICAS": "3", "INFERENCE_FAULT_REFUSE_LOAD": REFUSING}
-    with start(tmp_path_factory.mktemp("replicas-stack"), tiny_kit.root, extra_env=extra) as stack:
-        yield stack
-
-
-def listed(stack: Any, app: str) -> dict[str, dict[str, Any]]:
-    """The revision runner's replicas file: name -> pid, port, up."""
-    path = Path(stack.env["DEVHOST_STATE_DIR"]) / "platform" / f"{app}.replicas"
-    return json.loads(path.read_text())["replicas"]
 
 
 def revision_replicas(stack: Any, app: str) -> list[str]:
@@ -57,19 +34,6 @@ def revision_replicas(stack: Any, app: str) -> list[str]:
     assert len(names) == 3 and len({n.rsplit("-", 1)[0] for n in names}) == 1, names
     assert [n.rsplit("-", 1)[1] for n in names] == ["0", "1", "2"], names
     return names
-
-
-def served_version(stack: Any, port: int) -> str | None:
-    answer = requests.get(f"http://127.0.0.1:{port}/ready", headers={"Authorization": f"Bearer {stack.api_key}"},
-                          timeout=10)
-    return answer.json().get("served_version")
-
-
-def wait_until(check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout}s"
-        time.sleep(0.2)
 
 
 def test_up_replicas_flag_sets_the_hosts_setting() -> None:
