@@ -161,6 +161,7 @@ OPTIONAL_SETTINGS: dict[str, str] = {
     "ADAPTER_STORE_PATH": "local platform only (staging folder)",
     "LOCAL_INFERENCE_PORT": "local platform only",
     "LOCAL_RUNTIME": "local platform only (process or container)",
+    "LOCAL_REPLICAS": "local platform only (replicas per app; ACA scales by the template's maximumInstanceCount)",
     "CHAT_PAGE_ENABLED": "local platform only: set for the server it starts (the image's start.sh runs it alone)",
     "CONTAINER_APP_REPLICA_NAME": "local platform only: set for the server it starts, as ACA sets it per replica",
     "CONTAINER_APP_REVISION": "local platform only: set for the server it starts, as ACA sets it per replica",
