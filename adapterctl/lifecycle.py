@@ -28,20 +28,21 @@ from .output import EXIT_FAILED, EXIT_OK, Output, UsageError, api_for, follow_an
 # -- calls -----------------------------------------------------------------------------------------------------
 def delete_app(api: OrchestratorApi, app: str) -> dict[str, Any]:
     """Start the app's deletion: `{"id", "app", "status_url"}`."""
-    return _refusals(lambda: api._call("DELETE", f"apps/{_seg(app)}"))
+    return refused_as_usage(lambda: api._call("DELETE", f"apps/{_seg(app)}"))
 
 
 def rollback(api: OrchestratorApi, app: str, to: str | None = None) -> dict[str, Any]:
     """Request a rollback: the deploy request's `{"id", "adapter", "rollback_of", "rollback_to", "status_url"}`."""
-    return _refusals(lambda: api._call("POST", f"apps/{_seg(app)}/rollback", {} if to is None else {"to": to}))
+    return refused_as_usage(lambda: api._call("POST", f"apps/{_seg(app)}/rollback", {} if to is None else {"to": to}))
 
 
-def _refusals(call: Any) -> dict[str, Any]:
-    """The orchestrator's 400 / 404 (a bad name, an unknown app or version) are the user's input: UsageError."""
+def refused_as_usage(call: Any, statuses: tuple[int, ...] = (400, 404)) -> dict[str, Any]:
+    """The orchestrator's refusals in `statuses` (400 / 404: a bad name, an unknown app or version) name what was
+    wrong with what was asked: UsageError (exit 2)."""
     try:
         return call()
     except ApiError as exc:
-        if exc.status in (400, 404):
+        if exc.status in statuses:
             raise UsageError(str(exc)) from exc
         raise
 

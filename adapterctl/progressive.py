@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .api import ApiError, OrchestratorApi, _seg
+from .api import OrchestratorApi, _seg
+from .lifecycle import refused_as_usage
 from .output import EXIT_OK, Output, UsageError, api_for, follow_and_show
 
 ACTIONS = {
@@ -28,14 +29,13 @@ ACTIONS = {
 }
 
 
+#: Refusals that are the user's input here: a bad policy (400), an unknown id (404), a stage that does not take
+#: the decision (409).
+REFUSALS = (400, 404, 409)
+
+
 def _refused_as_usage(call: Any) -> dict[str, Any]:
-    """The orchestrator's 400 / 404 / 409 name what was wrong with what was asked: exit 2."""
-    try:
-        return call()
-    except ApiError as exc:
-        if exc.status in (400, 404, 409):
-            raise UsageError(str(exc)) from exc
-        raise
+    return refused_as_usage(call, REFUSALS)
 
 
 def send_action(api: OrchestratorApi, deployment_id: str, action: str, by: str | None) -> dict[str, Any]:

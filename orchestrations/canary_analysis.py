@@ -14,6 +14,7 @@ from typing import Any
 from activities.rollout_policy import CanaryPolicy
 from inference_image.inference_server.metrics import diff, p95_ms
 
+#: How far past a policy's bound a figure may be and still meet it exactly (float noise).
 EPSILON = 1e-9
 #: {replica id: {version: {"requests", "errors", "ttft_ms": {"le", "counts"}}}}
 ReplicaMetrics = Mapping[str, Mapping[str, Mapping[str, Any]]]

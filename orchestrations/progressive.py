@@ -32,7 +32,7 @@ from activities.catalog import Activity
 from activities.rollout_policy import RolloutPolicy
 from inference_image.inference_server.manifest import AdapterEntry, CandidateEntry, Manifest
 
-from .canary_analysis import hold_figures, judge
+from .canary_analysis import EPSILON, hold_figures, judge
 from .health_gate import replicas_agree, serves
 from .manifest_plan import with_candidate
 from .rollout_status import Cause, RolloutFailed, Stage
@@ -148,7 +148,7 @@ class Progressive:
                                         "live": _summary(scores[self.live]) if self.live else None}
             if cand["score"] < minimum:
                 problems.append(f"{name} evaluation set: scored {cand['score']:.2f}, below its minimum {minimum:.2f}")
-            elif self.live and scores[self.live]["score"] - cand["score"] > margin + 1e-9:
+            elif self.live and scores[self.live]["score"] - cand["score"] > margin + EPSILON:
                 live_score = scores[self.live]["score"]
                 problems.append(f"{name} evaluation set: scored {cand['score']:.2f} against live's {live_score:.2f} "
                                 f"(the policy allows {margin:.2f} less)")
