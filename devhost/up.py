@@ -146,6 +146,35 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, e
     raise TimeoutError(f"nothing answered{' 200' if expect_ok else ''} at {url} within {timeout:.0f}s")
 
 
+def _start_host(cmd: list[str], env: dict[str, str], state_dir: Path, url: str) -> subprocess.Popen:
+    """The host process, once its own route answers 200 at `url` (another server on the port is not enough);
+    `RuntimeError` when it exits first (its port taken), stopped and `TimeoutError` when it never answers."""
+    host = _spawn(cmd, env, state_dir / "devhost.log")
+    try:
+        _wait_http(f"{url}/api/apps", 60, host, expect_ok=True)
+    except TimeoutError:
+        stop_processes([host])
+        raise
+    return host
+
+
+def _start_host_on_a_port(port: int, state_dir: Path, env: dict[str, str], tries: int = 3
+                          ) -> tuple[int, list[str], subprocess.Popen]:
+    """(port, command, process) of the host started on `port`, or with 0 on a free one. A port picked here can be
+    taken by another process before the host binds it (Azurite's own port 0 once did), so then another is tried."""
+    for attempt in range(1, tries + 1):
+        host_port = port or free_port()
+        cmd = [sys.executable, "-m", "devhost", "serve", "--app", "function_app:app", "--port", str(host_port),
+               "--state-dir", str(state_dir / "durable"), "--poll-interval", "0.2"]
+        try:
+            return host_port, cmd, _start_host(cmd, env, state_dir, f"http://127.0.0.1:{host_port}")
+        except RuntimeError:
+            if port or attempt == tries:
+                raise
+            print(f"port {host_port} was taken before the host bound it; trying another", flush=True)
+    raise AssertionError("unreachable")
+
+
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """A child process in its own session (so Ctrl-C reaches only us), its output appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,8 +413,7 @@ class LocalStack:
 
     def start_host(self) -> None:
         """Start the host again on the same state folder: it resumes every unfinished orchestration."""
-        self.host = _spawn(self.host_cmd, self.env, self.state / "devhost.log")
-        _wait_http(f"{self.url}/api/apps", 60, self.host)
+        self.host = _start_host(self.host_cmd, self.env, self.state, self.url)
 
     def stop(self) -> None:
         """Stop everything within about twice `STOP_GRACE_S`: the children (the chat page) at once; the host, and
@@ -446,7 +474,6 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
         print(f"building the tiny model kit in {kit_dir} (skipped when already built)…", flush=True)
         kit = build_kit(kit_dir)
         api_key = _api_key(state_dir / "api-key")
-        host_port = port or free_port()
         azurite = stack.enter_context(Azurite(blob_port=azurite_port, location=state_dir / "azurite",
                                               stop_timeout=STOP_GRACE_S))
         env = {
@@ -465,16 +492,14 @@ def local_stack(state_dir: Path, kit_dir: Path, port: int = 0, azurite_port: int
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "inference_image")]),
             **(extra_env or {}),
         }
-        host_cmd = [sys.executable, "-m", "devhost", "serve", "--app", "function_app:app", "--port", str(host_port),
-                    "--state-dir", str(state_dir / "durable"), "--poll-interval", "0.2"]
         store = AdapterStore(BlobStoreSettings(connection_string=azurite.connection_string))
         stack.callback(store.close)
         store.ensure_container()  # before the host starts: its first polls and requests find the container
         platform = _local_platform(env)
-        up = LocalStack(f"http://127.0.0.1:{host_port}", None, store, kit, api_key, state_dir, env,
-                        _spawn(host_cmd, env, state_dir / "devhost.log"), host_cmd, azurite, resumed, platform)
+        host_port, host_cmd, host = _start_host_on_a_port(port, state_dir, env)
+        up = LocalStack(f"http://127.0.0.1:{host_port}", None, store, kit, api_key, state_dir, env, host, host_cmd,
+                        azurite, resumed, platform)
         stack.callback(up.stop)
-        _wait_http(f"{up.url}/api/apps", 60, up.host)
         up.publish(ADAPTERCTL_URL=up.url, ADAPTERS_STORAGE_CONNECTION=azurite.connection_string,
                    INFERENCE_API_KEY=api_key, DEVHOST_STATE_DIR=str(state_dir))
         print(f"devhost up at {up.url} (Azurite at {azurite.blob_endpoint}; logs in {state_dir})", flush=True)

@@ -70,6 +70,8 @@ class ManifestSyncer:
         self.last_report: SyncReport | None = None
         self.last_error: str | None = None
         self.last_sync_at: float | None = None
+        #: Syncs finished with their `on_synced` done (the replica report written): what a test waits for.
+        self.completed = 0
         #: Manifest adapters the latest sync could not load: name → {"version", "sha256", "reason"}.
         self.load_errors: dict[str, dict[str, str]] = {}
         if store is not None:
@@ -105,8 +107,10 @@ class ManifestSyncer:
                 report = await self._sync()
             except EngineError:
                 await self._synced()
+                self.completed += 1
                 raise
             await self._synced()
+            self.completed += 1
             return report
 
     async def _synced(self) -> None:

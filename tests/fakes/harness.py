@@ -35,7 +35,7 @@ async def start_client(aiohttp_client: ClientFactory, config: ServerConfig, engi
     client = await aiohttp_client(app)
     state = app[STATE]
     for _ in range(500):
-        if state.started and state.syncer.last_sync_at is not None:
+        if state.started and state.syncer.completed:  # the first sync's report is written too
             return client
         await asyncio.sleep(0.01)
     raise TimeoutError("server did not start")
