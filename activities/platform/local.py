@@ -34,8 +34,8 @@ keys, `AZURE_*`, the orchestrator's `INFERENCE_*`): the `INHERITED_ENV` names (s
 offline, CUDA), `PYTHONPATH` with `inference_image/` first, the revision's names as ACA sets them
 (`CONTAINER_APP_REVISION` `<app>--<n>`, `CONTAINER_APP_REPLICA_NAME` `<app>--<n>-<i>`: the server's report id, and
 what `list_replicas` lists while the replica's process lives), `spec.env`, the test-only fault hooks
-`INFERENCE_FAULT_REFUSE_LOAD` and `INFERENCE_FAULT_FAIL_CHAT` (inference_server/faults.py) each only when the
-orchestrator's environment sets it, and the
+`INFERENCE_FAULT_REFUSE_LOAD`, `INFERENCE_FAULT_FAIL_CHAT` and `INFERENCE_FAULT_SLOW_CHAT(_MS)`
+(inference_server/faults.py) each only when the orchestrator's environment sets it, and the
 secrets as environment variables as on ACA (`inference-api-keys` → `INFERENCE_API_KEYS`). The admin key (`spec.generated_secrets`) is generated at the
 app's first start, kept in its state file across restarts and passed as `INFERENCE_ADMIN_KEY`; secrets never
 appear in the command line.
@@ -79,11 +79,10 @@ from activities.platform.base import (
     generate_secrets,
 )
 from activities.validation import check_name
+from inference_image.inference_server.faults import ENV_NAMES as FAULT_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFERENCE_IMAGE_DIR = REPO_ROOT / "inference_image"
-#: The test-only fault hooks (inference_server/faults.py): passed to the servers only when our environment sets them.
-FAULT_ENV = ("INFERENCE_FAULT_REFUSE_LOAD", "INFERENCE_FAULT_FAIL_CHAT")
 #: Where a revision runner's replicas listen (the front alone listens on `LocalPlatformSettings.host`).
 REPLICA_HOST = "127.0.0.1"
 #: What the server inherits from the orchestrator's environment (plus `LC_*`); everything else stays out.

@@ -11,10 +11,13 @@ against that name without the registry's `-<12 hex>` ref suffix (the adapter's o
 - `INFERENCE_FAULT_FAIL_CHAT`: every generation with the adapter fails as a broken engine's does (`EngineError` from
   `Engine.chat` before the first delta: the client gets a 500, the replica counts an error for the version). Example:
   `"failing--*:beta"` makes every replica of app failing fail beta's chats.
+- `INFERENCE_FAULT_SLOW_CHAT`: every generation with the adapter waits `INFERENCE_FAULT_SLOW_CHAT_MS` (default 2000)
+  before its first token, as an overloaded or slower engine does (the replica's time-to-first-token figures show it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from fnmatch import fnmatchcase
@@ -23,6 +26,10 @@ from .engines.base import AdapterLoadError, EngineError
 
 REFUSE_LOAD_ENV = "INFERENCE_FAULT_REFUSE_LOAD"
 FAIL_CHAT_ENV = "INFERENCE_FAULT_FAIL_CHAT"
+SLOW_CHAT_ENV = "INFERENCE_FAULT_SLOW_CHAT"
+SLOW_CHAT_MS_ENV = "INFERENCE_FAULT_SLOW_CHAT_MS"
+#: Every hook's environment variable (the local platform passes these through, and only these).
+ENV_NAMES = (REFUSE_LOAD_ENV, FAIL_CHAT_ENV, SLOW_CHAT_ENV, SLOW_CHAT_MS_ENV)
 _REF_SUFFIX = re.compile(r"-[0-9a-f]{12}$")
 
 
@@ -57,13 +64,21 @@ def check_load(engine_name: str) -> None:
                                f"on replica {_replica()!r}")
 
 
-def check_chat(engine_name: str | None) -> None:
-    """Raise `EngineError` when `INFERENCE_FAULT_FAIL_CHAT` makes this replica fail generations with `engine_name`
-    (None: the base model, never failed)."""
+async def before_chat(engine_name: str | None) -> None:
+    """Before a generation with `engine_name` (None: the base model, never touched): raise `EngineError` when
+    `INFERENCE_FAULT_FAIL_CHAT` fails it on this replica; wait when `INFERENCE_FAULT_SLOW_CHAT` slows it."""
     try:
-        rule = _applies(FAIL_CHAT_ENV, engine_name)
+        failing = _applies(FAIL_CHAT_ENV, engine_name)
+        slow = _applies(SLOW_CHAT_ENV, engine_name)
     except ValueError as exc:
         raise EngineError(str(exc)) from exc
-    if rule is not None:
-        raise EngineError(f"adapter {engine_name!r}: generation failed by the test hook {FAIL_CHAT_ENV}={rule!r} "
+    if failing is not None:
+        raise EngineError(f"adapter {engine_name!r}: generation failed by the test hook {FAIL_CHAT_ENV}={failing!r} "
                           f"on replica {_replica()!r}")
+    if slow is not None:
+        raw = os.environ.get(SLOW_CHAT_MS_ENV) or "2000"
+        try:
+            delay_ms = float(raw)
+        except ValueError:
+            raise EngineError(f"{SLOW_CHAT_MS_ENV} must be a number of milliseconds, got {raw!r}") from None
+        await asyncio.sleep(delay_ms / 1000)

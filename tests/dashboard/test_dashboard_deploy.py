@@ -27,7 +27,8 @@ def test_deploy_a_folder_from_the_page_and_see_refusals(local_stack, browser: Br
     page.goto(f"{local_stack.url}/api/dashboard")
     page.evaluate("window.notReloaded = true")
     status = page.get_by_role("status")
-    expect(page.locator("#updated")).to_contain_text("Updated", timeout=15_000)  # the app list is read: the page knows
+    expect(page.locator("#updated")).to_contain_text("Updated", timeout=60_000)  # the app list is read (every app of
+    # the shared stack: slow on a busy machine), so the page itself knows the app is new
 
     # an unknown app needs "create"; then the beta folder goes live and is shown without a reload
     page.get_by_label("Deploy to app").fill(APP)

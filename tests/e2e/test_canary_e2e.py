@@ -7,8 +7,10 @@ App `split` (alpha live, then):
   gives every caller the version the front gave; `abort` ends it `rolled_back` and every replica serves alpha;
 - quality gate: an evaluation set beta fails refuses it before any traffic (alpha still served); one it passes (and
   alpha fails) lets it go live with the scores in the record; approval: `adapterctl approve ID` → live.
-App `steps` (every replica fails beta's generations: the fault hook `INFERENCE_FAULT_FAIL_CHAT`):
+App `steps` (every replica fails beta's generations, `INFERENCE_FAULT_FAIL_CHAT`, and answers adapter `slow` 3 s
+late, `INFERENCE_FAULT_SLOW_CHAT`):
 - a failing candidate is rolled back at its first step (`canary at 50 %: error rate …`), alpha served;
+- a candidate slower than the policy allows is rolled back at its first step (`… time to first token p95 …`);
 - a good candidate (new content of alpha) passes the 50 % step with figures for both versions and goes live.
 """
 
@@ -238,9 +240,9 @@ class TestSplitApp:
 
 
 class TestStepsApp:
-    """App `steps`: a failing candidate rolled back at its first step, then a good one promoted."""
+    """App `steps`: a failing candidate and a slow one rolled back at their first step, then a good one promoted."""
 
-    def test_a_failing_candidate_is_rolled_back_at_its_first_step_and_a_good_one_reaches_100(
+    def test_a_failing_or_slow_candidate_is_rolled_back_at_its_first_step_and_a_good_one_reaches_100(
         self, replicas_stack, steps_app: str, kit_variants
     ) -> None:
         stack, app = replicas_stack, steps_app
@@ -255,6 +257,17 @@ class TestStepsApp:
         assert step["verdict"] == "fail" and step["figures"][failing["version"]]["errors"] > 0, step
         assert sum(n for (_, status), n in seen.items() if status >= 500) and seen[(alpha, 200)], seen
         assert live_version(stack, app) == alpha
+        assert {served_version(stack, info["port"]) for info in listed(stack, app).values()} == {alpha}
+
+        set_policy(stack, app, {"canary": {"steps": [50, 100], "hold_s": 5, "max_ttft_p95_ms": 1500, **LENIENT_TTFT}})
+        with traffic(stack, app) as seen:
+            slow = deploy(stack, app, kit_variants("alpha", 7), "slow")
+        assert slow["stage"] == "rolled_back", slow.get("reason")
+        assert slow["reason"].startswith("canary at 50 %: time to first token p95 "), slow["reason"]
+        (step,) = slow["canary"]["analysis"]
+        figures = step["figures"][slow["version"]]
+        assert step["verdict"] == "fail" and figures["ttft_p95_ms"] >= 3000 and figures["errors"] == 0, step
+        assert live_version(stack, app) == alpha and not any(status != 200 for _, status in seen), seen
         assert {served_version(stack, info["port"]) for info in listed(stack, app).values()} == {alpha}
 
         set_policy(stack, app, {"canary": {"steps": [50, 100], "hold_s": 3, **LENIENT_TTFT}})

@@ -57,6 +57,8 @@ class World:
     decisions: list[dict[str, Any]] = field(default_factory=list)  # kept by the actions API, oldest first
     open_records: list[str] = field(default_factory=lambda: ["app.1"])  # ids of the app's open records, oldest first
     slow_probe_at: float | None = None  # the first probe of the manifest with this candidate weight takes 0.5 s
+    #: activity name → calls that work before every later one raises as storage that went away does
+    breaks_after: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         m = self.manifest or {}
@@ -81,6 +83,8 @@ def stand_in_app(w: World) -> df.DFApp:
         def register(fn):
             def wrapped(payload: dict) -> Any:
                 w.calls.append(str(name))
+                if w.calls.count(str(name)) > w.breaks_after.get(str(name), 1 << 30):
+                    raise OSError(f"storage unreachable (injected into {name})")
                 return fn(payload)
             wrapped.__name__ = fn.__name__
             return bp.activity_trigger(input_name="payload", activity=name)(wrapped)
@@ -340,6 +344,27 @@ async def test_promote_or_abort_during_a_hold(start, action: str, stage: str) ->
     assert weights(w)[:2] == [0.0, 0.1] and 0.5 not in weights(w)
     if action == "abort":
         assert out["reason"] == "aborted at 10 % by ana" and w.writes[-1] == PREVIOUS
+
+
+@pytest.mark.parametrize(("policy", "activity", "works"), [
+    ({"canary": {"steps": [10, 100], "hold_s": 0.2}}, "replica_metrics", 1),  # the hold's closing read fails
+    ({"approval": {"required": True, "timeout_s": 60}}, "read_decisions", 0),  # the approval wait cannot read
+])
+async def test_storage_failing_in_a_hold_or_an_approval_wait_restores_the_replaced_manifest(
+    start, policy: dict, activity: str, works: int
+) -> None:
+    """Storage that stops answering while the rollout waits: the retries run out and the rollout ends
+    `rolled_back`, the reason naming the failure, with exactly the replaced manifest written back."""
+    w = World(policy=policy, breaks_after={activity: works})
+    run = await start(w)
+    if activity == "read_decisions":
+        await run.when("awaiting_approval")
+        run.act("approve")  # the decision is kept, but the rollout cannot read it
+    out = await run.outcome()
+    assert out["stage"] == "rolled_back" and out["cause"] == "transient", out
+    assert out["reason"].startswith(f"{activity}: ") and "storage unreachable" in out["reason"], out["reason"]
+    assert w.writes[-1] == PREVIOUS and w.manifest == PREVIOUS
+    assert w.calls.count(activity) > works + 1  # retried before giving up
 
 
 async def test_the_first_version_of_an_app_skips_the_canary(start) -> None:

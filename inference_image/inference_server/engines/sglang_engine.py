@@ -406,7 +406,7 @@ class SGLangEngine(Engine):
     async def open_sse(self, request: ChatRequest, *, include_usage: bool = False) -> UpstreamConnection:
         """SGLang's streaming response with its body unread, for `forward()` (the caller must `release()` it); an
         error event inside the stream stops the relay there (`conn.stream_error`, see relay.py)."""
-        faults.check_chat(request.adapter)
+        await faults.before_chat(request.adapter)
         conn = await self._post_chat(self.payload(request, stream=True, include_usage=include_usage))
         conn.watch_errors(SSE_ERROR_MARKER, find_sse_error)
         return conn
@@ -422,7 +422,7 @@ class SGLangEngine(Engine):
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         if not request.stream:
-            faults.check_chat(request.adapter)
+            await faults.before_chat(request.adapter)
             conn = await self._post_chat(self.payload(request, stream=False))
             try:
                 data = json.loads(await conn.read())

@@ -268,7 +268,7 @@ class TransformersEngine(Engine):
 
         Admission happens on the first `__anext__`: EngineNotReady at once when not started or the queue is full.
         """
-        faults.check_chat(request.adapter)
+        await faults.before_chat(request.adapter)
         job = self._admit(request)
         try:
             while True:

@@ -1,9 +1,11 @@
 """The test-only fault hook the local platform passes to its replicas (inference_server/faults.py): one replica
-refuses one adapter as the engine refuses one; generations with one adapter fail as a broken engine's do."""
+refuses one adapter as the engine refuses one; generations with one adapter fail as a broken engine's do, or start
+late as a slow engine's do."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,14 @@ from inference_image.inference_server.engines.base import (
     EngineNotReady,
 )
 from inference_image.inference_server.engines.transformers_engine import TransformersEngine
-from inference_image.inference_server.faults import FAIL_CHAT_ENV, REFUSE_LOAD_ENV, check_chat, check_load
+from inference_image.inference_server.faults import (
+    FAIL_CHAT_ENV,
+    REFUSE_LOAD_ENV,
+    SLOW_CHAT_ENV,
+    SLOW_CHAT_MS_ENV,
+    before_chat,
+    check_load,
+)
 
 
 @pytest.mark.parametrize(("replica", "engine_name", "refused"), [
@@ -60,19 +69,42 @@ def test_fail_chat_matches_replica_and_adapter(
     monkeypatch.setenv("CONTAINER_APP_REPLICA_NAME", replica)
     if failed:
         with pytest.raises(EngineError, match=f"failed by the test hook {FAIL_CHAT_ENV}") as caught:
-            check_chat(engine_name)
+            asyncio.run(before_chat(engine_name))
         assert not isinstance(caught.value, AdapterLoadError)  # an engine failure (500), not a refused load
     else:
-        check_chat(engine_name)
+        asyncio.run(before_chat(engine_name))
 
 
 def test_fail_chat_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(FAIL_CHAT_ENV, raising=False)
     monkeypatch.setenv("CONTAINER_APP_REPLICA_NAME", "failing--1-0")
-    check_chat("beta-0123456789ab")
+    asyncio.run(before_chat("beta-0123456789ab"))
     monkeypatch.setenv(FAIL_CHAT_ENV, "no colon")
     with pytest.raises(EngineError, match="must be"):
-        check_chat("beta")
+        asyncio.run(before_chat("beta"))
+
+
+@pytest.mark.parametrize(("replica", "engine_name", "slowed"), [
+    ("slow--1-0", "gamma-0123456789ab", True),
+    ("slow--1-0", "beta-0123456789ab", False),
+    ("chat--1-0", "gamma-0123456789ab", False),
+    ("slow--1-0", None, False),
+])
+def test_slow_chat_waits_before_the_first_token_on_matching_replicas(
+    monkeypatch: pytest.MonkeyPatch, replica: str, engine_name: str | None, slowed: bool
+) -> None:
+    """`INFERENCE_FAULT_SLOW_CHAT` delays by `INFERENCE_FAULT_SLOW_CHAT_MS`; nothing else is delayed."""
+    monkeypatch.setenv(SLOW_CHAT_ENV, "slow--*:gamma")
+    monkeypatch.setenv(SLOW_CHAT_MS_ENV, "300")
+    monkeypatch.setenv("CONTAINER_APP_REPLICA_NAME", replica)
+    started = time.monotonic()
+    asyncio.run(before_chat(engine_name))
+    waited = time.monotonic() - started
+    assert waited >= 0.3 if slowed else waited < 0.3, waited
+    monkeypatch.setenv(SLOW_CHAT_MS_ENV, "soon")
+    if slowed:
+        with pytest.raises(EngineError, match="soon"):
+            asyncio.run(before_chat(engine_name))
 
 
 async def _first(engine: TransformersEngine, adapter: str) -> None:
